@@ -1,0 +1,201 @@
+"""The `digitpi` command: thin wrappers that parse flags, call library functions and print.
+
+Training modules (torch) are imported inside the commands that need them, so `digitpi predict`
+and `digitpi serve` run on a Raspberry Pi that has only the core install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+from digitpi import UserError
+
+DEFAULT_RUN_DIR = "runs"
+
+
+def fail(message: str) -> None:
+    raise UserError(message)
+
+
+def writable_dir(path: str | Path) -> Path:
+    """Create `path` and prove it is writable now, before minutes of training are spent."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".digitpi-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        fail(f"cannot write to output folder {path}: {e.strerror}")
+    return path
+
+
+# ---------------------------------------------------------------- data, summary
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    from digitpi import data
+
+    info = data.dataset_info(args.dataset)
+    folder = data.locate(args.dataset, args.data_dir)
+    status = data.verify_folder(folder, info)
+    print(f"dataset: {args.dataset}\nfolder:  {folder}")
+    for stem, state in status.items():
+        print(f"  {stem:<26} sha256 {state}")
+    for split in data.SPLIT_FILES:
+        images, labels = data.load_split(args.dataset, split, args.data_dir)
+        counts = [int((labels == c).sum()) for c in range(data.NUM_CLASSES)]
+        print(f"{split}: {len(images)} images {images.shape[1]}x{images.shape[2]}, per class: "
+              + " ".join(f"{info.classes[c]}={n}" for c, n in enumerate(counts)))
+    if args.grid:
+        from digitpi import report
+
+        images, labels = data.load_split(args.dataset, "train", args.data_dir)
+        report.save_image_grid(Path(args.grid), images[:12], [f"Class {info.classes[y]}" for y in labels[:12]])
+        print(f"wrote {args.grid}")
+
+
+def cmd_summary(args: argparse.Namespace) -> None:
+    from digitpi import models
+
+    model = models.create_model(args.model)
+    print(models.format_summary(model, args.model))
+
+
+# ---------------------------------------------------------------- train, evaluate, compare
+
+
+def config_help() -> dict[str, str]:
+    """Flag help from the comments on `train.Config`'s defaults: the defaults are documented once."""
+    from digitpi import train
+
+    source = inspect.getsource(train.Config)
+    return {m[1]: f"{m[3].strip()} (default: {m[2].strip()}, or the recipe's)"
+            for m in re.finditer(r"^\s+(\w+): [^=]+= (.+?)  # (.+)$", source, re.M)}
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per scalar field of train.Config; unset flags keep the recipe's value."""
+    from digitpi import train
+
+    helps = config_help()
+    for f in dataclasses.fields(train.Config):
+        kind = {"int": int, "float": float, "str": str, "bool": bool}.get(str(f.type))
+        if kind is None and "str" in str(f.type):
+            kind = str
+        if kind is None:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=helps.get(f.name))
+        else:
+            parser.add_argument(flag, type=kind, default=None, help=helps.get(f.name))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from digitpi import evaluate, train
+
+    overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(train.Config)}
+    try:
+        cfg = train.recipe_config(args.recipe, **overrides)
+    except (ValueError, TypeError) as e:
+        fail(str(e))
+    from digitpi.models import create_model
+
+    create_model(cfg.model, **cfg.model_args)  # an unknown model fails before any data is read
+    out = writable_dir(args.out or Path(DEFAULT_RUN_DIR) / cfg.model)
+    result = train.train(cfg, progress=not args.quiet)
+    metrics = evaluate.finish_run(result, out)
+    print(f"saved run to {out}")
+    print(f"The final loss on test data is {metrics['test_loss']:.4f}")
+    print(f"The accuracy on test data is {100 * metrics['test_accuracy']:.2f}%")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from digitpi import evaluate
+
+    result = evaluate.evaluate_dir(Path(args.run_dir), args.data_dir)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(evaluate.format_evaluation(result))
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from digitpi import report
+
+    out = writable_dir(args.out)
+    path = report.compare(args.models, out, epochs=args.epochs, retrain=args.retrain,
+                          data_dir=args.data_dir, progress=not args.quiet)
+    print(path.read_text())
+    print(f"wrote {path}")
+
+
+# ---------------------------------------------------------------- the parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="digitpi", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("data", help="where the data is, counts, checksums; --grid writes sample images")
+    p.add_argument("--dataset", default="mnist", help="mnist or fashion-mnist (default: mnist)")
+    p.add_argument("--data-dir", help="folder holding the four IDX files")
+    p.add_argument("--grid", metavar="FILE.png", help="write a 3x4 grid of training images")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("summary", help="layers, output shapes and parameter counts of a model")
+    p.add_argument("model", help="a model name (see `digitpi train --help`)")
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("train", help="train a model, evaluate it on the test set, save run and plots")
+    p.add_argument("--recipe", help="named hyperparameter preset (default: the model's own)")
+    p.add_argument("--out", help=f"run folder (default: {DEFAULT_RUN_DIR}/MODEL)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="test loss, accuracy, per-class accuracy and confusion of a run")
+    p.add_argument("run_dir")
+    p.add_argument("--data-dir", help="folder holding the four IDX files")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="train (or reuse) several models and write report.md")
+    p.add_argument("models", nargs="+", help="model names")
+    p.add_argument("--out", default=f"{DEFAULT_RUN_DIR}/compare", help="report folder")
+    p.add_argument("--epochs", type=int, help="override every recipe's epochs (quick comparisons)")
+    p.add_argument("--retrain", action="store_true", help="train even when a run exists")
+    p.add_argument("--data-dir", help="folder holding the four IDX files")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_compare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"digitpi: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if os.environ.get("DIGITPI_DEBUG"):
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        print(f"digitpi: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""Find, download, verify and read MNIST-format datasets (IDX files).
+
+Training side only needs numpy here: the arrays become torch tensors in `train`.
+A folder counts as a dataset only when all four files are present and their
+decompressed SHA-256 matches, so a wrong or half-copied folder never trains a model.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from digitpi import UserError
+
+IMAGE_SIZE = 28
+NUM_CLASSES = 10
+PIXEL_SCALE = 1 / 255  # models see pixel * PIXEL_SCALE: white ink (1.0) on black (0.0)
+ENV_DATA_DIR = "DIGITPI_DATA_DIR"
+ENV_MIRRORS = "DIGITPI_MIRRORS"  # comma-separated base URLs, tried before the built-in ones
+SYSTEM_DIR = Path("/usr/share/datasets")  # Debian's dataset-* packages
+DOWNLOAD_TIMEOUT = 30  # seconds per request
+
+SPLIT_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+SPLIT_SIZES = {"train": 60_000, "test": 10_000}
+
+
+class DataError(UserError):
+    """A user-facing problem with data files; the message is one line that says what to do."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    classes: tuple[str, ...]
+    sha256: dict[str, str]  # decompressed file name -> SHA-256 of its bytes
+    mirrors: tuple[str, ...]  # base URLs holding the four `.gz` files
+
+
+DATASETS = {
+    "mnist": DatasetInfo(
+        name="mnist",
+        classes=tuple(str(d) for d in range(10)),
+        sha256={
+            "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        },
+        mirrors=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+            "http://yann.lecun.com/exdb/mnist/",
+        ),
+    ),
+    "fashion-mnist": DatasetInfo(
+        name="fashion-mnist",
+        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        sha256={
+            "train-images-idx3-ubyte": "FASHION_TRAIN_IMAGES",
+            "train-labels-idx1-ubyte": "FASHION_TRAIN_LABELS",
+            "t10k-images-idx3-ubyte": "FASHION_TEST_IMAGES",
+            "t10k-labels-idx1-ubyte": "FASHION_TEST_LABELS",
+        },
+        mirrors=(
+            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+            "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+        ),
+    ),
+}
+
+IDX_DTYPE_UBYTE = 0x08
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+# ---------------------------------------------------------------- IDX format
+
+
+def read_file_bytes(path: Path) -> bytes:
+    """Raw IDX bytes of `path`, gunzipped when it is a gzip file (by magic, not by name)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise DataError(f"{path}: corrupt gzip data ({e})") from None
+    return raw
+
+
+def parse_idx(raw: bytes, name: str = "IDX data", expected_count: int | None = None) -> np.ndarray:
+    """Parse IDX unsigned-byte data, checking magic, dimensions, count and exact length."""
+    if len(raw) < 4:
+        raise DataError(f"{name}: too short for an IDX header ({len(raw)} bytes)")
+    zero0, zero1, dtype, ndim = raw[:4]
+    if zero0 or zero1 or dtype != IDX_DTYPE_UBYTE or ndim not in (1, 3):
+        raise DataError(f"{name}: wrong magic number 0x{raw[:4].hex()} "
+                        "(expected 0x00000801 for labels or 0x00000803 for images)")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{name}: truncated header")
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    if ndim == 3 and dims[1:] != [IMAGE_SIZE, IMAGE_SIZE]:
+        raise DataError(f"{name}: images are {dims[1]}x{dims[2]}, expected {IMAGE_SIZE}x{IMAGE_SIZE}")
+    if expected_count is not None and dims[0] != expected_count:
+        raise DataError(f"{name}: header says {dims[0]} items, expected {expected_count}")
+    expected_len = header + int(np.prod(dims))
+    if len(raw) != expected_len:
+        kind = "truncated" if len(raw) < expected_len else "has trailing bytes"
+        raise DataError(f"{name}: {kind}: {len(raw)} bytes, header implies {expected_len}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def read_idx(path: str | Path, expected_count: int | None = None) -> np.ndarray:
+    path = Path(path)
+    return parse_idx(read_file_bytes(path), str(path), expected_count)
+
+
+# ---------------------------------------------------------------- locating data
+
+
+def file_in(folder: Path, stem: str) -> Path | None:
+    """The file for `stem` in `folder`, compressed or not."""
+    for candidate in (folder / f"{stem}.gz", folder / stem):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def cache_dir(dataset: str) -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "digitpi" / dataset
+
+
+def candidate_dirs(dataset: str, data_dir: str | Path | None = None) -> list[tuple[str, Path]]:
+    """Folders to look in, in order, each with where it came from."""
+    found: list[tuple[str, Path]] = []
+    if data_dir is not None:
+        found += [("--data-dir", Path(data_dir) / dataset), ("--data-dir", Path(data_dir))]
+    env = os.environ.get(ENV_DATA_DIR)
+    if env:
+        found += [(ENV_DATA_DIR, Path(env) / dataset), (ENV_DATA_DIR, Path(env))]
+    found += [("cache", cache_dir(dataset)), ("system", SYSTEM_DIR / dataset)]
+    return found
+
+
+_verified: set[tuple[Path, int, int]] = set()  # (path, size, mtime_ns) hashed OK in this process
+
+
+def file_ok(path: Path, want: str) -> bool:
+    """Whether the decompressed bytes of `path` hash to `want`; each file is hashed once per process."""
+    stat = path.stat()
+    key = (path.resolve(), stat.st_size, stat.st_mtime_ns)
+    if key not in _verified:
+        if hashlib.sha256(read_file_bytes(path)).hexdigest() != want:
+            return False
+        _verified.add(key)
+    return True
+
+
+def verify_folder(folder: Path, info: DatasetInfo) -> dict[str, str]:
+    """Status of each file: 'ok', 'missing' or 'checksum mismatch'."""
+    status = {}
+    for stem, want in info.sha256.items():
+        path = file_in(folder, stem)
+        status[stem] = "missing" if path is None else "ok" if file_ok(path, want) else "checksum mismatch"
+    return status
+
+
+def checksums(dataset: str) -> dict[str, str]:
+    """The SHA-256 of each file of `dataset`: the data a run used, recorded in its metrics."""
+    return dict(dataset_info(dataset).sha256)
+
+
+def locate(dataset: str = "mnist", data_dir: str | Path | None = None, download: bool = True) -> Path:
+    """The first folder holding the verified dataset; download into the cache if none does.
+
+    An explicit --data-dir must hold the data: silently using another copy would hide a typo.
+    """
+    info = dataset_info(dataset)
+    for source, folder in candidate_dirs(dataset, data_dir):
+        if not folder.is_dir() or file_in(folder, next(iter(info.sha256))) is None:
+            continue
+        status = verify_folder(folder, info)
+        if all(s == "ok" for s in status.values()):
+            return folder
+        if source == "--data-dir" and folder == Path(data_dir):
+            bad = ", ".join(f"{k}: {v}" for k, v in status.items() if v != "ok")
+            raise DataError(f"{folder} does not hold {dataset} ({bad})")
+    if data_dir is not None:
+        raise DataError(f"no {dataset} files in {data_dir} (expected {', '.join(info.sha256)}, "
+                        "optionally .gz)")
+    if not download:
+        raise DataError(f"{dataset} not found; set {ENV_DATA_DIR} or pass --data-dir")
+    return download_dataset(dataset, cache_dir(dataset))
+
+
+# ---------------------------------------------------------------- download
+
+
+def mirrors_for(info: DatasetInfo) -> list[str]:
+    extra = [m for m in os.environ.get(ENV_MIRRORS, "").split(",") if m]
+    return extra + list(info.mirrors)
+
+
+def fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response:
+        return response.read()
+
+
+def write_atomic(path: Path, payload: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def download_dataset(dataset: str, dest: Path, mirrors: list[str] | None = None) -> Path:
+    """Download the four files from the first mirror that serves each one intact."""
+    info = dataset_info(dataset)
+    mirrors = mirrors if mirrors is not None else mirrors_for(info)
+    for stem, want in info.sha256.items():
+        if file_in(dest, stem) is not None and verify_folder(dest, info)[stem] == "ok":
+            continue
+        failures = []
+        for base in mirrors:
+            url = base.rstrip("/") + f"/{stem}.gz"
+            try:
+                payload = fetch(url)
+                got = hashlib.sha256(gzip.decompress(payload)).hexdigest()
+            except (urllib.error.URLError, OSError, EOFError, ValueError) as e:
+                failures.append(f"{url}: {getattr(e, 'reason', e)}")
+                continue
+            if got != want:
+                failures.append(f"{url}: checksum mismatch")
+                continue
+            write_atomic(dest / f"{stem}.gz", payload)
+            break
+        else:
+            raise DataError(
+                f"could not download {stem}.gz ({'; '.join(failures)}). Offline? Copy the four "
+                f"{dataset} files into a folder and pass --data-dir DIR or set {ENV_DATA_DIR}=DIR")
+    return dest
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_split(dataset: str = "mnist", split: str = "train",
+               data_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Images (uint8, N x 28 x 28) and labels (int64, N) of one split."""
+    if split not in SPLIT_FILES:
+        raise DataError(f"unknown split {split!r}; choose train or test")
+    folder = locate(dataset, data_dir)
+    image_stem, label_stem = SPLIT_FILES[split]
+    images = read_idx(file_in(folder, image_stem), SPLIT_SIZES[split])
+    labels = read_idx(file_in(folder, label_stem), SPLIT_SIZES[split])
+    if labels.ndim != 1 or images.ndim != 3:
+        raise DataError(f"{folder}: image and label files are swapped or malformed")
+    return images, labels.astype(np.int64)

@@ -1,0 +1,132 @@
+"""The model zoo: a dict of named builder functions and `create_model(name)`.
+
+Every model takes float32 images of shape (N, 1, 28, 28) scaled to [0, 1] (white ink on
+black, as MNIST) and returns logits (N, 10). Builders only build: no device, dtype or printing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from digitpi import UserError
+from digitpi.data import IMAGE_SIZE, NUM_CLASSES
+
+
+def conv_bn(c_in: int, c_out: int, kernel: int = 3) -> list[nn.Module]:
+    """Conv + BatchNorm + ReLU, 'same' padding; the conv has no bias because BN adds one."""
+    return [nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False),
+            nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+def mlp(hidden: int = 512, dropout: float = 0.2) -> nn.Module:
+    """The course's dense network: 784-512-512-10 with dropout."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(IMAGE_SIZE * IMAGE_SIZE, hidden), nn.ReLU(), nn.Dropout(dropout),
+        nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
+        nn.Linear(hidden, NUM_CLASSES),
+    )
+
+
+def baseline_cnn(filters: int = 32, hidden: int = 100) -> nn.Module:
+    """The course's baseline: one valid 3x3 conv, a 2x2 max-pool, two dense layers."""
+    side = (IMAGE_SIZE - 2) // 2  # valid 3x3 conv, then pool: 28 -> 26 -> 13
+    return nn.Sequential(
+        nn.Conv2d(1, filters, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(filters * side * side, hidden), nn.ReLU(),
+        nn.Linear(hidden, NUM_CLASSES),
+    )
+
+
+def course_cnn(filters: tuple[int, ...] = (16, 32, 64, 128),
+               dense: tuple[int, ...] = (784, 392, 128)) -> nn.Module:
+    """The course's CNN: four 2x2 'same' convs, each max-pooled (28 -> 14 -> 7 -> 3 -> 1).
+
+    Keras pads an even kernel on the right and bottom only, hence ZeroPad2d((0, 1, 0, 1)).
+    """
+    layers: list[nn.Module] = []
+    c_in, side = 1, IMAGE_SIZE
+    for c_out in filters:
+        layers += [nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(c_in, c_out, 2), nn.ReLU(), nn.MaxPool2d(2)]
+        c_in, side = c_out, side // 2
+    layers.append(nn.Flatten())
+    width = c_in * side * side
+    for units in dense:
+        layers += [nn.Linear(width, units), nn.ReLU()]
+        width = units
+    layers.append(nn.Linear(width, NUM_CLASSES))
+    return nn.Sequential(*layers)
+
+
+def pytorch_example(filters: tuple[int, int] = (32, 64), hidden: int = 128) -> nn.Module:
+    """The network of pytorch/examples mnist, kept as a speed and accuracy reference."""
+    side = (IMAGE_SIZE - 4) // 2  # two valid 3x3 convs, then pool: 28 -> 24 -> 12
+    return nn.Sequential(
+        nn.Conv2d(1, filters[0], 3), nn.ReLU(),
+        nn.Conv2d(filters[0], filters[1], 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25),
+        nn.Flatten(),
+        nn.Linear(filters[1] * side * side, hidden), nn.ReLU(), nn.Dropout(0.5),
+        nn.Linear(hidden, NUM_CLASSES),
+    )
+
+
+def compact_cnn(widths: tuple[int, ...] = (16, 32, 64)) -> nn.Module:
+    """Our compact CNN: conv-BN-ReLU blocks, each halving the image, then global average pooling.
+
+    Global pooling instead of a flatten keeps the head tiny and the size independent of the input.
+    """
+    layers: list[nn.Module] = []
+    c_in = 1
+    for c_out in widths:
+        layers += [*conv_bn(c_in, c_out), nn.MaxPool2d(2)]
+        c_in = c_out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, NUM_CLASSES)]
+    return nn.Sequential(*layers)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": mlp,
+    "baseline_cnn": baseline_cnn,
+    "course_cnn": course_cnn,
+    "pytorch_example": pytorch_example,
+    "fast_cnn": compact_cnn,
+}
+DEFAULT_MODEL = "fast_cnn"
+
+
+class UnknownModelError(UserError):
+    pass
+
+
+def create_model(name: str, **model_args) -> nn.Module:
+    if name not in MODELS:
+        raise UnknownModelError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    return MODELS[name](**model_args)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def summary(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, IMAGE_SIZE, IMAGE_SIZE)) -> list[tuple[str, tuple[int, ...], int]]:
+    """(layer, output shape, parameters) for each leaf layer, found by running one input through."""
+    rows: list[tuple[str, tuple[int, ...], int]] = []
+    hooks = []
+    for name, module in model.named_modules():
+        if len(list(module.children())) == 0:
+            def record(mod, _inputs, output, name=name):
+                label = f"{name} ({type(mod).__name__})"
+                rows.append((label, tuple(output.shape[1:]), sum(p.numel() for p in mod.parameters())))
+            hooks.append(module.register_forward_hook(record))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(input_shape))
+    model.train(was_training)
+    for h in hooks:
+        h.remove()
+    return rows
