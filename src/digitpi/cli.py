@@ -138,6 +138,12 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    import importlib
+
+    importlib.import_module(f"digitpi.bench.{args.benchmark}").run(args)
+
+
 # ---------------------------------------------------------------- the parser
 
 
@@ -176,6 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="folder holding the four IDX files")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_compare)
+
+    import importlib
+
+    from digitpi.bench import BENCHMARKS
+
+    p = sub.add_parser("bench", help="benchmarks: " + ", ".join(BENCHMARKS))
+    bench = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    for name, description in BENCHMARKS.items():
+        b = bench.add_parser(name, help=description)
+        b.add_argument("--json", action="store_true", help="print results as JSON")
+        importlib.import_module(f"digitpi.bench.{name}").add_arguments(b)  # torch-free imports only
+        b.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -1,0 +1,11 @@
+"""Benchmarks behind `digitpi bench train|infer|serve`: printed tables, ratios against references
+measured in the same run, `--json` for machines. Speed targets live here, never in unit tests.
+
+Each submodule has `add_arguments(parser)` and `run(args)`; the CLI imports one only when asked.
+"""
+
+BENCHMARKS = {
+    "train": "time to 99 % test accuracy and final accuracy of our recipes against references",
+    "infer": "latency, throughput, memory and size of exported models per backend",
+    "serve": "requests/s and latency of a running `digitpi serve`",
+}
