@@ -112,21 +112,39 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def summary(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, IMAGE_SIZE, IMAGE_SIZE)) -> list[tuple[str, tuple[int, ...], int]]:
-    """(layer, output shape, parameters) for each leaf layer, found by running one input through."""
-    rows: list[tuple[str, tuple[int, ...], int]] = []
-    hooks = []
-    for name, module in model.named_modules():
-        if len(list(module.children())) == 0:
-            def record(mod, _inputs, output, name=name):
-                label = f"{name} ({type(mod).__name__})"
-                rows.append((label, tuple(output.shape[1:]), sum(p.numel() for p in mod.parameters())))
-            hooks.append(module.register_forward_hook(record))
+SummaryRow = tuple[str, tuple[int, ...], int]  # (layer, output shape without batch, parameters)
+
+
+def summary(model: nn.Module) -> list[SummaryRow]:
+    """One row per leaf layer, with shapes found by running one blank image through the model."""
+    rows: list[SummaryRow] = []
+
+    def record(module: nn.Module, _inputs, output: torch.Tensor, name: str) -> None:
+        params = sum(p.numel() for p in module.parameters())
+        rows.append((f"{name} ({type(module).__name__})", tuple(output.shape[1:]), params))
+
+    hooks = [m.register_forward_hook(lambda mod, i, o, name=name: record(mod, i, o, name))
+             for name, m in model.named_modules() if not list(m.children())]
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        model(torch.zeros(input_shape))
+        model(torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE))
     model.train(was_training)
     for h in hooks:
         h.remove()
     return rows
+
+
+def format_summary(model: nn.Module, name: str) -> str:
+    """A Keras-style `model.summary()` table ending in `Total params: N`."""
+    rows = [("Layer (type)", "Output Shape", "Param #")]
+    rows += [(layer, str((None, *shape)), f"{params:,}") for layer, shape, params in summary(model)]
+    widths = [max(len(r[i]) for r in rows) + 3 for i in range(3)]
+    rule = "=" * sum(widths)
+    lines = [f'Model: "{name}"', rule.replace("=", "_")]
+    for i, row in enumerate(rows):
+        lines.append("".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        lines.append(rule if i == 0 else "")
+    lines[-1] = rule
+    lines.append(f"Total params: {count_params(model):,}")
+    return "\n".join(lines)
