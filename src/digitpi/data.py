@@ -150,16 +150,14 @@ def cache_dir(dataset: str) -> Path:
     return Path(base) / "digitpi" / dataset
 
 
-def candidate_dirs(dataset: str, data_dir: str | Path | None = None) -> list[tuple[str, Path]]:
-    """Folders to look in, in order, each with where it came from."""
-    found: list[tuple[str, Path]] = []
+def candidate_dirs(dataset: str, data_dir: str | Path | None = None) -> list[Path]:
+    """Folders to look in, in order. An explicit folder is the only place looked: silently
+    using another copy would hide a typo in --data-dir."""
     if data_dir is not None:
-        found += [("--data-dir", Path(data_dir) / dataset), ("--data-dir", Path(data_dir))]
+        return [Path(data_dir) / dataset, Path(data_dir)]
     env = os.environ.get(ENV_DATA_DIR)
-    if env:
-        found += [(ENV_DATA_DIR, Path(env) / dataset), (ENV_DATA_DIR, Path(env))]
-    found += [("cache", cache_dir(dataset)), ("system", SYSTEM_DIR / dataset)]
-    return found
+    found = [Path(env) / dataset, Path(env)] if env else []
+    return found + [cache_dir(dataset), SYSTEM_DIR / dataset]
 
 
 _verified: set[tuple[Path, int, int]] = set()  # (path, size, mtime_ns) hashed OK in this process
@@ -193,21 +191,21 @@ def checksums(dataset: str) -> dict[str, str]:
 def locate(dataset: str = "mnist", data_dir: str | Path | None = None, download: bool = True) -> Path:
     """The first folder holding the verified dataset; download into the cache if none does.
 
-    An explicit --data-dir must hold the data: silently using another copy would hide a typo.
+    Folders whose files fail the checksum are skipped (DIGITPI_DATA_DIR may point at MNIST while
+    Fashion-MNIST, with the same file names, is asked for), except an explicit --data-dir.
     """
     info = dataset_info(dataset)
-    for source, folder in candidate_dirs(dataset, data_dir):
+    for folder in candidate_dirs(dataset, data_dir):
         if not folder.is_dir() or file_in(folder, next(iter(info.sha256))) is None:
             continue
         status = verify_folder(folder, info)
         if all(s == "ok" for s in status.values()):
             return folder
-        if source == "--data-dir" and folder == Path(data_dir):
+        if data_dir is not None and folder == Path(data_dir):
             bad = ", ".join(f"{k}: {v}" for k, v in status.items() if v != "ok")
             raise DataError(f"{folder} does not hold {dataset} ({bad})")
     if data_dir is not None:
-        raise DataError(f"no {dataset} files in {data_dir} (expected {', '.join(info.sha256)}, "
-                        "optionally .gz)")
+        raise DataError(f"no {dataset} files in {data_dir} (expected {', '.join(info.sha256)}, optionally .gz)")
     if not download:
         raise DataError(f"{dataset} not found; set {ENV_DATA_DIR} or pass --data-dir")
     return download_dataset(dataset, cache_dir(dataset))
