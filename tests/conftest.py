@@ -29,11 +29,21 @@ def mnist_test(mnist_dir):
 
 
 @pytest.fixture(scope="session")
-def trained_run(mnist_dir, tmp_path_factory) -> Path:
-    """A run folder of the default model trained with the `fast` recipe on the full training set."""
-    from digitpi import evaluate, train
+def trained_output(mnist_dir, tmp_path_factory) -> tuple[Path, str]:
+    """`digitpi train` of the default model on the full training set, as a user runs it: (run folder, stdout)."""
+    import contextlib
+    import io
+
+    from digitpi import cli
 
     out = tmp_path_factory.mktemp("run") / "fast"
-    result = train.train(train.recipe_config("fast", data_dir=str(mnist_dir)), progress=False)
-    evaluate.finish_run(result, out, plots=False)
-    return out
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert cli.main(["train", "--out", str(out), "--seed", "0"]) == 0
+    return out, stdout.getvalue()
+
+
+@pytest.fixture(scope="session")
+def trained_run(trained_output) -> Path:
+    """A run folder of the default model (`fast` recipe) trained on the full real training set."""
+    return trained_output[0]

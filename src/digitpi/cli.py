@@ -138,6 +138,13 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from digitpi import serve
+
+    serve.serve(serve.ServeConfig(model_dir=args.model, host=args.host, port=args.port, precision=args.precision,
+                                  backend=args.backend), log_level=args.log_level)
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     import importlib
 
@@ -182,6 +189,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="folder holding the four IDX files")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("serve", help="a drawing page and an HTTP API (POST /predict) for an exported model")
+    p.add_argument("--model", required=True, metavar="DIR", help="an exported model folder (`digitpi export`)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for the local network "
+                                                         "(default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    p.add_argument("--precision", choices=["int8", "fp32"], help="which exported model to run (default: the runtime's)")
+    p.add_argument("--backend", help="onnxruntime backend (default: the runtime's)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="server log level (default: info; requests are not logged)")
+    p.set_defaults(func=cmd_serve)
 
     import importlib
 

@@ -1,0 +1,342 @@
+"""`digitpi serve`: a drawing page and an HTTP API that read digits with an exported model.
+
+Runs on the Raspberry Pi: imports only the runtime (numpy, Pillow, onnxruntime) and the web stack
+(FastAPI, uvicorn), never torch. The model is loaded once, at startup; requests only preprocess and
+run it. Request bodies are capped (`MAX_BODY_BYTES`) by an ASGI middleware that counts bytes as they
+arrive, so an oversized upload is refused without ever being held in memory.
+
+Errors are always JSON `{"error": "..."}` with a 4xx status, and never stop the server.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from PIL import Image
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from digitpi import UserError
+
+MAX_BODY_BYTES = 2 * 1024 * 1024  # larger uploads get 413: a 28x28 digit never needs more
+RAW_TYPES = ("image/", "application/octet-stream")  # Content-Type prefixes read as raw image bytes
+STARTUP_TIMEOUT = 60.0  # seconds `launch` waits for a new server to answer /health
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    model_dir: str  # an exported model folder (`digitpi export RUN_DIR`)
+    host: str = "127.0.0.1"  # localhost only; 0.0.0.0 shows the page to the local network
+    port: int = 8000  # TCP port of the page and the API
+    precision: str | None = None  # "int8" or "fp32"; None takes the runtime's default
+    backend: str | None = None  # onnxruntime execution backend; None takes the runtime's default
+
+
+class ApiError(Exception):
+    """A client mistake: answered as `{"error": message}` with `status`, the server carries on."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# ---------------------------------------------------------------- response schemas (also the OpenAPI schema)
+
+
+class Timing(BaseModel):
+    decode_ms: float = Field(description="reading the upload and preprocessing it to 28x28")
+    model_ms: float = Field(description="running the model")
+    total_ms: float = Field(description="from the first byte of the body to the answer")
+
+
+class Reading(BaseModel):
+    digit: int = Field(description="the most probable digit, 0-9")
+    confidence: float = Field(description="its probability")
+    probabilities: list[float] = Field(description="probability of each digit 0-9")
+    input_png: str = Field(description="the 28x28 image the model saw, as a data: URL (PNG, white ink on black)")
+
+
+class Prediction(Reading):
+    timing: Timing
+
+
+class MultiPrediction(BaseModel):
+    text: str = Field(description="the digits read left to right")
+    digits: list[Reading]
+    timing: Timing
+
+
+class ErrorBody(BaseModel):
+    error: str
+
+
+# ---------------------------------------------------------------- the model and the image pipeline
+
+
+def load_classifier(model_dir: str | Path, precision: str | None = None, backend: str | None = None):
+    """The runtime classifier, loaded once; options left None keep the runtime's defaults."""
+    from digitpi.runtime import Classifier
+
+    options = {k: v for k, v in {"precision": precision, "backend": backend}.items() if v is not None}
+    return Classifier.load(model_dir, **options)
+
+
+def png_data_url(image: np.ndarray) -> str:
+    """A uint8 28x28 array as a `data:image/png;base64,...` URL the page can show directly."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), mode="L").save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def read_images(data: bytes, multi: bool) -> list[np.ndarray]:
+    """Decode an upload into the 28x28 uint8 array(s) the model sees; bad images become ApiErrors."""
+    from digitpi import preprocess
+
+    try:
+        image = preprocess.load_image(data)
+        if multi:
+            return list(preprocess.split_digits(image))
+        return [preprocess.to_model_input(image)]
+    except preprocess.ImageError as e:
+        raise ApiError(415, str(e)) from None
+
+
+def readings(classifier, images: list[np.ndarray]) -> list[Reading]:
+    labels, probabilities = classifier.predict(np.stack(images))
+    return [Reading(digit=int(label), confidence=float(p[label]), probabilities=[round(float(x), 6) for x in p],
+                    input_png=png_data_url(image))
+            for label, p, image in zip(labels, probabilities, images)]
+
+
+# ---------------------------------------------------------------- HTTP
+
+
+class BodyLimit:
+    """ASGI middleware: refuse bodies over `limit` bytes with 413, from Content-Length when it is
+    sent, else by counting chunks as they arrive; the app never sees more than `limit` bytes."""
+
+    def __init__(self, app, limit: int = MAX_BODY_BYTES):
+        self.app = app
+        self.limit = limit
+        self.message = f"body larger than {limit // 1024} KiB: send a smaller image"
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self.refuse(send)
+        received = 0
+        started = False
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:  # the app's ApiError handler answers 413
+                    raise ApiError(413, self.message)
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except ApiError as e:  # counting_receive's 413, raised where the app's handlers do not reach
+            if started or e.status != 413:
+                raise
+            await self.refuse(send)
+
+    async def refuse(self, send):
+        response = JSONResponse({"error": self.message}, status_code=413,
+                                headers={"Connection": "close"})
+        await response({"type": "http"}, None, send)
+
+
+def page_html() -> str:
+    return resources.files("digitpi").joinpath("static/index.html").read_text(encoding="utf-8")
+
+
+PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": f"an image (PNG, JPEG, ...), at most {MAX_BODY_BYTES // 1024} KiB: raw bytes or a "
+                       "multipart form field (any name)",
+        "content": {
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {"schema": {"type": "object",
+                                               "properties": {"file": {"type": "string", "format": "binary"}}}},
+        },
+    }
+}
+ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in {
+    400: "empty body or no file in the form", 413: f"body over {MAX_BODY_BYTES // 1024} KiB",
+    415: "not an image", 422: "no digit found in the image"}.items()}
+
+
+async def read_upload(request: Request) -> bytes:
+    """The image bytes of a raw body or of the first file in a multipart form."""
+    content_type = request.headers.get("content-type", "application/octet-stream").lower()
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form()
+        try:
+            files = [v for v in form.values() if hasattr(v, "read")]
+            if not files:
+                raise ApiError(400, "the form holds no file: send the image as a file field")
+            data = await files[0].read()
+        finally:
+            await form.close()
+    elif content_type.startswith(RAW_TYPES):
+        data = await request.body()
+    else:
+        raise ApiError(415, f"unsupported Content-Type {content_type.split(';')[0]}: send image/* bytes, "
+                            "application/octet-stream or multipart/form-data")
+    if not data:
+        raise ApiError(400, "empty body: send an image")
+    return data
+
+
+def create_app(classifier, limit: int = MAX_BODY_BYTES) -> FastAPI:
+    """The page and the API around one loaded classifier (anything with `.predict` and `.card`)."""
+    card = dict(classifier.card)
+    app = FastAPI(title="digitpi", version=card.get("version", "1"),
+                  description="Reads handwritten digits with a model exported by `digitpi export`.")
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError):
+        return JSONResponse({"error": e.message}, status_code=e.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):
+        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code, headers=e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, e: RequestValidationError):
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid')}"}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, e: Exception):
+        return JSONResponse({"error": f"internal error: {type(e).__name__}"}, status_code=500)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index():
+        return HTMLResponse(page_html())
+
+    @app.get("/health", summary="is the server up")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/model", summary="the model card (model.json of the exported model)")
+    async def model():
+        return card
+
+    @app.post("/predict", summary="read a digit (or with ?multi=1 several) from an image",
+              response_model=Prediction | MultiPrediction, responses=ERRORS, openapi_extra=PREDICT_BODY)
+    async def predict(request: Request, multi: bool = False):
+        start = time.perf_counter()
+        data = await read_upload(request)
+
+        def work():
+            images = read_images(data, multi)
+            if not images:
+                raise ApiError(422, "no digit found in the image")
+            decoded = time.perf_counter()
+            result = readings(classifier, images)
+            return result, decoded, time.perf_counter()
+
+        result, decoded, done = await run_in_threadpool(work)
+        timing = Timing(decode_ms=round(1000 * (decoded - start), 3), model_ms=round(1000 * (done - decoded), 3),
+                        total_ms=round(1000 * (time.perf_counter() - start), 3))
+        if multi:
+            return MultiPrediction(text="".join(str(r.digit) for r in result), digits=result, timing=timing)
+        return Prediction(**result[0].model_dump(), timing=timing)
+
+    return BodyLimit(app, limit) if limit else app
+
+
+def serve(cfg: ServeConfig, log_level: str = "info") -> None:
+    """Load the model once and serve until interrupted."""
+    import uvicorn
+
+    try:
+        classifier = load_classifier(cfg.model_dir, cfg.precision, cfg.backend)
+    except FileNotFoundError as e:
+        raise UserError(f"no exported model in {cfg.model_dir} ({e.filename or e}): run `digitpi export RUN_DIR`") \
+            from None
+    try:  # a busy port is a user mistake: say so in one line before uvicorn logs a traceback
+        with socket.create_server((cfg.host, cfg.port)):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror}") from None
+    print(f"digitpi: serving {cfg.model_dir} on http://{cfg.host}:{cfg.port}/", file=sys.stderr, flush=True)
+    uvicorn.run(create_app(classifier), host=cfg.host, port=cfg.port, log_level=log_level, access_log=False)
+
+
+# ---------------------------------------------------------------- a server in a child process (tests, bench)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, process: subprocess.Popen | None = None, timeout: float = STARTUP_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with code {process.returncode} before answering {url}/health")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"server at {url} did not answer /health within {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def launch(model_dir: str | Path, precision: str | None = None, log_level: str = "warning",
+           env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run `digitpi serve` in a child process on a free loopback port; yield its base URL, stop it after."""
+    port = free_port()
+    command = [sys.executable, "-m", "digitpi.cli", "serve", "--model", str(model_dir), "--port", str(port),
+               "--log-level", log_level]
+    if precision:
+        command += ["--precision", precision]
+    process = subprocess.Popen(command, env={**os.environ, **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

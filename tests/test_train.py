@@ -1,0 +1,104 @@
+"""Training: recipes, the loop, determinism, the run folder, and the CLI's answers to bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from digitpi import data, models, train
+
+
+@pytest.fixture(scope="module")
+def tensors(mnist_dir):
+    """(train images, train labels, test images, test labels) as torch tensors."""
+    x, y = data.load_split("mnist", "train", mnist_dir)
+    tx, ty = data.load_split("mnist", "test", mnist_dir)
+    return torch.from_numpy(x.copy()), torch.from_numpy(y), torch.from_numpy(tx.copy()), torch.from_numpy(ty)
+
+
+@pytest.mark.parametrize("recipe", sorted(train.RECIPES))
+def test_each_recipe_trains_a_few_steps(recipe: str, tensors) -> None:
+    x, y, _, _ = tensors
+    cfg = train.recipe_config(recipe, epochs=1, val_split=0.25)
+    n = 4 * cfg.batch_size  # three training steps, one batch of validation
+    result = train.train(cfg, progress=False, train_images=x[:n], train_labels=y[:n])
+    assert len(result.history["loss"]) == 1 and len(result.history["val_accuracy"]) == 1
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+
+
+def test_training_on_a_subset_learns(tensors) -> None:
+    x, y, tx, ty = tensors
+    torch.manual_seed(0)
+    _, before, _ = train.evaluate(models.create_model("fast_cnn"), tx, ty)
+    result = train.train(train.recipe_config("fast", epochs=2), progress=False,
+                         train_images=x[:4000], train_labels=y[:4000])
+    _, after, _ = train.evaluate(result.model, tx, ty)
+    assert before < 0.3 and after > 0.95
+    assert result.history["loss"][-1] < result.history["loss"][0]
+
+
+def test_same_seed_same_model(tensors) -> None:
+    x, y, _, _ = tensors
+    runs = [train.train(train.recipe_config("fast", epochs=1, seed=s), progress=False,
+                        train_images=x[:3000], train_labels=y[:3000]) for s in (7, 7, 8)]
+    same = [torch.equal(a, b) for a, b in zip(runs[0].model.state_dict().values(), runs[1].model.state_dict().values())]
+    assert all(same)
+    assert runs[0].history == runs[1].history != runs[2].history
+
+
+def test_default_model_beats_99_percent(trained_output, mnist_test) -> None:
+    """The README's main job: `digitpi train` on the full set, measured on the real 10,000 test images."""
+    run, stdout = trained_output
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test_accuracy"] >= 0.99
+    assert metrics["params"] == 29_178
+    assert metrics["data_sha256"] == data.DATASETS["mnist"].sha256
+    assert f"The accuracy on test data is {100 * metrics['test_accuracy']:.2f}%" in stdout
+    assert f"The final loss on test data is {metrics['test_loss']:.4f}" in stdout
+    history = json.loads((run / "history.json").read_text())
+    assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"} and len(history["loss"]) == 2
+    for name in ("config.json", "model.safetensors", "loss.png", "accuracy.png", "confusion.png",
+                 "misclassified.png"):
+        assert (run / name).stat().st_size > 0
+    model, cfg = train.load_checkpoint(run)
+    _, accuracy, _ = train.evaluate(model, torch.from_numpy(mnist_test[0].copy()), torch.from_numpy(mnist_test[1]))
+    assert accuracy == metrics["test_accuracy"] and cfg.model == "fast_cnn"
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "digitpi.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=120)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--model", "resnet"], "unknown model 'resnet'"),
+    (["train", "--epochs", "-1"], "--epochs must be at least 1, got -1"),
+    (["train", "--data-dir", "/nonexistent/mnist"], "no mnist files in /nonexistent/mnist"),
+    (["train", "--recipe", "slow"], "unknown recipe 'slow'"),
+    (["train", "--out", "/proc/digitpi-run"], "cannot write to output folder /proc/digitpi-run"),
+    (["evaluate", "/nonexistent/run"], "is not a training run"),
+    (["data", "--dataset", "cifar"], "unknown dataset 'cifar'"),
+])
+def test_cli_bad_input_is_one_line(args: list[str], message: str, mnist_dir) -> None:
+    result = run_cli(*args)
+    assert result.returncode != 0
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_evaluate_and_data(trained_run: Path, tmp_path: Path) -> None:
+    evaluated = run_cli("evaluate", str(trained_run), "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads(evaluated.stdout)
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert result["test_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-9)
+    assert sum(map(sum, result["confusion"])) == 10_000 and len(result["per_class_accuracy"]) == 10
+    shown = run_cli("data", "--grid", str(tmp_path / "grid.png"))
+    assert shown.returncode == 0, shown.stderr
+    assert "train: 60000 images 28x28" in shown.stdout and "sha256 ok" in shown.stdout
+    assert (tmp_path / "grid.png").stat().st_size > 0
