@@ -1,0 +1,39 @@
+# The two commands of the README: `make main` (install, train the default model, evaluate,
+# export, print the test accuracy) and `make test` (install, run the test suite).
+PYTHON ?= python3
+VENV ?= .venv
+CORE_VENV ?= .venv-core
+RUN ?= runs/default
+# The CPU build of torch; a bare `torch` requirement would pull a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+
+.PHONY: main test install system-deps lint
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q $(TORCH)
+	$(VENV)/bin/pip install -q -e '.[train,serve,test]'
+	touch $@
+
+# What a Raspberry Pi gets from `pip install digitpi`: no torch. The tests prove the runtime works there.
+$(CORE_VENV)/.installed: pyproject.toml $(wildcard src/digitpi/*.py)
+	$(PYTHON) -m venv $(CORE_VENV)
+	$(CORE_VENV)/bin/pip install -q --upgrade pip
+	$(CORE_VENV)/bin/pip install -q .
+	touch $@
+
+install: $(VENV)/.installed
+
+# Debian packages the tests use: Chromium for the browser test, Fashion-MNIST for the data layer.
+system-deps:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+		apt-get update -q && apt-get install -y -q chromium dataset-fashion-mnist; fi
+
+main: $(VENV)/.installed
+	$(VENV)/bin/digitpi train --out $(RUN)
+	$(VENV)/bin/digitpi export $(RUN)
+
+test: $(VENV)/.installed $(CORE_VENV)/.installed system-deps
+	$(VENV)/bin/ruff check src tests benchmarks
+	DIGITPI_CORE_PYTHON=$(CORE_VENV)/bin/python $(VENV)/bin/pytest -q
