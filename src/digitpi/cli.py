@@ -145,6 +145,20 @@ def cmd_serve(args: argparse.Namespace) -> None:
                                   backend=args.backend), log_level=args.log_level)
 
 
+def cmd_import_keras(args: argparse.Namespace) -> None:
+    from digitpi import export, keras_import
+
+    h5 = Path(args.model)
+    out = Path(args.out) if args.out else keras_import.default_out_dir(h5)
+    # the whole file is converted before the folder is created: an unsupported layer leaves nothing behind
+    imported, card = keras_import.import_to_folder(h5, out, args.data_dir, log=lambda line: print("  " + line))
+    match = f" (same network as digitpi's {imported.zoo_name})" if imported.zoo_name else ""
+    print(f"read {h5}: Keras {card['source'].get('keras_version', '?')} Sequential "
+          f"{imported.name!r}, input {imported.input_shape}{match}")
+    print(f"input assumed: {card['source']['input']}")
+    print(export.format_card(card, out))
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     import importlib
 
@@ -200,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="server log level (default: info; requests are not logged)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("import-keras", help="convert a Keras .h5 (the course's model.save) into an export folder")
+    p.add_argument("model", metavar="MODEL.h5", help="a Sequential Keras model saved as legacy HDF5 (.h5)")
+    p.add_argument("--out", help="export folder (default: MODEL-export beside the .h5)")
+    p.add_argument("--data-dir", help="folder holding the four IDX files (int8 calibration, test accuracy)")
+    p.set_defaults(func=cmd_import_keras)
 
     import importlib
 

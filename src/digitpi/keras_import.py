@@ -76,7 +76,7 @@ def read_h5(path: Path) -> tuple[dict, dict[str, list[np.ndarray]], dict]:
             raise KerasImportError(f"{path}: no model_config attribute (saved with save_weights?); "
                                    "save the whole model with model.save('model.h5')")
         config = json.loads(as_text(f.attrs["model_config"]))
-        group = f["model_weights"] if "model_weights" in f else f
+        group = f.get("model_weights", f)  # weights-only files keep layers at the top
         weights = {}
         for name, layer in group.items():
             if not hasattr(layer, "attrs") or "weight_names" not in layer.attrs:
@@ -132,6 +132,7 @@ class Converter:
         self.path = path
         self.layers: list[nn.Module] = []
         self.flattened_from: tuple[int, int, int] | None = None  # (H, W, C) before a Flatten
+        self.dropped_softmax = False  # the Keras model ends in softmax (probabilities), ours in logits
         if input_shape in ((IMAGE_SIZE, IMAGE_SIZE, 1), (IMAGE_SIZE, IMAGE_SIZE)):
             self.shape: tuple[int, ...] = (IMAGE_SIZE, IMAGE_SIZE, 1)
         elif input_shape == (IMAGE_SIZE * IMAGE_SIZE,):
@@ -149,7 +150,7 @@ class Converter:
         if act == "relu":
             self.layers.append(nn.ReLU())
         elif act == "softmax" and last:
-            pass  # logits out; the runtime's softmax gives Keras's probabilities
+            self.dropped_softmax = True  # logits out; the runtime's softmax gives Keras's probabilities
         elif act != "linear":
             where = "" if act != "softmax" else " except as the last layer"
             self.fail(name, kind, f"activation {act!r} is not supported{where} (relu, linear, final softmax)")
@@ -297,6 +298,28 @@ def import_keras(path: str | Path) -> ImportedModel:
         "keras_layers": [layer["class_name"] for layer in body],
         "input": INPUT_ASSUMPTION.format(shape=input_shape),
         "pixel_scale": PIXEL_SCALE,
-        "output": "logits (the Keras final softmax is applied by the runtime)",
+        "keras_output": ("probabilities (final softmax, applied here by the runtime)" if converter.dropped_softmax
+                         else "logits (no final softmax)"),
     }
     return ImportedModel(model, name, zoo_match(model), input_shape, source)
+
+
+def default_out_dir(path: Path) -> Path:
+    """`MNIST CNN.h5` -> `MNIST CNN-export/` beside it, like a run's `export/` folder."""
+    return path.with_name(f"{path.stem}-export")
+
+
+def import_to_folder(path: str | Path, out_dir: str | Path | None = None, data_dir: str | None = None,
+                     log=None) -> tuple[ImportedModel, dict]:
+    """Convert a Keras .h5 and write the same export folder as `digitpi export`; returns (model, card).
+
+    Nothing is written when the file cannot be converted: conversion finishes before export starts.
+    """
+    from digitpi.export import ExportConfig, export_model
+
+    path = Path(path)
+    imported = import_keras(path)
+    name = f"keras:{imported.zoo_name or imported.name}"
+    card = export_model(imported.model, name, {}, out_dir or default_out_dir(path),
+                        ExportConfig(data_dir=data_dir), source=imported.source, log=log)
+    return imported, card
