@@ -210,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "(default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
     p.add_argument("--precision", choices=["int8", "fp32"], help="which exported model to run (default: the runtime's)")
-    p.add_argument("--backend", help="onnxruntime backend (default: the runtime's)")
+    p.add_argument("--backend", choices=["auto", "onnxruntime", "numpy"],
+                   help="what runs the model (default: auto, onnxruntime when installed)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="server log level (default: info; requests are not logged)")
     p.set_defaults(func=cmd_serve)

@@ -92,7 +92,8 @@ class ErrorBody(BaseModel):
 
 
 def load_classifier(model_dir: str | Path, precision: str | None = None, backend: str | None = None):
-    """The runtime classifier, loaded once; options left None keep the runtime's defaults."""
+    """The runtime classifier, loaded once (a missing or altered export is a UserError); options left
+    None keep the runtime's defaults. One onnxruntime thread per request: requests run side by side."""
     from digitpi.runtime import Classifier
 
     options = {k: v for k, v in {"precision": precision, "backend": backend}.items() if v is not None}
@@ -107,16 +108,16 @@ def png_data_url(image: np.ndarray) -> str:
 
 
 def read_images(data: bytes, multi: bool) -> list[np.ndarray]:
-    """Decode an upload into the 28x28 uint8 array(s) the model sees; bad images become ApiErrors."""
+    """Decode an upload into the 28x28 uint8 array(s) the model sees; bad images become ApiErrors:
+    422 when the picture is readable but holds no digit, 415 when it is not a picture at all."""
     from digitpi import preprocess
 
     try:
         image = preprocess.load_image(data)
-        if multi:
-            return list(preprocess.split_digits(image))
-        return [preprocess.to_model_input(image)]
+        return preprocess.split_digits(image) if multi else [preprocess.to_mnist(image)]
     except preprocess.ImageError as e:
-        raise ApiError(415, str(e)) from None
+        message = str(e).removeprefix("standard input: ")  # preprocess names bytes after the CLI's stdin
+        raise ApiError(422 if isinstance(e, preprocess.NoDigitError) else 415, message) from None
 
 
 def readings(classifier, images: list[np.ndarray]) -> list[Reading]:
@@ -246,9 +247,10 @@ def create_app(classifier, limit: int = MAX_BODY_BYTES) -> FastAPI:
     async def index():
         return HTMLResponse(page_html())
 
-    @app.get("/health", summary="is the server up")
+    @app.get("/health", summary="is the server up, and what it runs")
     async def health():
-        return {"status": "ok"}
+        return {"status": "ok", "model": card.get("model"), "precision": getattr(classifier, "precision", None),
+                "backend": getattr(classifier, "backend_name", None)}
 
     @app.get("/model", summary="the model card (model.json of the exported model)")
     async def model():
@@ -282,11 +284,7 @@ def serve(cfg: ServeConfig, log_level: str = "info") -> None:
     """Load the model once and serve until interrupted."""
     import uvicorn
 
-    try:
-        classifier = load_classifier(cfg.model_dir, cfg.precision, cfg.backend)
-    except FileNotFoundError as e:
-        raise UserError(f"no exported model in {cfg.model_dir} ({e.filename or e}): run `digitpi export RUN_DIR`") \
-            from None
+    classifier = load_classifier(cfg.model_dir, cfg.precision, cfg.backend)
     try:  # a busy port is a user mistake: say so in one line before uvicorn logs a traceback
         with socket.create_server((cfg.host, cfg.port)):
             pass
@@ -319,10 +317,16 @@ def wait_healthy(url: str, process: subprocess.Popen | None = None, timeout: flo
     raise RuntimeError(f"server at {url} did not answer /health within {timeout:.0f} s")
 
 
+@dataclass(frozen=True)
+class Launched:
+    url: str  # base URL, e.g. http://127.0.0.1:40123
+    pid: int  # the server's process id
+
+
 @contextlib.contextmanager
 def launch(model_dir: str | Path, precision: str | None = None, log_level: str = "warning",
-           env: dict[str, str] | None = None) -> Iterator[str]:
-    """Run `digitpi serve` in a child process on a free loopback port; yield its base URL, stop it after."""
+           env: dict[str, str] | None = None) -> Iterator[Launched]:
+    """Run `digitpi serve` in a child process on a free loopback port until the block ends."""
     port = free_port()
     command = [sys.executable, "-m", "digitpi.cli", "serve", "--model", str(model_dir), "--port", str(port),
                "--log-level", log_level]
@@ -332,7 +336,7 @@ def launch(model_dir: str | Path, precision: str | None = None, log_level: str =
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, process)
-        yield url
+        yield Launched(url, process.pid)
     finally:
         process.terminate()
         try:

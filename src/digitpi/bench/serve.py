@@ -195,8 +195,8 @@ def run(args: argparse.Namespace) -> None:
         from digitpi import serve
 
         try:
-            with serve.launch(args.model, precision=args.precision) as url:
-                result = measure(url)
+            with serve.launch(args.model, precision=args.precision) as server:
+                result = measure(server.url)
         except RuntimeError as e:
             raise UserError(f"could not start a server for --model {args.model}: {e}") from None
     print(json.dumps(result, indent=2) if args.json else format_result(result))
