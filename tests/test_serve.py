@@ -1,0 +1,219 @@
+"""`digitpi serve` as users meet it: the real server in its own process on 127.0.0.1, spoken to over HTTP.
+
+Answers are compared with the runtime itself on real MNIST test digits sent as PNG files; every kind of
+bad input must get its status code and a JSON message, and the server must keep answering after it.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from digitpi import serve
+
+PICKS = np.arange(0, 10_000, 157)  # 64 test digits spread over the whole test set
+
+
+def png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image, mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def decode_data_url(url: str) -> np.ndarray:
+    assert url.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+
+
+@pytest.fixture(scope="module")
+def server(exported_dir):
+    with serve.launch(exported_dir) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def classifier(exported_dir):
+    from digitpi.runtime import Classifier
+
+    return Classifier.load(exported_dir)
+
+
+def runtime_reading(classifier, data: bytes) -> tuple[np.ndarray, int, np.ndarray]:
+    """What the runtime alone makes of an upload: (28x28 model input, digit, probabilities)."""
+    (image,) = serve.read_images(data, multi=False)
+    labels, probabilities = classifier.predict(image[None])
+    return image, int(labels[0]), probabilities[0]
+
+
+def assert_still_serving(client, mnist_test):
+    images, labels = mnist_test
+    assert client.get("/health").json()["status"] == "ok"
+    r = client.post("/predict", content=png(images[0]), headers={"Content-Type": "image/png"})
+    assert r.status_code == 200 and r.json()["digit"] == labels[0]
+
+
+def test_predictions_match_runtime_on_mnist_png(client, classifier, mnist_test):
+    images, labels = mnist_test
+    digits = []
+    for n, i in enumerate(PICKS):
+        data = png(images[i])
+        if n % 2:  # half as raw bytes, half as a multipart upload, as `curl -F` sends it
+            r = client.post("/predict", content=data, headers={"Content-Type": "image/png"})
+        else:
+            r = client.post("/predict", files={"file": (f"{i}.png", data, "image/png")})
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        seen, digit, probabilities = runtime_reading(classifier, data)
+        assert answer["digit"] == digit
+        np.testing.assert_allclose(answer["probabilities"], probabilities, atol=2e-6)
+        assert answer["confidence"] == pytest.approx(float(probabilities[digit]), abs=2e-6)
+        np.testing.assert_array_equal(decode_data_url(answer["input_png"]), seen)  # the page shows the real input
+        assert set(answer["timing"]) == {"decode_ms", "model_ms", "total_ms"}
+        assert 0 < answer["timing"]["model_ms"] <= answer["timing"]["total_ms"]
+        digits.append(answer["digit"])
+    assert np.mean(np.array(digits) == labels[PICKS]) >= 0.95  # a trained model reads real digits
+
+
+def test_multi_reads_digits_left_to_right(client, classifier, mnist_test):
+    images, labels = mnist_test
+    picks = [3, 2, 1, 18]  # four test digits the trained model reads correctly on their own
+    row = np.zeros((40, 40 * len(picks)), np.uint8)
+    for k, i in enumerate(picks):
+        row[6:34, 40 * k + 6:40 * k + 34] = images[i]
+    data = png(row)
+    r = client.post("/predict?multi=1", content=data, headers={"Content-Type": "image/png"})
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    reference = serve.readings(classifier, serve.read_images(data, multi=True))
+    assert answer["text"] == "".join(str(x.digit) for x in reference)
+    assert answer["text"] == "".join(str(labels[i]) for i in picks)
+    assert [d["digit"] for d in answer["digits"]] == [int(labels[i]) for i in picks]
+    assert all(len(d["probabilities"]) == 10 for d in answer["digits"])
+
+
+def test_model_health_and_openapi(client, classifier):
+    health = client.get("/health").json()
+    assert health == {"status": "ok", "model": classifier.card["model"], "precision": classifier.precision,
+                      "backend": classifier.backend_name}
+    assert client.get("/model").json() == json.loads(json.dumps(classifier.card))
+    schema = client.get("/openapi.json").json()
+    predict = schema["paths"]["/predict"]["post"]
+    assert {"multipart/form-data", "image/*", "application/octet-stream"} <= set(predict["requestBody"]["content"])
+    assert {"200", "400", "413", "415", "422"} <= set(predict["responses"])
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "<canvas" in page.text and "http://" not in page.text and "https://" not in page.text  # nothing external
+
+
+def too_big_chunks():
+    for _ in range(48):  # 3 MiB with no Content-Length: only counting the chunks can stop it
+        yield b"\x89PNG" + bytes(65532)
+
+
+BAD_INPUTS = {
+    "over 2 MB": (413, dict(content=bytes(3 * 1024 * 1024), headers={"Content-Type": "image/png"})),
+    "over 2 MB chunked": (413, dict(content=too_big_chunks(), headers={"Content-Type": "image/png"})),
+    "over 2 MB in a form": (413, dict(files={"file": ("big.png", bytes(3 * 1024 * 1024), "image/png")})),
+    "text as image/png": (415, dict(content=b"hello, not a picture", headers={"Content-Type": "image/png"})),
+    "truncated PNG": (415, "truncated"),
+    "text/plain body": (415, dict(content=b"7", headers={"Content-Type": "text/plain"})),
+    "JSON body": (415, dict(json={"image": "7"})),
+    "empty body": (400, dict(content=b"", headers={"Content-Type": "image/png"})),
+    "form without a file": (400, dict(files={"image": (None, "seven")})),
+    "blank image": (422, "blank"),
+    "multi on a blank image": (422, "blank-multi"),
+    "bad multi flag": (422, "bad-flag"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_gets_json_error_and_server_carries_on(client, mnist_test, case):
+    status, request = BAD_INPUTS[case]
+    path = "/predict"
+    if request == "truncated":
+        request = dict(content=png(mnist_test[0][0])[:60], headers={"Content-Type": "image/png"})
+    elif request in ("blank", "blank-multi", "bad-flag"):
+        path += {"blank": "", "blank-multi": "?multi=1", "bad-flag": "?multi=perhaps"}[request]
+        request = dict(content=png(np.zeros((28, 28), np.uint8)), headers={"Content-Type": "image/png"})
+    r = client.post(path, **request)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert list(body) == ["error"] and isinstance(body["error"], str) and len(body["error"]) > 5
+    assert_still_serving(client, mnist_test)
+
+
+def test_unknown_paths_and_methods_answer_json(client, mnist_test):
+    for method, path, status in [("GET", "/nope", 404), ("GET", "/predict", 405), ("DELETE", "/model", 405)]:
+        r = client.request(method, path)
+        assert r.status_code == status and "error" in r.json()
+    assert_still_serving(client, mnist_test)
+
+
+def test_serve_module_never_imports_torch(exported_dir, mnist_test):
+    body = png(mnist_test[0][0])
+    code = (
+        "import sys\n"
+        "from starlette.testclient import TestClient\n"
+        "from digitpi import serve\n"
+        f"app = serve.create_app(serve.load_classifier({str(exported_dir)!r}))\n"
+        f"r = TestClient(app).post('/predict', content={body!r}, headers={{'Content-Type': 'image/png'}})\n"
+        "assert r.status_code == 200, r.text\n"
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+@pytest.mark.xfail(strict=True, reason="cli.build_parser() imports digitpi.train (torch) to build train's flags")
+def test_digitpi_serve_process_has_no_torch_loaded(server):
+    with open(f"/proc/{server.pid}/maps") as f:
+        libraries = {line.split()[-1] for line in f if "/" in line}
+    assert any("onnxruntime" in path for path in libraries)  # the map is the server's, with its runtime
+    assert not [path for path in libraries if "libtorch" in path]
+
+
+def run_cli(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "digitpi.cli", *argv], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+def test_cli_mistakes_are_one_line_errors(tmp_path, exported_dir):
+    missing = run_cli("serve", "--model", str(tmp_path / "nothing-here"))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert missing.stderr.startswith("digitpi: error:") and len(missing.stderr.strip().splitlines()) == 1
+
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        taken = run_cli("serve", "--model", str(exported_dir), "--port", str(port))
+    assert taken.returncode == 2 and "Traceback" not in taken.stderr
+    assert taken.stderr.startswith("digitpi: error: cannot listen on")
+
+
+def test_bench_serve_against_running_server(server):
+    result = run_cli("bench", "serve", "--url", server.url, "-n", "60", "-c", "4", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["requests"] == 60 and report["errors"] == 0
+    assert report["requests_per_s"] > 0 and 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p99"]
+    assert report["accuracy"] >= 0.95
+
+    elsewhere = run_cli("bench", "serve", "--url", "http://192.0.2.1:8000", "-n", "10")
+    assert elsewhere.returncode == 2 and "must point at this machine" in elsewhere.stderr
