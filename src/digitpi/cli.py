@@ -138,6 +138,17 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from digitpi import export
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        fail(f"no run folder {run_dir} (train one with `digitpi train --out {run_dir}`)")
+    out = Path(args.out) if args.out else run_dir / "export"  # created once the run has loaded
+    card = export.export_run(run_dir, out, args.data_dir, log=lambda line: print("  " + line))
+    print(export.format_card(card, out))
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from digitpi import serve
 
@@ -203,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="folder holding the four IDX files")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("export", help="ONNX fp32 + int8, NumPy weights and a model card for the Raspberry Pi")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a training run folder (`digitpi train --out RUN_DIR`)")
+    p.add_argument("--out", metavar="DIR", help="export folder (default: RUN_DIR/export)")
+    p.add_argument("--data-dir", help="folder holding the four IDX files (int8 calibration, test accuracy)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("serve", help="a drawing page and an HTTP API (POST /predict) for an exported model")
     p.add_argument("--model", required=True, metavar="DIR", help="an exported model folder (`digitpi export`)")

@@ -1,0 +1,383 @@
+"""Export a trained model for the Raspberry Pi: ONNX fp32, ONNX int8, NumPy weights and a model card.
+
+`export_model(model, name, model_args, out_dir)` is the one entry point every producer uses (our
+training runs through `export_run`, an imported Keras model directly). It folds BatchNorm into
+the convolutions, exports ONNX, quantizes to int8 with calibration on *training* images, measures
+every variant on the real test set and writes the card `model.json` last, so a folder with a card
+is always complete. The Pi reads the folder with `digitpi.runtime`, which needs no torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from digitpi import UserError, __version__, data, runtime
+from digitpi.models import count_params
+
+OPSET = 18  # the torch.export-based exporter's own opset: no version conversion step
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
+FRAMING = ("MNIST framing: the digit scaled to fit a 20x20 box, centred by its centre of mass "
+           "in a 28x28 image")
+SUPPORTED = ("Conv2d", "BatchNorm2d", "BatchNorm1d", "ReLU", "MaxPool2d", "ZeroPad2d",
+             "AdaptiveAvgPool2d(1)", "Flatten", "Linear", "Dropout")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    calibration_images: int = 1000  # training images that set the int8 activation ranges
+    calibration_seed: int = 0  # which training images: same seed, same int8 file
+    quant_format: str = "QDQ"  # QDQ (ORT fuses it into int8 kernels) | QOperator
+    per_channel: bool = True  # one weight scale per output channel: folded BN spreads channel ranges
+    dataset: str = "mnist"  # a name in data.DATASETS: calibration and test images
+    data_dir: str | None = None  # None: DIGITPI_DATA_DIR, then the cache
+
+
+class ExportError(UserError):
+    """A model digitpi cannot export (unsupported layer) or an unusable run folder."""
+
+
+# ---------------------------------------------------------------- a deployable copy of the model
+
+
+def bn_scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """BatchNorm at inference is y = x * scale + shift per channel."""
+    scale = bn.running_var.add(bn.eps).rsqrt()
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale.detach(), shift.detach()
+
+
+def fold_into(layer: nn.Conv2d | nn.Linear, scale: torch.Tensor, shift: torch.Tensor) -> nn.Module:
+    """A copy of `layer` whose output is the old output * scale + shift (per output channel)."""
+    folded = copy.deepcopy(layer)
+    with torch.no_grad():
+        folded.weight.mul_(scale.reshape(-1, *[1] * (folded.weight.ndim - 1)))
+        bias = layer.bias.detach() * scale + shift if layer.bias is not None else shift.clone()
+        folded.bias = nn.Parameter(bias)
+    return folded
+
+
+def check_layer(index: int, layer: nn.Module) -> None:
+    """Refuse, by name, any layer the NumPy backend could not rebuild exactly."""
+
+    def refuse(why: str) -> None:
+        raise ExportError(f"cannot export layer {index} ({layer!r}): {why}")
+
+    if isinstance(layer, nn.Conv2d):
+        if layer.groups != 1 or layer.dilation != (1, 1) or layer.padding_mode != "zeros":
+            refuse("only groups=1, dilation=1, zero padding are supported")
+    elif isinstance(layer, nn.MaxPool2d):
+        if layer.dilation not in (1, (1, 1)) or layer.ceil_mode or layer.return_indices:
+            refuse("only dilation=1, ceil_mode=False are supported")
+    elif isinstance(layer, nn.AdaptiveAvgPool2d):
+        if layer.output_size not in (1, (1, 1)):
+            refuse("only global average pooling (output size 1) is supported")
+    elif isinstance(layer, nn.Flatten):
+        if (layer.start_dim, layer.end_dim) != (1, -1):
+            refuse("only Flatten(start_dim=1) is supported")
+    elif isinstance(layer, nn.modules.batchnorm._BatchNorm):
+        if not layer.track_running_stats or layer.running_mean is None:
+            refuse("BatchNorm without running statistics cannot be exported")
+    elif not isinstance(layer, nn.ReLU | nn.ZeroPad2d | nn.Linear | nn.Dropout | nn.BatchNorm1d):
+        refuse(f"supported layers are {', '.join(SUPPORTED)} in an nn.Sequential")
+
+
+def deployable(model: nn.Module) -> nn.Sequential:
+    """An inference-only copy: Dropout dropped, each BatchNorm folded into the conv/linear before it.
+
+    A BatchNorm behind a MaxPool (conv -> pool -> BN, as our zoo has it) folds too when every
+    channel's scale is positive, since max-pooling commutes with an increasing per-channel map.
+    Any other BatchNorm stays as a per-channel affine layer.
+    """
+    if not isinstance(model, nn.Sequential):
+        raise ExportError(f"can export only an nn.Sequential, got {type(model).__name__}")
+    for i, layer in enumerate(model):
+        check_layer(i, layer)
+    layers: list[nn.Module] = []
+    for layer in model:
+        if isinstance(layer, nn.Dropout):
+            continue
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            scale, shift = bn_scale_shift(layer)
+            if layers and isinstance(layers[-1], nn.Conv2d | nn.Linear):
+                layers[-1] = fold_into(layers[-1], scale, shift)
+                continue
+            if (len(layers) >= 2 and isinstance(layers[-1], nn.MaxPool2d)
+                    and isinstance(layers[-2], nn.Conv2d) and bool((scale > 0).all())):
+                layers[-2] = fold_into(layers[-2], scale, shift)
+                continue
+        layers.append(copy.deepcopy(layer))
+    return nn.Sequential(*layers).eval()
+
+
+def numpy_layers(model: nn.Sequential) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """The layer list of the model card and the arrays of `weights.npz` for `runtime.numpy_forward`."""
+    layers: list[dict] = []
+    arrays: dict[str, np.ndarray] = {}
+
+    def keep(key: str, tensor: torch.Tensor) -> str:
+        arrays[key] = tensor.detach().cpu().numpy().astype(np.float32)
+        return key
+
+    for i, layer in enumerate(model):
+        if isinstance(layer, nn.Conv2d | nn.Linear):
+            spec = {"op": "conv2d" if isinstance(layer, nn.Conv2d) else "linear",
+                    "weight": keep(f"{i}.weight", layer.weight),
+                    "bias": keep(f"{i}.bias", layer.bias) if layer.bias is not None else None}
+            if isinstance(layer, nn.Conv2d):
+                left, right, top, bottom = layer._reversed_padding_repeated_twice  # ints or 'same' resolved
+                spec |= {"stride": list(layer.stride), "padding": [top, bottom, left, right]}
+        elif isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            scale, shift = bn_scale_shift(layer)
+            spec = {"op": "affine", "scale": keep(f"{i}.scale", scale), "shift": keep(f"{i}.shift", shift)}
+        elif isinstance(layer, nn.ReLU):
+            spec = {"op": "relu"}
+        elif isinstance(layer, nn.MaxPool2d):
+            kernel, stride, padding = (nn.modules.utils._pair(v) for v in (layer.kernel_size, layer.stride,
+                                                                         layer.padding))
+            spec = {"op": "max_pool", "kernel": list(kernel), "stride": list(stride),
+                    "padding": [padding[0], padding[0], padding[1], padding[1]]}
+        elif isinstance(layer, nn.ZeroPad2d):
+            left, right, top, bottom = layer.padding
+            spec = {"op": "zero_pad", "padding": [top, bottom, left, right]}
+        elif isinstance(layer, nn.AdaptiveAvgPool2d):
+            spec = {"op": "global_avg_pool"}
+        elif isinstance(layer, nn.Flatten):
+            spec = {"op": "flatten"}
+        else:  # deployable() checked every layer; this is a bug, not a user mistake
+            raise AssertionError(f"unexpected layer {layer!r}")
+        layers.append(spec)
+    return layers, arrays
+
+
+# ---------------------------------------------------------------- ONNX fp32 and int8
+
+
+@contextlib.contextmanager
+def quiet():
+    """torch.onnx prints progress and warns about torchvision, the quantizer advises pre-processing
+    (measured: no change in size or accuracy here); an export should print only its own lines."""
+    loggers = [logging.getLogger(), logging.getLogger("torch.onnx")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def export_onnx(model: nn.Sequential, path: Path, metadata: dict[str, str]) -> None:
+    """fp32 ONNX with a dynamic batch axis; `metadata` goes into the file's metadata_props."""
+    import onnx
+
+    example = torch.zeros(1, 1, data.IMAGE_SIZE, data.IMAGE_SIZE)
+    with quiet():
+        program = torch.onnx.export(
+            model, (example,), dynamo=True, external_data=False, opset_version=OPSET,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: torch.export.Dim("batch")},))
+    proto = program.model_proto
+    for node in proto.graph.node:  # torch's per-node stack traces and names: bytes the Pi never needs
+        del node.metadata_props[:]
+    for value in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
+        del value.metadata_props[:]
+    proto.producer_name, proto.doc_string = "digitpi", metadata.get("description", "")
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, metadata)
+    onnx.checker.check_model(proto)
+    data.write_atomic(path, proto.SerializeToString())
+
+
+class TrainingImages:
+    """onnxruntime's CalibrationDataReader protocol over a seeded sample of *training* images.
+
+    Calibrating on test images would leak the test set into the int8 file's activation ranges.
+    """
+
+    def __init__(self, images: np.ndarray, count: int, seed: int, batch: int = 100) -> None:
+        pick = np.random.default_rng(seed).choice(len(images), min(count, len(images)), replace=False)
+        x = images[np.sort(pick)][:, None].astype(np.float32) * np.float32(data.PIXEL_SCALE)
+        self.batches = iter([x[i:i + batch] for i in range(0, len(x), batch)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self.batches, None)
+        return None if batch is None else {INPUT_NAME: batch}
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, reader: TrainingImages, cfg: ExportConfig) -> None:
+    """Static int8: int8 weights (per channel), int8 activations with ranges from the reader.
+
+    QDQ, not QOperator: with int8 activations the QOperator graph (QLinearConv) fell to 87 % test
+    accuracy on x86 while QDQ matched fp32 (99.25 %), and onnxruntime fuses QDQ into int8 kernels anyway.
+    """
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    reader_cls = type("Reader", (CalibrationDataReader,), {"get_next": lambda self: reader.get_next()})
+    with tempfile.TemporaryDirectory(dir=int8_path.parent) as tmp, quiet():
+        out = Path(tmp) / int8_path.name
+        quantize_static(str(fp32_path), str(out), reader_cls(), quant_format=QuantFormat[cfg.quant_format],
+                        per_channel=cfg.per_channel, activation_type=QuantType.QInt8,
+                        weight_type=QuantType.QInt8)
+        os.replace(out, int8_path)
+
+
+# ---------------------------------------------------------------- measuring and the card
+
+
+def onnx_logits(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+@torch.no_grad()
+def torch_logits(model: nn.Module, x: np.ndarray, batch: int = 1000) -> np.ndarray:
+    model.eval()
+    return torch.cat([model(torch.from_numpy(x[i:i + batch])) for i in range(0, len(x), batch)]).numpy()
+
+
+def versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {"digitpi": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
+
+
+def export_model(model: nn.Module, model_name: str, model_args: dict, out_dir: str | Path,
+                 cfg: ExportConfig | None = None, source: dict | None = None, log=None) -> dict:
+    """Export a trained model to `out_dir` and return its model card.
+
+    `model` is an nn.Sequential of the layers in SUPPORTED taking float32 (N, 1, 28, 28) = pixel/255,
+    white ink on black, and returning logits (N, 10). `model_name`/`model_args` are recorded so
+    the card says what was exported; `source` (any JSON-able dict: run folder, Keras file...) too.
+    Files appear atomically; the card is written last, so a folder with a card is complete.
+    `log(message)` receives one line per step with its time and size.
+    """
+    cfg = cfg or ExportConfig()
+    log = log or (lambda message: None)
+    out_dir = Path(out_dir)
+    info = data.dataset_info(cfg.dataset)
+    deploy = deployable(model)
+    layers, arrays = numpy_layers(deploy)
+    input_spec = {"name": INPUT_NAME, "shape": [None, 1, data.IMAGE_SIZE, data.IMAGE_SIZE], "dtype": "float32",
+                  "scale": data.PIXEL_SCALE, "polarity": "white ink (1.0) on black (0.0)", "framing": FRAMING,
+                  "formula": "x = pixel / 255 for uint8 pixels, shape (N, 1, 28, 28)"}
+    metadata = {"description": f"digitpi {model_name}: {info.name} digits, logits (N, 10)",
+                "digitpi.model": model_name, "digitpi.model_args": json.dumps(model_args),
+                "digitpi.input": json.dumps(input_spec), "digitpi.classes": json.dumps(list(info.classes))}
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / runtime.CARD).unlink(missing_ok=True)  # a half-replaced folder must not look complete
+    test_x, test_y = data.load_split(cfg.dataset, "test", cfg.data_dir)
+    x = test_x[:, None].astype(np.float32) * np.float32(data.PIXEL_SCALE)
+    reference = torch_logits(model, x)
+
+    start = time.perf_counter()
+    fp32, int8, npz = (out_dir / runtime.FILES[k] for k in ("fp32", "int8", "numpy"))
+    export_onnx(deploy, fp32, metadata)
+    log(f"{fp32.name}: {fp32.stat().st_size / 1024:.1f} KB in {time.perf_counter() - start:.1f} s")
+
+    start = time.perf_counter()
+    train_x, _ = data.load_split(cfg.dataset, "train", cfg.data_dir)
+    quantize_int8(fp32, int8, TrainingImages(train_x, cfg.calibration_images, cfg.calibration_seed), cfg)
+    log(f"{int8.name}: {int8.stat().st_size / 1024:.1f} KB in {time.perf_counter() - start:.1f} s "
+        f"({cfg.calibration_images} training images for calibration)")
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    data.write_atomic(npz, buffer.getvalue())
+    log(f"{npz.name}: {npz.stat().st_size / 1024:.1f} KB")
+
+    start = time.perf_counter()
+    fp32_logits = onnx_logits(fp32, x)
+    outputs = {"torch": reference, "fp32": fp32_logits, "int8": onnx_logits(int8, x),
+               "numpy": runtime.NumpyBackend(npz, layers).logits(x)}
+    accuracy = {k: float((v.argmax(1) == test_y).mean()) for k, v in outputs.items()}
+    log("test accuracy " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in accuracy.items())
+        + f" ({time.perf_counter() - start:.1f} s)")
+
+    card = {
+        "format": runtime.CARD_FORMAT,
+        "model": model_name,
+        "model_args": model_args,
+        "dataset": info.name,
+        "classes": list(info.classes),
+        "input": input_spec,
+        "output": {"name": OUTPUT_NAME, "shape": [None, len(info.classes)],
+                   "meaning": "logits; the runtime applies softmax for probabilities"},
+        "params": count_params(model),
+        "test_images": len(test_y),
+        "test_accuracy": accuracy,
+        "fp32_max_abs_logit_diff_vs_torch": float(np.abs(fp32_logits - reference).max()),
+        "int8_agrees_with_fp32": float((outputs["int8"].argmax(1) == fp32_logits.argmax(1)).mean()),
+        "quantization": {"method": "onnxruntime static post-training quantization", "format": cfg.quant_format,
+                         "weights": "int8 per channel" if cfg.per_channel else "int8 per tensor",
+                         "activations": "int8, MinMax ranges",
+                         "calibration": f"{cfg.calibration_images} {info.name} training images "
+                                        f"(seed {cfg.calibration_seed}), never test images"},
+        "layers": layers,
+        "files": {p.name: {"bytes": p.stat().st_size, "sha256": runtime.sha256_file(p)} for p in (fp32, int8, npz)},
+        "versions": versions(),
+        "opset": OPSET,
+        "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "source": source or {},
+    }
+    data.write_atomic(out_dir / runtime.CARD, (json.dumps(card, indent=2) + "\n").encode())
+    return card
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path | None = None, data_dir: str | None = None,
+               log=None) -> dict:
+    """Export a training run folder to `out_dir` (default: RUN_DIR/export); returns the card.
+
+    The run's own dataset is used for calibration and testing, found in `data_dir` if given.
+    """
+    from digitpi import train
+
+    run_dir = Path(run_dir)
+    try:
+        model, run_cfg = train.load_checkpoint(run_dir)
+    except FileNotFoundError as e:
+        raise ExportError(str(e)) from None
+    except (RuntimeError, ValueError, TypeError) as e:  # weights that do not fit the model the config names
+        raise ExportError(f"{run_dir}: cannot rebuild the model ({str(e).splitlines()[0]})") from None
+    cfg = ExportConfig(dataset=run_cfg.dataset, data_dir=data_dir or run_cfg.data_dir)
+    weights = run_dir / train.CHECKPOINT
+    source = {"run": str(run_dir.resolve()), "checkpoint_sha256": runtime.sha256_file(weights)}
+    return export_model(model, run_cfg.model, run_cfg.model_args, out_dir or run_dir / "export", cfg, source, log)
+
+
+def format_card(card: dict, out_dir: Path) -> str:
+    """A short summary of an export for the terminal."""
+    acc = card["test_accuracy"]
+    lines = [f"exported {card['model']} ({card['params']:,} parameters) to {out_dir}"]
+    lines += [f"  {name:<16} {entry['bytes'] / 1024:7.1f} KB  sha256 {entry['sha256'][:12]}"
+              for name, entry in card["files"].items()]
+    lines.append("  test accuracy: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in acc.items()))
+    lines.append(f"  fp32 vs torch: max |logit difference| {card['fp32_max_abs_logit_diff_vs_torch']:.2e}")
+    return "\n".join(lines)
+

@@ -1,0 +1,268 @@
+"""Read digits with an exported model: the Raspberry Pi side, without torch.
+
+Imports only numpy at the top; onnxruntime is imported when a session is created, so the pure-NumPy
+backend still works on a machine where onnxruntime is missing. An export folder (`digitpi export`)
+holds `model.onnx` (fp32), `model.int8.onnx`, `weights.npz` and the card `model.json`; the card
+says how pixels become model input, and its SHA-256 sums are checked before a file is used, so a
+half-copied or edited file is refused instead of giving quietly wrong answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from digitpi import UserError
+
+CARD = "model.json"
+CARD_FORMAT = "digitpi-export/1"
+FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "numpy": "weights.npz"}
+PRECISIONS = ("int8", "fp32")
+BACKENDS = ("auto", "onnxruntime", "numpy")
+NUMPY_CHUNK = 128  # images per NumPy forward pass: bounds the im2col buffers to a few MB
+
+
+class ModelFileError(UserError):
+    """An export folder that is missing, incomplete or altered; the message says which file."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    labels: np.ndarray  # int64 (N,): the most probable class index of each image
+    probabilities: np.ndarray  # float32 (N, 10): softmax of the logits, rows sum to 1
+
+    def __iter__(self):
+        """`labels, probabilities = classifier.predict(x)` reads naturally at call sites."""
+        return iter((self.labels, self.probabilities))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_card(folder: str | Path) -> dict:
+    """The model card of an export folder, with a one-line error when it is absent or unreadable."""
+    path = Path(folder) / CARD
+    if not path.is_file():
+        raise ModelFileError(f"no model card {CARD} in {folder}: export a run with `digitpi export RUN_DIR`")
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFileError(f"{path}: unreadable model card ({e})") from None
+    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+        raise ModelFileError(f"{path}: not a digitpi model card (expected format {CARD_FORMAT!r})")
+    return card
+
+
+def verified_file(folder: Path, card: dict, name: str) -> Path:
+    """`folder/name` after checking it against the card's SHA-256: never run a file the card does not vouch for."""
+    path = folder / name
+    entry = card.get("files", {}).get(name)
+    if entry is None:
+        raise ModelFileError(f"{folder / CARD} lists no {name}; export the run again")
+    if not path.is_file():
+        raise ModelFileError(f"{path} is missing; copy the whole export folder")
+    if sha256_file(path) != entry["sha256"]:
+        raise ModelFileError(f"{path} does not match the SHA-256 in {CARD} (changed or corrupt): "
+                             "copy it again or re-export")
+    return path
+
+
+# ---------------------------------------------------------------- input and output
+
+
+def to_input(images: np.ndarray, scale: float, shape: tuple[int, ...]) -> np.ndarray:
+    """uint8 (or integer) pixels 0..255, or floats already in [0, 1], as float32 (N, *shape).
+
+    One (28, 28) image or a batch (N, 28, 28) is accepted; the scale comes from the card.
+    """
+    x = np.asarray(images)
+    side = shape[-2:]
+    if x.shape[-2:] != side or x.ndim not in (2, 3, 4) or (x.ndim == 4 and x.shape[1] != 1):
+        raise UserError(f"expected images of shape (N, {side[0]}, {side[1]}) or ({side[0]}, {side[1]}), "
+                        f"got {x.shape}")
+    x = x.reshape(-1, *shape)
+    if len(x) == 0:
+        raise UserError("no images to predict")
+    if x.dtype.kind in "ui":
+        if x.size and (x.min() < 0 or x.max() > 255):
+            raise UserError("integer pixels must be in 0..255")
+        return x.astype(np.float32) * np.float32(scale)
+    if x.dtype.kind == "f":
+        if x.size and not (np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1):
+            raise UserError("float pixels must be in [0, 1] (divide 0..255 pixels by 255, or pass uint8)")
+        return x.astype(np.float32, copy=False)
+    raise UserError(f"images must be uint8 or float arrays, got dtype {x.dtype}")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)  # no overflow for large logits
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+# ---------------------------------------------------------------- the pure-NumPy forward pass
+
+
+def windows(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int]) -> np.ndarray:
+    """Sliding (kh, kw) windows of (N, C, H, W) at `stride`: a view (N, C, H', W', kh, kw), no copy."""
+    view = np.lib.stride_tricks.sliding_window_view(x, kernel, axis=(2, 3))
+    return view[:, :, ::stride[0], ::stride[1]]
+
+
+def pad(x: np.ndarray, padding: list[int], value: float = 0.0) -> np.ndarray:
+    """Pad (N, C, H, W) by [top, bottom, left, right]."""
+    top, bottom, left, right = padding
+    if not any(padding):
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=value)
+
+
+def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: list[int],
+           padding: list[int]) -> np.ndarray:
+    """im2col by a strided view, then one matrix product: (N, C, H, W) -> (N, O, H', W')."""
+    cols = windows(pad(x, padding), weight.shape[2:], stride)  # (N, C, H', W', kh, kw)
+    out = np.tensordot(cols, weight, axes=([1, 4, 5], [1, 2, 3]))  # (N, H', W', O)
+    if bias is not None:
+        out += bias
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+def max_pool(x: np.ndarray, kernel: list[int], stride: list[int], padding: list[int]) -> np.ndarray:
+    return windows(pad(x, padding, -np.inf), tuple(kernel), stride).max(axis=(4, 5))
+
+
+def affine(x: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """A BatchNorm that could not be folded: per-channel x * scale + shift (channels on axis 1)."""
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    return x * scale.reshape(shape) + shift.reshape(shape)
+
+
+def numpy_forward(layers: list[dict], weights, x: np.ndarray) -> np.ndarray:
+    """Logits of float32 input `x` (N, 1, 28, 28) from the card's layer list and the exported arrays."""
+    for layer in layers:
+        op = layer["op"]
+        if op == "conv2d":
+            bias = weights[layer["bias"]] if layer.get("bias") else None
+            x = conv2d(x, weights[layer["weight"]], bias, layer["stride"], layer["padding"])
+        elif op == "affine":
+            x = affine(x, weights[layer["scale"]], weights[layer["shift"]])
+        elif op == "relu":
+            x = np.maximum(x, 0, out=x)
+        elif op == "max_pool":
+            x = max_pool(x, layer["kernel"], layer["stride"], layer["padding"])
+        elif op == "zero_pad":
+            x = pad(x, layer["padding"])
+        elif op == "global_avg_pool":
+            x = x.mean(axis=(2, 3), keepdims=True)
+        elif op == "flatten":
+            x = x.reshape(len(x), -1)
+        elif op == "linear":
+            x = x @ weights[layer["weight"]].T
+            if layer.get("bias"):
+                x = x + weights[layer["bias"]]
+        else:
+            raise ModelFileError(f"the model card names an unknown layer {op!r}; upgrade digitpi")
+    return x
+
+
+class NumpyBackend:
+    """The exported fp32 weights run by NumPy: slower than onnxruntime, but needs nothing else."""
+
+    def __init__(self, path: Path, layers: list[dict]) -> None:
+        with np.load(path, allow_pickle=False) as archive:  # no pickle: a weights file cannot run code
+            self.weights = {k: archive[k] for k in archive.files}
+        self.layers = layers
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        parts = [numpy_forward(self.layers, self.weights, x[i:i + NUMPY_CHUNK]) for i in range(0, len(x), NUMPY_CHUNK)]
+        return np.concatenate(parts)
+
+
+class OnnxBackend:
+    """An onnxruntime session on one ONNX file; the input name comes from the graph, not from here."""
+
+    def __init__(self, path: Path, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # a Pi serving one request at a time: 1 is fastest per image
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    @property
+    def input_shape(self) -> tuple:
+        return tuple(self.session.get_inputs()[0].shape)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: x})[0]
+
+
+def onnxruntime_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------- the classifier
+
+
+class Classifier:
+    """A loaded export folder: `Classifier.load(DIR).predict(images)` -> labels and probabilities."""
+
+    def __init__(self, card: dict, backend, precision: str, backend_name: str) -> None:
+        self.card = card  # the model card (model.json) as a dict
+        self.backend = backend
+        self.precision = precision  # what actually runs: the NumPy backend always runs fp32 weights
+        self.backend_name = backend_name  # "onnxruntime" or "numpy"
+        preprocessing = card["input"]
+        self.scale = float(preprocessing["scale"])
+        self.shape = tuple(preprocessing["shape"][1:])  # without the batch axis, e.g. (1, 28, 28)
+        self.classes = list(card["classes"])
+
+    @classmethod
+    def load(cls, folder: str | Path, precision: str = "int8", backend: str = "auto",
+             threads: int = 1) -> Classifier:
+        """Load an export folder after checking the card's SHA-256 of the file that will run.
+
+        `backend="auto"` takes onnxruntime when it is installed, else NumPy (which runs the fp32
+        weights whatever `precision` says, as it has no int8 kernels).
+        """
+        if precision not in PRECISIONS:
+            raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if backend not in BACKENDS:
+            raise UserError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ModelFileError(f"no export folder {folder}")
+        card = read_card(folder)
+        if backend == "auto":
+            backend = "onnxruntime" if onnxruntime_available() else "numpy"
+        if backend == "numpy":
+            path = verified_file(folder, card, FILES["numpy"])
+            return cls(card, NumpyBackend(path, card["layers"]), "fp32", "numpy")
+        if not onnxruntime_available():
+            raise UserError("onnxruntime is not installed: `pip install onnxruntime`, or use backend='numpy'")
+        path = verified_file(folder, card, FILES[precision])
+        return cls(card, OnnxBackend(path, threads), precision, "onnxruntime")
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """Raw scores (N, 10) for images as `predict` takes them."""
+        return self.backend.logits(to_input(images, self.scale, self.shape))
+
+    def predict(self, images: np.ndarray) -> Prediction:
+        """Labels and probabilities of a batch (N, 28, 28) or one image (28, 28), uint8 or float in [0, 1]."""
+        probabilities = softmax(self.logits(images))
+        return Prediction(probabilities.argmax(axis=1).astype(np.int64), probabilities)
