@@ -1,0 +1,454 @@
+"""Turn any picture of a digit (photo, scan, canvas drawing) into the 28x28 image an MNIST model expects.
+
+MNIST digits are white ink on black, size-normalized so the longer side of the ink is 20 px (aspect
+ratio kept, anti-aliased) and pasted into 28x28 with the centre of mass at the centre. A phone photo
+of dark ink on paper with a shadow across it is none of that; this module bridges the gap, with
+numpy and Pillow only (it runs on the Raspberry Pi, beside the runtime).
+
+Public API, used by `digitpi predict`, the runtime user and `digitpi serve`:
+    load_image(source) -> PIL.Image          path, bytes, file object, PIL image or array; upright, size-capped
+    to_mnist(source) -> uint8 (28, 28)       one digit, ready for `Classifier.predict`
+    split_digits(source) -> [uint8 (28, 28)] a row of digits, left to right
+Every failure is an `ImageError` (a `UserError`) with a one-line message; a blank page is a
+`NoDigitError`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from digitpi import UserError
+
+Source = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray
+
+IMAGE_SIZE = 28  # the model's input field, px
+BOX_SIZE = 20  # the longer side of the ink inside it, px (as NIST/MNIST did)
+CENTRE = 14.0  # MNIST centres of mass sit at (14, 14) in pixel-index coordinates (measured: 13.99, 14.01)
+
+
+@dataclass(frozen=True)
+class Settings:
+    max_pixels: int = 100_000_000  # larger images are refused as decompression bombs (a 108-MP phone photo fits)
+    load_side: int = 1024  # load_image decodes/reduces to this longer side or less: plenty for a row of digits
+    digit_side: int = 256  # to_mnist works at this longer side or less: 20 px of output need far fewer
+    blocks: int = 16  # background grid: blocks along the longer side (3x3 blocks are wider than a stroke)
+    min_contrast: float = 12.0  # grey levels (of 255) between paper and ink below which nothing is written
+    min_snr: float = 6.0  # ink must stand this many noise standard deviations above the background
+    noise_floor: float = 3.0  # background noise (in standard deviations) cut away before scaling ink to 1
+    ink_level: float = 60.0  # percentile of the ink pixels' values taken as full-strength ink
+    strong_ink: float = 0.6  # a blob is ink only if it reaches this level somewhere (shadow edges do not)
+    min_piece: float = 0.05  # ink blobs smaller than this fraction of the largest one are specks, not digit
+    min_digit: float = 0.015  # the digit's longer side must be at least this fraction of the image's
+
+
+SETTINGS = Settings()
+
+
+class ImageError(UserError):
+    """The input cannot be read as a picture of a digit; the message is one line that says why."""
+
+
+class NoDigitError(ImageError):
+    """The picture is readable but blank or nearly so."""
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def describe(source: Source) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    return "standard input" if isinstance(source, (bytes, bytearray, memoryview)) else "image"
+
+
+def open_image(source: Source, s: Settings = SETTINGS) -> Image.Image:
+    """Image.open with every Pillow failure (and any image over `max_pixels`) turned into ImageError."""
+    name = describe(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ImageError(f"{name}: empty file, not an image")
+        source = io.BytesIO(bytes(source))
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise ImageError(f"{name}: no such file")
+        if path.stat().st_size == 0:
+            raise ImageError(f"{name}: empty file, not an image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(source)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"{name}: image too large (decompression bomb?)") from None
+    except Exception as e:  # Pillow raises many types on foreign or corrupt bytes
+        raise ImageError(f"{name}: not an image ({reason(e)})") from None
+    width, height = image.size
+    if width * height > s.max_pixels:
+        raise ImageError(f"{name}: image too large ({width}x{height} px; the limit is {s.max_pixels:,} pixels)")
+    if width == 0 or height == 0:
+        raise ImageError(f"{name}: image has no pixels ({width}x{height})")
+    return image
+
+
+def reason(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def load_image(source: Source, s: Settings = SETTINGS, side: int | None = None) -> Image.Image:
+    """Read `source` into an upright, fully decoded grey image whose longer side is at most `side`
+    (default `s.load_side`; larger images are shrunk by a whole factor, box-filtered).
+
+    JPEGs are decoded at a reduced scale (`draft`), so a 12-MP photo costs a few milliseconds, not a
+    hundred. Arrays are taken as grey levels (or RGB/RGBA) as they are.
+    """
+    side = side or s.load_side
+    if isinstance(source, np.ndarray):
+        return shrink(array_image(source), side)
+    image = source if isinstance(source, Image.Image) else open_image(source, s)
+    name = describe(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if image.format == "JPEG" and image.mode in ("RGB", "L"):
+                image.draft("L", (side, side))  # DCT scaling: decode only 1/2, 1/4 or 1/8 of it
+            image.load()
+            image = shrink(gray_image(ImageOps.exif_transpose(image) or image), side)
+    except ImageError:
+        raise
+    except Exception as e:  # truncated data, broken EXIF, a mode Pillow cannot convert...
+        raise ImageError(f"{name}: cannot decode image ({reason(e)})") from None
+    return image
+
+
+def shrink(image: Image.Image, side: int) -> Image.Image:
+    """`image` reduced by the smallest whole factor that brings its longer side to `side` or less."""
+    factor = -(-max(image.size) // side)
+    return image.reduce(factor) if factor > 1 else image  # box filter: anti-aliased, and fast
+
+
+def array_image(array: np.ndarray) -> Image.Image:
+    """An (H, W), (H, W, 3) or (H, W, 4) array as a grey image; floats are taken as they are."""
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[2] in (3, 4) and array.dtype == np.uint8:
+        return gray_image(Image.fromarray(array, "RGB" if array.shape[2] == 3 else "RGBA"))
+    if array.ndim != 2 or array.size == 0 or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise ImageError(f"array of shape {array.shape} and dtype {array.dtype} is not an image")
+    return Image.fromarray(np.nan_to_num(array.astype(np.float32), posinf=0.0, neginf=0.0), "F")
+
+
+def gray_image(image: Image.Image) -> Image.Image:
+    """Any Pillow mode as "L" (8-bit) or "F" (wider ranges), transparency composited over white paper."""
+    if image.mode in ("L", "F"):
+        return image
+    if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
+        return image.convert("I").convert("F") if image.mode != "I" else image.convert("F")
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    if has_alpha:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "palette images with transparency should be RGBA"
+            rgba = image.convert("RGBA")
+        paper = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(paper, rgba).convert("L")
+    try:
+        return image.convert("L")
+    except ValueError:  # e.g. LAB, HSV: no direct path to L
+        return image.convert("RGB").convert("L")
+
+
+# ---------------------------------------------------------------- from grey levels to ink
+
+
+def gray_array(image: Image.Image, side: int) -> np.ndarray:
+    """float32 (H, W) grey levels with the longer side reduced to `side` or less."""
+    image = shrink(gray_image(image), side)
+    gray = np.asarray(image, dtype=np.float32)
+    if image.mode == "F":  # 16-bit scans, float arrays: bring to the 0..255 scale the thresholds assume
+        gray = np.nan_to_num(gray, nan=0.0, posinf=0.0, neginf=0.0)
+        low, high = float(gray.min()), float(gray.max())
+        gray = (gray - low) * (255.0 / (high - low)) if high > low else np.zeros_like(gray)
+    return gray
+
+
+def thin(values: np.ndarray, count: int = 4096) -> np.ndarray:
+    """About `count` pixels of `values` on a regular grid: statistics of a whole image at 1 % of the cost."""
+    step = max(1, round((values.size / count) ** 0.5))
+    return values[::step, ::step]
+
+
+def border_median(gray: np.ndarray) -> float:
+    """The grey level of the paper: the median of a ring 1/16 of the image wide along its edges."""
+    h, w = gray.shape
+    bh, bw = max(1, h // 16), max(1, w // 16)
+    ring = np.concatenate([gray[:bh].ravel(), gray[-bh:].ravel(), gray[:, :bw].ravel(), gray[:, -bw:].ravel()])
+    return float(np.median(ring[::max(1, ring.size // 2048)]))
+
+
+def block_background(ink: np.ndarray, blocks: int) -> np.ndarray:
+    """Smooth estimate of the background of `ink` (ink bright): block medians, opened so blocks
+    covered by strokes take their neighbours' level, then bilinearly stretched back to full size."""
+    h, w = ink.shape
+    size = max(1, max(h, w) // blocks)
+    cell = max(1, size // 4)  # box-average to 4x4 cells per block first: medians of 16 values are cheap
+    small = np.asarray(Image.fromarray(ink, "F").reduce(cell)) if cell > 1 else ink
+    size //= cell
+    gh, gw = max(1, small.shape[0] // size), max(1, small.shape[1] // size)
+    bh, bw = small.shape[0] // gh, small.shape[1] // gw
+    grid = np.median(small[:gh * bh, :gw * bw].reshape(gh, bh, gw, bw).transpose(0, 2, 1, 3).reshape(gh, gw, -1),
+                     axis=2)
+    grid = neighbourhood(neighbourhood(grid, np.minimum), np.maximum)  # grey-level opening over 3x3 blocks
+    if grid.size == 1:
+        return np.full_like(ink, grid.item())
+    return np.asarray(Image.fromarray(grid.astype(np.float32), "F").resize((w, h), Image.BILINEAR))
+
+
+def neighbourhood(grid: np.ndarray, op) -> np.ndarray:
+    padded = np.pad(grid, 1, mode="edge")
+    out = grid.copy()
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            out = op(out, padded[dy:dy + grid.shape[0], dx:dx + grid.shape[1]])
+    return out
+
+
+def otsu(values: np.ndarray, bins: int = 128) -> float:
+    """The threshold that best splits `values` into two classes (Otsu 1979)."""
+    high = float(values.max())
+    if high <= 0:
+        return 0.0
+    counts = np.bincount(np.minimum(values.ravel() * (bins / high), bins - 1).astype(np.intp), minlength=bins)
+    edges = np.linspace(0.0, high, bins + 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(counts)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(counts * centres)
+    mean0 = m0 / np.maximum(w0, 1)
+    mean1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mean0 - mean1) ** 2
+    return float(edges[int(np.argmax(between[:-1])) + 1])
+
+
+def ink_map(gray: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
+    """float32 (H, W) in [0, 1]: 1 where there is full-strength ink, 0 on paper, shadows and noise.
+
+    Polarity comes from the paper (the border): dark ink on light paper is inverted. The background
+    (uneven light, shadows, grey paper) is subtracted; what stays is scaled from the noise floor to
+    the typical ink level, so faint pencil and black marker end up alike.
+    """
+    low, high = np.percentile(thin(gray), [0.5, 99.5])
+    paper = border_median(gray)
+    if high - low < s.min_contrast:
+        raise NoDigitError("no digit found (the image is blank)")
+    if (paper - low) > (high - paper):  # dark ink on light paper: ink is the fraction of light absorbed
+        ink = 255.0 - gray
+        background = block_background(ink, s.blocks)
+        ink -= background
+        ink *= 255.0 / np.maximum(255.0 - background, s.min_contrast)  # as dark in a shadow as in the light
+    else:  # light ink (chalk, a canvas, MNIST itself): the background is dark, so only subtract it
+        ink = gray.astype(np.float32, copy=True)
+        ink -= block_background(ink, s.blocks)
+    residual = thin(ink)
+    centre = float(np.median(residual))
+    sigma = max(1.4826 * float(np.median(np.abs(residual - centre))), 0.5)  # robust noise level (MAD)
+    np.maximum(ink, 0.0, out=ink)
+    threshold = otsu(thin(ink, 16384))
+    strokes = ink[ink > max(threshold, centre + s.min_snr * sigma)]
+    if strokes.size == 0:
+        raise NoDigitError("no digit found (nothing stands out from the background)")
+    full = float(np.percentile(strokes, s.ink_level))
+    floor = centre + s.noise_floor * sigma
+    if full - centre < max(s.min_contrast, s.min_snr * sigma):
+        raise NoDigitError("no digit found (nothing stands out from the background)")
+    ink -= floor
+    ink *= 1.0 / (full - floor)
+    return np.clip(ink, 0.0, 1.0, out=ink)
+
+
+# ---------------------------------------------------------------- connected components
+
+
+@dataclass
+class Blobs:
+    """Connected pieces of ink, found on horizontal runs (8-connectivity), not per pixel in Python."""
+
+    rows: np.ndarray  # (R,) row of each run
+    starts: np.ndarray  # (R,) first column of each run
+    ends: np.ndarray  # (R,) one past the last column
+    label: np.ndarray  # (R,) blob index of each run, 0..n-1
+    n: int
+
+    def peak(self, ink: np.ndarray) -> np.ndarray:
+        """The highest value of `ink` in each blob."""
+        flat = np.append(ink.ravel(), 0.0)
+        width = ink.shape[1]
+        bounds = np.stack([self.rows * width + self.starts, self.rows * width + self.ends], 1).ravel()
+        run_max = np.maximum.reduceat(flat, bounds)[::2]
+        return self.stat(run_max, np.maximum, 0.0)
+
+    def stat(self, values: np.ndarray, op: np.ufunc, initial: float) -> np.ndarray:
+        out = np.full(self.n, initial, dtype=np.float64)
+        op.at(out, self.label, values)
+        return out
+
+    @property
+    def area(self) -> np.ndarray:
+        return np.bincount(self.label, weights=self.ends - self.starts, minlength=self.n)
+
+    @property
+    def boxes(self) -> np.ndarray:
+        """(n, 4) top, left, bottom, right (exclusive) of each blob."""
+        return np.stack([self.stat(self.rows, np.minimum, np.inf), self.stat(self.starts, np.minimum, np.inf),
+                         self.stat(self.rows + 1, np.maximum, -1), self.stat(self.ends, np.maximum, -1)],
+                        1).astype(int)
+
+    def mask(self, keep: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """Boolean image of the blobs whose indices are in `keep`."""
+        chosen = np.isin(self.label, keep)
+        edges = np.zeros((shape[0], shape[1] + 1), dtype=np.int32)
+        np.add.at(edges, (self.rows[chosen], self.starts[chosen]), 1)
+        np.add.at(edges, (self.rows[chosen], self.ends[chosen]), -1)
+        return np.cumsum(edges[:, :-1], axis=1) > 0
+
+
+def find_blobs(mask: np.ndarray) -> Blobs:
+    h, w = mask.shape
+    padded = np.zeros((h, w + 2), dtype=np.int8)
+    padded[:, 1:-1] = mask
+    step = np.diff(padded, axis=1)
+    rows, starts = np.nonzero(step == 1)
+    _, ends = np.nonzero(step == -1)
+    n = len(rows)
+    # Runs in row r touch runs of row r-1 that overlap [start - 1, end]; with a global key
+    # row * stride + column the touching runs of the previous row are one contiguous slice.
+    stride = w + 2
+    key_start, key_end = rows * stride + starts, rows * stride + ends
+    first = np.searchsorted(key_end, (rows - 1) * stride + starts, side="left")
+    last = np.searchsorted(key_start, (rows - 1) * stride + ends, side="right")
+    count = np.maximum(last - first, 0)
+    src = np.repeat(np.arange(n), count)
+    dst = np.repeat(first, count) + np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+    parent = np.arange(n)
+    while True:  # union-find, vectorised: hook larger roots under smaller ones, then compress paths
+        while True:
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
+        a, b = parent[src], parent[dst]
+        if np.array_equal(a, b):
+            break
+        np.minimum.at(parent, np.maximum(a, b), np.minimum(a, b))
+    roots, label = np.unique(parent, return_inverse=True)
+    return Blobs(rows, starts, ends, label.ravel(), len(roots))
+
+
+# ---------------------------------------------------------------- framing like MNIST
+
+
+def frame(ink: np.ndarray) -> np.ndarray:
+    """Ink cropped to its box -> longer side 20 px, anti-aliased -> 28x28 uint8, centre of mass at the centre."""
+    rows, cols = np.nonzero(ink > 0)
+    ink = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    h, w = ink.shape
+    scale = BOX_SIZE / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = np.asarray(Image.fromarray(ink.astype(np.float32), "F").resize(size, Image.LANCZOS))
+    small = np.clip(small, 0.0, 1.0)
+    mass = small.sum()
+    if mass <= 0:
+        raise NoDigitError("no digit found (the ink vanishes at 28x28)")
+    com_r = (small.sum(1) * np.arange(size[1])).sum() / mass
+    com_c = (small.sum(0) * np.arange(size[0])).sum() / mass
+    top, left = round(CENTRE - com_r), round(CENTRE - com_c)
+    out = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    r0, c0 = max(top, 0), max(left, 0)
+    r1, c1 = min(top + size[1], IMAGE_SIZE), min(left + size[0], IMAGE_SIZE)
+    out[r0:r1, c0:c1] = small[r0 - top:r1 - top, c0 - left:c1 - left]
+    return np.round(out * 255).astype(np.uint8)
+
+
+def digit_ink(ink: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
+    """`ink` with specks and shadow edges removed: only blobs that reach `strong_ink` somewhere and
+    are at least `min_piece` of the largest such blob stay."""
+    blobs = find_blobs(ink > 0)
+    area = np.where(blobs.peak(ink) >= s.strong_ink, blobs.area, 0.0)
+    keep = np.flatnonzero(area >= max(s.min_piece * area.max(), 1))
+    box = blobs.boxes[keep]
+    height, width = box[:, 2].max() - box[:, 0].min(), box[:, 3].max() - box[:, 1].min()
+    if max(height, width) < max(2, s.min_digit * max(ink.shape)):
+        raise NoDigitError("no digit found (only specks)")
+    return np.where(blobs.mask(keep, ink.shape), ink, 0.0)
+
+
+def to_mnist(source: Source, s: Settings = SETTINGS) -> np.ndarray:
+    """One digit in any picture -> uint8 (28, 28), white ink on black, framed as MNIST digits are."""
+    ink = ink_map(gray_array(load_image(source, s, s.digit_side), s.digit_side), s)
+    return frame(digit_ink(ink, s))
+
+
+# ---------------------------------------------------------------- several digits in a row
+
+
+def split_digits(source: Source, s: Settings = SETTINGS) -> list[np.ndarray]:
+    """A row of digits (a house number, a year) -> one uint8 (28, 28) image per digit, left to right.
+
+    Blobs that overlap horizontally belong to one digit (the detached bar of a 5); a blob much wider
+    than tall is several touching digits, cut where the ink is thinnest; specks and dashes are dropped.
+    """
+    ink = ink_map(gray_array(load_image(source, s), s.load_side), s)
+    blobs = find_blobs(ink > 0)
+    area, boxes = blobs.area, blobs.boxes
+    order = np.argsort(boxes[:, 1], kind="stable")
+    groups: list[list[int]] = []
+    spans: list[list[int]] = []  # [left, right) of each group
+    for i in order:
+        left, right = boxes[i, 1], boxes[i, 3]
+        if groups:
+            g_left, g_right = spans[-1]
+            overlap = min(right, g_right) - max(left, g_left)
+            if overlap >= 0.5 * min(right - left, g_right - g_left):
+                groups[-1].append(int(i))
+                spans[-1] = [min(left, g_left), max(right, g_right)]
+                continue
+        groups.append([int(i)])
+        spans.append([left, right])
+    group_area = np.array([area[g].sum() for g in groups])
+    group_height = np.array([boxes[g, 2].max() - boxes[g, 0].min() for g in groups])
+    keep = (group_area >= 4 * s.min_piece * group_area.max()) & (group_height >= 0.4 * group_height.max())
+    digits = []
+    for group, ok in zip(groups, keep):
+        if not ok:
+            continue
+        top, bottom = boxes[group, 0].min(), boxes[group, 2].max()
+        left, right = boxes[group, 1].min(), boxes[group, 3].max()
+        piece = np.where(blobs.mask(group, ink.shape), ink, 0.0)[top:bottom, left:right]
+        digits.extend(frame(part) for part in cut_touching(piece))
+    if not digits or max(group_height) < max(2, s.min_digit * max(ink.shape)):
+        raise NoDigitError("no digit found (only specks)")
+    return digits
+
+
+def cut_touching(piece: np.ndarray, ratio: float = 1.25, width: float = 0.75) -> list[np.ndarray]:
+    """Split a blob wider than `ratio` x its height into round(w / (`width` x h)) digits at the
+    columns of least ink near the even cut positions."""
+    h, w = piece.shape
+    count = round(w / (width * h)) if w > ratio * h else 1
+    if count <= 1:
+        return [piece]
+    profile = piece.sum(0)
+    cuts = [0]
+    for k in range(1, count):
+        centre, reach = k * w // count, max(1, w // (3 * count))
+        lo, hi = max(cuts[-1] + 1, centre - reach), min(w - 1, centre + reach)
+        cuts.append(lo + int(np.argmin(profile[lo:hi])) if hi > lo else centre)
+    cuts.append(w)
+    parts = [piece[:, a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+    return [p for p in parts if (p > 0).any()]
