@@ -121,7 +121,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from digitpi import evaluate
 
-    result = evaluate.evaluate_dir(Path(args.run_dir), args.data_dir)
+    result = evaluate.evaluate_dirs([Path(d) for d in args.run_dirs], args.data_dir, args.tta)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -154,6 +154,59 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     serve.serve(serve.ServeConfig(model_dir=args.model, host=args.host, port=args.port, precision=args.precision,
                                   backend=args.backend), log_level=args.log_level)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from digitpi import data, preprocess, runtime
+
+    if args.top < 1:
+        fail(f"--top must be at least 1, got {args.top}")
+    if args.images.count("-") > 1:
+        fail("standard input (-) can be read only once")
+    classifier = runtime.Classifier.load(args.model, **({"precision": args.precision} if args.precision else {}))
+    read = preprocess.split_digits if args.multi else (lambda source: [preprocess.to_mnist(source)])
+    inputs = [read(sys.stdin.buffer.read() if name == "-" else name) for name in args.images]  # all, before any output
+    labels, probabilities = classifier.predict(np.stack([digit for digits in inputs for digit in digits]))
+    top = min(args.top, probabilities.shape[1])
+    results, i = [], 0
+    for name, digits in zip(args.images, inputs):
+        readings = [{"digit": int(labels[j]), "probability": round(float(probabilities[j, labels[j]]), 6),
+                     "top": [{"digit": int(k), "probability": round(float(probabilities[j, k]), 6)}
+                             for k in np.argsort(-probabilities[j], kind="stable")[:top]]}
+                    for j in range(i, i + len(digits))]
+        i += len(digits)
+        if args.multi:
+            results.append({"image": name, "digits": "".join(classifier.classes[r["digit"]] for r in readings),
+                            "probability": round(float(np.prod([r["probability"] for r in readings])), 6),
+                            "per_digit": readings})
+        else:
+            results.append({"image": name, **readings[0]})
+    if args.save_input:  # the 28x28 images the model saw, side by side, written atomically
+        strip = np.concatenate([digit for digits in inputs for digit in digits], axis=1)
+        buffer = io.BytesIO()
+        Image.fromarray(strip, "L").save(buffer, format="PNG")
+        data.write_atomic(Path(args.save_input), buffer.getvalue())
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+
+    def percent(p: float) -> str:
+        return f"{100 * p:.1f} %"
+
+    for result in results:
+        if args.multi:
+            each = ", ".join(f"{classifier.classes[r['digit']]} {percent(r['probability'])}"
+                             for r in result["per_digit"])
+            print(f"{result['image']}: {result['digits']} ({percent(result['probability'])})  per digit: {each}")
+        else:
+            others = ", ".join(f"{classifier.classes[t['digit']]} {percent(t['probability'])}" for t in result["top"])
+            print(f"{result['image']}: {classifier.classes[result['digit']]} ({percent(result['probability'])})"
+                  + (f"  top {top}: {others}" if top > 1 else ""))
 
 
 def cmd_import_keras(args: argparse.Namespace) -> None:
@@ -201,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="test loss, accuracy, per-class accuracy and confusion of a run")
-    p.add_argument("run_dir")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a run folder; several are evaluated as an ensemble")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: average over 1-pixel shifts")
     p.add_argument("--data-dir", help="folder holding the four IDX files")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_evaluate)
@@ -232,6 +286,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="server log level (default: info; requests are not logged)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("predict", help="read the digit in each image (photo, scan, drawing) with an exported model")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...); - reads standard input")
+    p.add_argument("--model", required=True, metavar="DIR", help="an exported model folder (`digitpi export`)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--top", type=int, default=3, help="how many most likely digits to list (default: 3)")
+    p.add_argument("--save-input", metavar="FILE.png",
+                   help="write the 28x28 image(s) the model saw, side by side, to this PNG")
+    p.add_argument("--multi", action="store_true", help="each image holds a row of digits: read them as a string")
+    p.add_argument("--precision", choices=["int8", "fp32"], help="which exported model to run (default: the runtime's)")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("import-keras", help="convert a Keras .h5 (the course's model.save) into an export folder")
     p.add_argument("model", metavar="MODEL.h5", help="a Sequential Keras model saved as legacy HDF5 (.h5)")

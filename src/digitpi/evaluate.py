@@ -50,15 +50,44 @@ def finish_run(result: train.TrainResult, out_dir: Path, plots: bool = True) -> 
     return json.loads((out_dir / "metrics.json").read_text())
 
 
-def evaluate_dir(run_dir: Path, data_dir: str | None = None) -> dict:
-    """Re-measure a saved run on the test set."""
-    try:
-        model, cfg = train.load_checkpoint(run_dir)
-    except FileNotFoundError as e:
-        raise UserError(str(e)) from None
+TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))  # (down, right) in pixels
+
+
+def shifted(x: torch.Tensor, down: int, right: int) -> torch.Tensor:
+    """Images moved by whole pixels, zeros (background) shifted in."""
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    h, w = x.shape[-2:]
+    return padded[..., 1 - down:1 - down + h, 1 - right:1 - right + w]
+
+
+class Ensemble(torch.nn.Module):
+    """Mean log-probability of several models, each optionally over shifted copies (test-time augmentation).
+
+    Averaging in log space and returning it as logits keeps `train.evaluate` usable unchanged.
+    """
+
+    def __init__(self, members: list[torch.nn.Module], tta: bool = False) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+        self.shifts = TTA_SHIFTS if tta else TTA_SHIFTS[:1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = [m(shifted(x, *s)).softmax(1) for m in self.members for s in self.shifts]
+        return torch.stack(probs).mean(0).log()
+
+
+def evaluate_dirs(run_dirs: list[Path], data_dir: str | None = None, tta: bool = False) -> dict:
+    """Re-measure a saved run on the test set; several runs are measured as one ensemble."""
+    loaded = [train.load_checkpoint(run_dir) for run_dir in run_dirs]
+    cfg = loaded[0][1]
+    if any(c.dataset != cfg.dataset for _, c in loaded):
+        raise UserError("runs of an ensemble must share a dataset")
+    single = len(loaded) == 1 and not tta
+    model = loaded[0][0] if single else Ensemble([m for m, _ in loaded], tta)
     metrics = test_metrics(model, cfg.dataset, data_dir or cfg.data_dir)
     metrics.pop("predictions")
-    return {"run": str(run_dir), "model": cfg.model, "dataset": cfg.dataset, **metrics}
+    name = " + ".join(c.model for _, c in loaded) + (" (TTA)" if tta else "")
+    return {"run": ", ".join(map(str, run_dirs)), "model": name, "dataset": cfg.dataset, **metrics}
 
 
 def format_evaluation(result: dict) -> str:

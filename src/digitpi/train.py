@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from digitpi import data
+from digitpi import UserError, data
 from digitpi.models import count_params, create_model
 
 # Named presets. Each row overrides `Config` defaults; every value was chosen on a validation
@@ -313,12 +313,16 @@ def load_checkpoint(run_dir: str | Path) -> tuple[nn.Module, Config]:
     run_dir = Path(run_dir)
     config_path, weights_path = run_dir / "config.json", run_dir / CHECKPOINT
     if not config_path.is_file() or not weights_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a training run (needs config.json and {CHECKPOINT})")
+        raise UserError(f"{run_dir} is not a training run (needs config.json and {CHECKPOINT})")
     raw = json.loads(config_path.read_text())
     known = {f.name for f in fields(Config)}
     cfg = Config(**{k: v for k, v in raw.items() if k in known})
     model = create_model(cfg.model, **cfg.model_args)
-    model.load_state_dict(load_file(str(weights_path)))
+    try:
+        model.load_state_dict(load_file(str(weights_path)))
+    except (RuntimeError, OSError) as e:  # safetensors header errors, or weights of another architecture
+        first_line = str(e).strip().splitlines()[0]
+        raise UserError(f"{weights_path} does not fit model {cfg.model}: {first_line}") from None
     return model.eval(), cfg
 
 
