@@ -137,3 +137,12 @@ def test_locate_downloads_into_cache(mirror: str, tmp_path: Path, monkeypatch) -
     assert folder == tmp_path / "xdg" / "digitpi" / "mnist"
     images, labels = data.load_split("mnist", "test")
     assert images.shape == (10_000, 28, 28) and labels[:3].tolist() == [7, 2, 1]
+
+
+def test_fashion_mnist_from_debian_package(mnist_dir: Path) -> None:
+    """`apt-get install dataset-fashion-mnist` (done by `make test`) is found, although
+    DIGITPI_DATA_DIR points at MNIST, whose files have the same names."""
+    assert data.locate("fashion-mnist") == data.SYSTEM_DIR / "fashion-mnist"
+    images, labels = data.load_split("fashion-mnist", "test")
+    assert images.shape == (10_000, 28, 28) and np.bincount(labels).tolist() == [1000] * 10
+    assert data.dataset_info("fashion-mnist").classes[9] == "Ankle boot"
