@@ -189,7 +189,7 @@ class TrainResult:
     data_checksums: dict[str, str]
 
 
-EpochHook = Callable[[nn.Module, int, float], None]  # (model, epoch, seconds of training so far)
+EpochHook = Callable[[nn.Module, int, float], bool | None]  # (model, epoch, training seconds) -> stop?
 
 
 def train(cfg: Config, on_epoch_end: EpochHook | None = None, progress: bool = True,
@@ -252,8 +252,8 @@ def train(cfg: Config, on_epoch_end: EpochHook | None = None, progress: bool = T
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         seconds += time.perf_counter() - start
         bar.finish({k: v[-1] for k, v in history.items() if v}, time.perf_counter() - start)
-        if on_epoch_end is not None:
-            on_epoch_end(model, epoch, seconds)
+        if on_epoch_end is not None and on_epoch_end(model, epoch, seconds):
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
