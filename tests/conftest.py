@@ -47,3 +47,13 @@ def trained_output(mnist_dir, tmp_path_factory) -> tuple[Path, str]:
 def trained_run(trained_output) -> Path:
     """A run folder of the default model (`fast` recipe) trained on the full real training set."""
     return trained_output[0]
+
+
+@pytest.fixture(scope="session")
+def exported_dir(trained_run, tmp_path_factory) -> Path:
+    """`trained_run` exported once (`digitpi export`): model.onnx, model.int8.onnx, weights.npz, model.json."""
+    from digitpi import export
+
+    out = tmp_path_factory.mktemp("export") / "fast"
+    export.export_run(trained_run, out)
+    return out

@@ -93,11 +93,11 @@ def to_input(images: np.ndarray, scale: float, shape: tuple[int, ...]) -> np.nda
     if len(x) == 0:
         raise UserError("no images to predict")
     if x.dtype.kind in "ui":
-        if x.size and (x.min() < 0 or x.max() > 255):
+        if x.min() < 0 or x.max() > 255:
             raise UserError("integer pixels must be in 0..255")
         return x.astype(np.float32) * np.float32(scale)
     if x.dtype.kind == "f":
-        if x.size and not (np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1):
+        if not (np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1):
             raise UserError("float pixels must be in [0, 1] (divide 0..255 pixels by 255, or pass uint8)")
         return x.astype(np.float32, copy=False)
     raise UserError(f"images must be uint8 or float arrays, got dtype {x.dtype}")

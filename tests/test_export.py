@@ -1,0 +1,188 @@
+"""Export tests: every exported variant against the trained torch model on the full real test set."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from digitpi import export, runtime, train
+from digitpi.data import PIXEL_SCALE
+
+
+def as_input(images: np.ndarray) -> np.ndarray:
+    return images[:, None].astype(np.float32) * np.float32(PIXEL_SCALE)
+
+
+@pytest.fixture(scope="module")
+def torch_logits(trained_run, mnist_test) -> np.ndarray:
+    model, _ = train.load_checkpoint(trained_run)
+    return export.torch_logits(model, as_input(mnist_test[0]))
+
+
+def test_onnx_fp32_logits_match_torch_on_full_test_set(exported_dir, mnist_test, torch_logits):
+    fp32 = runtime.Classifier.load(exported_dir, precision="fp32", backend="onnxruntime")
+    logits = fp32.logits(mnist_test[0])
+    assert logits.shape == (10_000, 10)
+    assert np.abs(logits - torch_logits).max() < 1e-4
+
+
+def test_int8_is_small_and_as_accurate_as_fp32(exported_dir, mnist_test):
+    images, labels = mnist_test
+    accuracy = {p: (runtime.Classifier.load(exported_dir, precision=p).predict(images).labels == labels).mean()
+                for p in ("fp32", "int8")}
+    assert abs(accuracy["int8"] - accuracy["fp32"]) <= 0.001  # within 0.1 percentage point
+    assert accuracy["int8"] >= 0.99
+    assert (exported_dir / "model.int8.onnx").stat().st_size <= 50 * 1024
+    card = json.loads((exported_dir / "model.json").read_text())
+    assert card["test_accuracy"]["int8"] == pytest.approx(accuracy["int8"])  # the card reports what runs
+    assert card["test_accuracy"]["fp32"] == pytest.approx(accuracy["fp32"])
+
+
+def test_numpy_backend_predicts_the_labels_of_onnx_fp32(exported_dir, mnist_test):
+    images = mnist_test[0]
+    numpy_run = runtime.Classifier.load(exported_dir, backend="numpy")
+    onnx_run = runtime.Classifier.load(exported_dir, precision="fp32", backend="onnxruntime")
+    assert numpy_run.precision == "fp32" and numpy_run.backend_name == "numpy"
+    np.testing.assert_array_equal(numpy_run.predict(images).labels, onnx_run.predict(images).labels)
+    np.testing.assert_allclose(numpy_run.logits(images[:500]), onnx_run.logits(images[:500]), atol=1e-4)
+
+
+def test_card_describes_the_files_and_the_input(exported_dir, trained_run):
+    card = json.loads((exported_dir / "model.json").read_text())
+    assert set(card["files"]) == {"model.onnx", "model.int8.onnx", "weights.npz"}
+    for name, entry in card["files"].items():
+        assert entry["bytes"] == (exported_dir / name).stat().st_size
+        assert entry["sha256"] == runtime.sha256_file(exported_dir / name)
+    assert card["model"] == "fast_cnn" and card["classes"] == [str(d) for d in range(10)]
+    assert card["input"]["scale"] == PIXEL_SCALE and card["input"]["shape"] == [None, 1, 28, 28]
+    assert "white" in card["input"]["polarity"]
+    assert "training images" in card["quantization"]["calibration"]
+    assert card["params"] == json.loads((trained_run / "metrics.json").read_text())["params"]
+    assert {"digitpi", "torch", "onnx", "onnxruntime"} <= set(card["versions"])
+    assert card["source"]["run"] == str(trained_run.resolve())
+
+    proto = onnx.load(str(exported_dir / "model.onnx"))
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert props["digitpi.model"] == "fast_cnn"
+    assert json.loads(props["digitpi.input"])["scale"] == PIXEL_SCALE
+    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and not batch_dim.dim_value  # dynamic batch axis
+    assert not any(n.op_type == "BatchNormalization" for n in proto.graph.node)  # folded into the convs
+
+
+def test_weights_file_loads_without_pickle(exported_dir):
+    with np.load(exported_dir / "weights.npz", allow_pickle=False) as archive:
+        assert all(archive[k].dtype == np.float32 for k in archive.files)
+
+
+# ---------------------------------------------------------------- folding and the NumPy ops
+
+
+def test_folding_keeps_the_trained_model_exact(trained_run, mnist_test):
+    model, _ = train.load_checkpoint(trained_run)
+    deploy = export.deployable(model)
+    assert not any(isinstance(m, nn.BatchNorm2d | nn.Dropout) for m in deploy)
+    x = torch.from_numpy(as_input(mnist_test[0][:1000]))
+    with torch.no_grad():
+        torch.testing.assert_close(deploy(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_batchnorm_with_a_negative_scale_behind_a_pool_is_not_folded(trained_run, mnist_test):
+    """max(s * x) != s * max(x) for s < 0: such a BN must stay a layer of its own."""
+    model, _ = train.load_checkpoint(trained_run)
+    bn = next(m for m in model if isinstance(m, nn.BatchNorm2d))
+    with torch.no_grad():
+        bn.weight[0] = -bn.weight[0].abs() - 0.5
+    deploy = export.deployable(model)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in deploy) == 1
+    layers, arrays = export.numpy_layers(deploy)
+    assert [spec["op"] for spec in layers].count("affine") == 1
+    x = as_input(mnist_test[0][:300])
+    with torch.no_grad():
+        reference = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(runtime.numpy_forward(layers, arrays, x), reference, atol=1e-4)
+
+
+def zoo_of_layouts() -> dict[str, nn.Sequential]:
+    """Every layer option the NumPy backend implements, each in a small network."""
+    torch.manual_seed(0)
+    return {
+        "strided_padded_conv_biasless": nn.Sequential(
+            nn.Conv2d(1, 4, 3, stride=2, padding=(1, 2), bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+            nn.Conv2d(4, 6, (2, 3), padding="valid"), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(6, 10)),
+        "same_padding_even_kernel_zeropad": nn.Sequential(
+            nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(1, 3, 2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(3, 5, 3, padding="same"), nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1),
+            nn.Flatten(), nn.Dropout(0.5), nn.Linear(5 * 7 * 7, 16), nn.BatchNorm1d(16), nn.ReLU(),
+            nn.Linear(16, 10)),
+        "bn_after_relu_stays_affine": nn.Sequential(
+            nn.Conv2d(1, 4, 5), nn.ReLU(), nn.BatchNorm2d(4), nn.MaxPool2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 10)),
+    }
+
+
+@pytest.mark.parametrize("name", list(zoo_of_layouts()))
+def test_numpy_forward_matches_torch_for_every_layer_option(name, mnist_test):
+    model = zoo_of_layouts()[name]
+    for m in model.modules():  # non-trivial BatchNorm statistics, as after training
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            with torch.no_grad():
+                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2), m.weight.uniform_(-1.5, 1.5)
+    model.eval()
+    x = as_input(mnist_test[0][:200])
+    with torch.no_grad():
+        reference = model(torch.from_numpy(x)).numpy()
+    layers, arrays = export.numpy_layers(export.deployable(model))
+    np.testing.assert_allclose(runtime.numpy_forward(layers, arrays, x), reference, atol=1e-4)
+
+
+@pytest.mark.parametrize("model, named", [
+    (nn.Sequential(nn.Conv2d(1, 4, 3), nn.GELU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10)), "GELU"),
+    (nn.Sequential(nn.Conv2d(1, 4, 3, groups=1, dilation=2), nn.Flatten()), "dilation"),
+    (nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(2)), "AdaptiveAvgPool2d"),
+])
+def test_unsupported_layers_are_refused_by_name(model, named, tmp_path):
+    with pytest.raises(export.ExportError, match=named) as info:
+        export.export_model(model, "custom", {}, tmp_path / "out")
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+def test_only_sequential_models_export(tmp_path):
+    with pytest.raises(export.ExportError, match="nn.Sequential"):
+        export.export_model(nn.Linear(784, 10), "linear", {}, tmp_path)
+
+
+# ---------------------------------------------------------------- the command
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "digitpi.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_cli_export_end_to_end(trained_run, tmp_path, mnist_test):
+    out = tmp_path / "deploy"
+    done = run_cli("export", str(trained_run), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "model.int8.onnx" in done.stdout and "test accuracy" in done.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["model.int8.onnx", "model.json", "model.onnx", "weights.npz"]
+    images, labels = mnist_test
+    prediction = runtime.Classifier.load(out).predict(images[:1000])
+    assert (prediction.labels == labels[:1000]).mean() > 0.98
+
+
+def test_cli_export_mistakes_are_one_line_errors(tmp_path):
+    missing = run_cli("export", str(tmp_path / "no-such-run"))
+    assert missing.returncode != 0
+    assert missing.stderr.startswith("digitpi: error: no run folder") and missing.stderr.count("\n") == 1
+    (tmp_path / "not-a-run").mkdir()
+    empty = run_cli("export", str(tmp_path / "not-a-run"))
+    assert empty.returncode != 0 and "not a training run" in empty.stderr and empty.stderr.count("\n") == 1
+    assert not (tmp_path / "not-a-run" / "export").exists()
