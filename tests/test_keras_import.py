@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import h5py
 import numpy as np
@@ -276,6 +277,20 @@ def test_unsupported_layer_is_named_in_one_line_and_nothing_is_written(tmp_path,
 def test_models_that_cannot_run_on_the_pi_are_refused(build, message, tmp_path):
     with pytest.raises(KerasImportError, match=message):
         import_keras(save(build(), tmp_path / "m.h5"))
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(saved, tmp_path):
+    folder, _ = saved
+    broken = tmp_path / "broken.h5"
+    shutil.copy(folder / "mlp.h5", broken)
+    with h5py.File(broken, "r+") as f:
+        layer = next(g for g in f["model_weights"].values() if len(g.attrs.get("weight_names", [])))
+        kernel_name = layer.attrs["weight_names"][0]
+        kernel = layer[kernel_name][()]
+        del layer[kernel_name]
+        layer[kernel_name] = kernel[:-1]  # one input row short, as a truncated or edited file would be
+    with pytest.raises(KerasImportError, match=r"layer '\w+' \(Dense\): unexpected config or weights"):
+        import_keras(broken)
 
 
 def test_files_that_are_not_keras_h5_are_refused(tmp_path, capsys):

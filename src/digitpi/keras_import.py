@@ -24,6 +24,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -143,7 +144,7 @@ class Converter:
             raise KerasImportError(f"{path}: input shape {input_shape} is not a 28x28 grey image "
                                    "((28, 28, 1), (28, 28) or (784,))")
 
-    def fail(self, name: str, kind: str, why: str) -> None:
+    def fail(self, name: str, kind: str, why: str) -> NoReturn:
         raise KerasImportError(f"{self.path}: layer {name!r} ({kind}): {why}")
 
     def apply_activation(self, name: str, kind: str, act: str, last: bool) -> None:
@@ -164,7 +165,11 @@ class Converter:
             self.fail(name, kind, "only data_format='channels_last' is supported")
         if kind in ("Conv2D", "MaxPooling2D") and len(self.shape) != 3:
             self.fail(name, kind, f"needs an (H, W, C) input, gets {self.shape}")
-        getattr(self, kind.lower())(name, kind, cfg, weights, last)  # one method per Keras class
+        try:
+            getattr(self, kind.lower())(name, kind, cfg, weights, last)  # one method per Keras class
+        except (KeyError, IndexError, ValueError, RuntimeError) as e:  # a config or weight this reader does not know
+            self.fail(name, kind, f"unexpected config or weights ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                                  "was it saved by Keras 2 or 3?")
 
     def inputlayer(self, name, kind, cfg, weights, last) -> None:
         pass  # the input shape was read before the walk
