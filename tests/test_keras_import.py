@@ -237,6 +237,14 @@ def test_trained_keras_model_keeps_its_accuracy_on_the_pi(mnist_dir, mnist_test,
         else:
             assert (pred == labels).mean() > keras_accuracy - 0.01  # int8 stays within a point
 
+    # `digitpi predict` on the folder, from a PNG file, reads what Keras reads
+    from PIL import Image
+
+    sure = int(np.flatnonzero(keras_pred == labels)[0])  # the first test digit Keras reads right
+    Image.fromarray(images[sure]).save(tmp_path / "digit.png")
+    assert main(["predict", str(tmp_path / "digit.png"), "--model", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["digit"] == keras_pred[sure] == labels[sure]
+
 
 # ---------------------------------------------------------------- what the user is told
 
