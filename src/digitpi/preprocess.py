@@ -196,7 +196,7 @@ def block_background(ink: np.ndarray, blocks: int) -> np.ndarray:
     """Smooth estimate of the background of `ink` (ink bright): block medians, opened so blocks
     covered by strokes take their neighbours' level, then bilinearly stretched back to full size."""
     h, w = ink.shape
-    size = max(1, max(h, w) // blocks)
+    size = max(8, max(h, w) // blocks)  # px; small images (MNIST itself) get one flat level
     cell = max(1, size // 4)  # box-average to 4x4 cells per block first: medians of 16 values are cheap
     small = np.asarray(Image.fromarray(ink, "F").reduce(cell)) if cell > 1 else ink
     size //= cell
@@ -204,9 +204,9 @@ def block_background(ink: np.ndarray, blocks: int) -> np.ndarray:
     bh, bw = small.shape[0] // gh, small.shape[1] // gw
     grid = np.median(small[:gh * bh, :gw * bw].reshape(gh, bh, gw, bw).transpose(0, 2, 1, 3).reshape(gh, gw, -1),
                      axis=2)
+    if max(gh, gw) <= 4:  # too few blocks to open: one level, the cleanest block's
+        return np.full_like(ink, grid.min())
     grid = neighbourhood(neighbourhood(grid, np.minimum), np.maximum)  # grey-level opening over 3x3 blocks
-    if grid.size == 1:
-        return np.full_like(ink, grid.item())
     return np.asarray(Image.fromarray(grid.astype(np.float32), "F").resize((w, h), Image.BILINEAR))
 
 
@@ -256,8 +256,8 @@ def ink_map(gray: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
         ink = gray.astype(np.float32, copy=True)
         ink -= block_background(ink, s.blocks)
     residual = thin(ink)
-    centre = float(np.median(residual))
-    sigma = max(1.4826 * float(np.median(np.abs(residual - centre))), 0.5)  # robust noise level (MAD)
+    quartile, centre = np.percentile(residual, [25, 50])
+    sigma = max(float(centre - quartile) / 0.6745, 0.5)  # noise from the paper's side: ink cannot inflate it
     np.maximum(ink, 0.0, out=ink)
     threshold = otsu(thin(ink, 16384))
     strokes = ink[ink > max(threshold, centre + s.min_snr * sigma)]

@@ -1,0 +1,105 @@
+"""Real MNIST test digits made to look like photos and scans of handwriting (numpy + Pillow only).
+
+Each digit is printed as dark ink on paper: scaled up to a couple of hundred pixels, placed
+off-centre with wide margins, slightly rotated, on grey or unevenly lit paper (a gradient and a
+soft shadow edge), with sensor noise, then JPEG-compressed. The preprocessing has to undo all
+of it to get back an MNIST-framed 28x28 image.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class Variant:
+    canvas: tuple[int, int] = (384, 320)  # width, height of every picture, px
+    scale: tuple[float, float] = (6.0, 9.0)  # the 28x28 digit is enlarged by a factor in this range
+    rotate: float = 0.0  # max rotation, degrees either way
+    paper: tuple[float, float] = (225.0, 250.0)  # grey level of the paper
+    ink: tuple[float, float] = (0.1, 0.3)  # ink brightness as a fraction of the paper's
+    gradient: float = 0.0  # max fall of the light across the picture, fraction of the paper level
+    shadow: float = 0.0  # max darkening by a soft-edged shadow, fraction
+    noise: float = 2.0  # sensor noise, grey levels (standard deviation)
+    quality: tuple[int, int] = (85, 95)  # JPEG quality range
+
+
+VARIANTS = {
+    # A flatbed scan: white paper, black ink, straight, light compression.
+    "scan": Variant(),
+    # A phone photo: grey paper, faint ink, tilted, noisy, stronger compression.
+    "photo": Variant(scale=(5.0, 9.0), rotate=8.0, paper=(140.0, 200.0), ink=(0.2, 0.5), noise=5.0,
+                     quality=(60, 85)),
+    # Uneven light: a gradient across the page and a shadow edge, tilted, compressed.
+    "shadow": Variant(rotate=5.0, paper=(170.0, 240.0), ink=(0.1, 0.4), gradient=0.4, shadow=0.4,
+                      noise=4.0, quality=(65, 90)),
+}
+
+
+def render(digits: np.ndarray, variant: Variant, rng: np.random.Generator) -> Iterator[bytes]:
+    """JPEG bytes of each white-on-black uint8 image in `digits` (N, h, w) printed as `variant` says."""
+    width, height = variant.canvas
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    grain = rng.standard_normal((2 * height, 2 * width), dtype=np.float32)  # noise bank: a random window per picture
+    for digit in digits:
+        scale = rng.uniform(*variant.scale)
+        angle = rng.uniform(-variant.rotate, variant.rotate)
+        h, w = digit.shape
+        big = Image.fromarray(digit).resize((round(w * scale), round(h * scale)), Image.BICUBIC)
+        if angle:
+            big = big.rotate(angle, resample=Image.BILINEAR, expand=True)
+        big = np.asarray(big, dtype=np.float32)[:height, :width] / 255
+        top = rng.integers(0, height - big.shape[0], endpoint=True)  # off-centre, anywhere it fits
+        left = rng.integers(0, width - big.shape[1], endpoint=True)
+        alpha = np.zeros((height, width), dtype=np.float32)
+        alpha[top:top + big.shape[0], left:left + big.shape[1]] = big
+        light = np.float32(rng.uniform(*variant.paper)) * lighting(xs, ys, variant, rng)
+        ink = np.float32(rng.uniform(*variant.ink))
+        dy, dx = rng.integers(0, height), rng.integers(0, width)
+        pixels = light * (1 - alpha * (1 - ink)) + variant.noise * grain[dy:dy + height, dx:dx + width]
+        buffer = io.BytesIO()
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "L").save(
+            buffer, format="JPEG", quality=int(rng.integers(*variant.quality, endpoint=True)))
+        yield buffer.getvalue()
+
+
+def lighting(xs: np.ndarray, ys: np.ndarray, variant: Variant, rng: np.random.Generator) -> np.ndarray:
+    """(H, W) factor <= 1: a linear fall of light in a random direction times a soft shadow edge."""
+    height, width = xs.shape
+    factor = np.ones_like(xs)
+    if variant.gradient:
+        theta = rng.uniform(0, 2 * np.pi)
+        along = (np.cos(theta) * xs / width + np.sin(theta) * ys / height)
+        along = (along - along.min()) / max(float(np.ptp(along)), 1e-6)
+        factor *= np.float32(1 - rng.uniform(0, variant.gradient) * along)
+    if variant.shadow:
+        theta = rng.uniform(0, 2 * np.pi)
+        offset = rng.uniform(-0.3, 0.3) * width
+        distance = np.cos(theta) * (xs - width / 2) + np.sin(theta) * (ys - height / 2) - offset
+        softness = rng.uniform(0.05, 0.2) * width  # px: the penumbra of a hand or phone, not a knife edge
+        factor *= 1 - np.float32(rng.uniform(0, variant.shadow)) / (1 + np.exp(distance * np.float32(-1 / softness)))
+    return factor
+
+
+def row_of(digits: np.ndarray, rng: np.random.Generator, gap: tuple[int, int] = (-2, 6)) -> np.ndarray:
+    """MNIST digits (n, 28, 28) side by side as one white-on-black strip: each cropped to its ink
+    columns, `gap` px apart (a negative gap lets boxes overlap, as slanted handwriting does)."""
+    pieces = []
+    for digit in digits:
+        cols = np.flatnonzero(digit.max(0))
+        pieces.append(digit[:, cols[0]:cols[-1] + 1])
+    gaps = rng.integers(gap[0], gap[1], size=len(pieces), endpoint=True)
+    width = 8 + sum(p.shape[1] for p in pieces) + int(gaps[1:].sum()) + 8
+    strip = np.zeros((28, max(width, 28)), dtype=np.uint8)
+    x = 8
+    for i, piece in enumerate(pieces):
+        x += int(gaps[i]) if i else 0
+        region = strip[:, x:x + piece.shape[1]]
+        np.maximum(region, piece, out=region)
+        x += piece.shape[1]
+    return strip

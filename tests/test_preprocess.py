@@ -1,0 +1,292 @@
+"""Preprocessing on real MNIST test digits made to look like photos and scans, and on hostile input.
+
+The accuracy tests run the whole Pi pipeline (JPEG bytes -> preprocess -> exported model through
+the runtime) over the full 10,000-image test set once per look, and print the accuracy.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import sys
+import time
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from realistic import VARIANTS, Variant, render, row_of
+
+from digitpi import UserError, preprocess
+
+BATCH = 500  # pictures generated, preprocessed and classified at a time: bounded memory
+
+
+@pytest.fixture(scope="module")
+def classifier(exported_dir):
+    from digitpi import runtime
+
+    return runtime.Classifier.load(exported_dir)  # what `digitpi predict` runs by default
+
+
+def paper_png(digit: np.ndarray, scale: int = 8, margin: int = 60) -> bytes:
+    """A test digit as dark ink on white paper, enlarged, with margins: a clean scan as PNG."""
+    big = Image.fromarray(255 - digit).resize((28 * scale, 28 * scale), Image.BICUBIC)
+    page = Image.new("L", (28 * scale + 2 * margin + 40, 28 * scale + 2 * margin), 255)
+    page.paste(big, (margin + 40, margin))
+    buffer = io.BytesIO()
+    page.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------- framing like MNIST
+
+
+def test_mnist_digits_come_back_as_they_were(mnist_test) -> None:
+    """A digit that is already MNIST-framed passes through (nearly) unchanged: same box, same centre."""
+    images = mnist_test[0][:500]
+    out = np.stack([preprocess.to_mnist(image) for image in images])
+    assert out.shape == (500, 28, 28) and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - images).mean() < 4  # grey levels, of 255
+    ink = out > 0
+    height = 28 - ink.any(2).argmax(1) - ink.any(2)[:, ::-1].argmax(1)
+    width = 28 - ink.any(1).argmax(1) - ink.any(1)[:, ::-1].argmax(1)
+    assert (np.maximum(height, width) == 20).mean() > 0.99
+    mass = out.astype(float).sum((1, 2))
+    rows = (out.sum(2) * np.arange(28)).sum(1) / mass
+    cols = (out.sum(1) * np.arange(28)).sum(1) / mass
+    assert np.abs(rows - 14).max() <= 0.5 and np.abs(cols - 14).max() <= 0.5
+
+
+def test_dark_ink_on_paper_is_framed_like_mnist(mnist_test) -> None:
+    images = mnist_test[0][:50]
+    out = np.stack([preprocess.to_mnist(paper_png(image)) for image in images])
+    assert out.max(axis=(1, 2)).min() == 255 and (out[:, 0, :] == 0).all() and (out[:, :, 0] == 0).all()
+    assert np.corrcoef(out.ravel().astype(float), images.ravel().astype(float))[0, 1] > 0.9
+
+
+def test_exif_orientation_and_transparency(mnist_test, classifier) -> None:
+    images, labels = mnist_test
+    digit = images[0]
+    upright = preprocess.to_mnist(paper_png(digit))
+    # a phone stores the sensor's pixels turned and says so in EXIF: 6 = rotate 90 degrees clockwise to view
+    turned = Image.open(io.BytesIO(paper_png(digit))).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    turned.convert("RGB").save(buffer, format="JPEG", quality=95, exif=exif.tobytes())
+    assert np.abs(preprocess.to_mnist(buffer.getvalue()).astype(int) - upright).mean() < 6
+    # a canvas export: black strokes on a fully transparent background (whose colour is black too)
+    alpha = np.asarray(Image.fromarray(digit).resize((280, 280), Image.BICUBIC))
+    rgba = np.zeros((280, 280, 4), dtype=np.uint8)
+    rgba[..., 3] = alpha
+    drawn = preprocess.to_mnist(Image.fromarray(rgba, "RGBA"))
+    assert classifier.predict(drawn).labels[0] == labels[0]
+    assert np.abs(drawn.astype(int) - upright).mean() < 6
+
+
+def test_large_photo_is_read(mnist_test, classifier) -> None:
+    """A 12-megapixel JPEG with the digit in one corner: decoded at reduced scale, still read right."""
+    images, labels = mnist_test
+    photo = np.full((3000, 4000), 200, dtype=np.uint8)
+    photo[400:1400, 600:1600] = 255 - np.asarray(Image.fromarray(images[1]).resize((1000, 1000), Image.BICUBIC))
+    buffer = io.BytesIO()
+    Image.fromarray(photo).save(buffer, format="JPEG", quality=90)
+    start = time.perf_counter()
+    image = preprocess.to_mnist(buffer.getvalue())
+    print(f"\n12-MP JPEG -> 28x28 in {1000 * (time.perf_counter() - start):.1f} ms")
+    assert classifier.predict(image).labels[0] == labels[1]
+
+
+# ---------------------------------------------------------------- accuracy on real-looking pictures
+
+
+@pytest.mark.parametrize("look", list(VARIANTS))
+def test_accuracy_on_realistic_pictures(look: str, mnist_test, classifier) -> None:
+    """Every test digit as a photo/scan of dark ink on paper still reads at >= 98.5 % accuracy."""
+    images, labels = mnist_test
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    correct = unread = 0
+    for first in range(0, len(images), BATCH):
+        batch = []
+        for picture in render(images[first:first + BATCH], VARIANTS[look], rng):
+            try:
+                batch.append(preprocess.to_mnist(picture))
+            except preprocess.NoDigitError:
+                batch.append(np.zeros((28, 28), dtype=np.uint8))  # counts as an error
+                unread += 1
+        correct += int((classifier.predict(np.stack(batch)).labels == labels[first:first + BATCH]).sum())
+    accuracy = correct / len(images)
+    clean = float((classifier.predict(images).labels == labels).mean())
+    print(f"\n{look}: accuracy {100 * accuracy:.2f} % (clean test set {100 * clean:.2f} %), "
+          f"{unread} unread, {time.perf_counter() - start:.0f} s")
+    assert accuracy >= 0.985
+
+
+ROW = Variant(canvas=(1152, 320), scale=(4.0, 6.0), rotate=3.0, paper=(160.0, 240.0), ink=(0.1, 0.4),
+              gradient=0.3, shadow=0.3, noise=4.0, quality=(70, 90))
+ROWS = 400
+
+
+def test_rows_of_digits(mnist_test, classifier) -> None:
+    """Rows of 2-6 test digits (gaps of -2..6 px at 28-px scale, so some touch) read left to right."""
+    images, labels = mnist_test
+    rng = np.random.default_rng(1)
+    clean = classifier.predict(images).labels
+    picks = [rng.choice(len(images), size=rng.integers(2, 6, endpoint=True), replace=False) for _ in range(ROWS)]
+    strips = [row_of(images[p], rng) for p in picks]
+    count_ok = string_ok = model_ok = digits_ok = 0
+    for pick, strip in zip(picks, strips):
+        picture = next(render(strip[None], ROW, rng))
+        digits = preprocess.split_digits(picture)
+        if len(digits) != len(pick):
+            continue
+        count_ok += 1
+        read = classifier.predict(np.stack(digits)).labels
+        digits_ok += int((read == labels[pick]).sum())
+        string_ok += bool((read == labels[pick]).all())
+        model_ok += bool((read == clean[pick]).all())  # what the model reads in the clean digits
+    total = sum(len(p) for p in picks)
+    expected = np.mean([np.prod((clean == labels)[p]) for p in picks])  # rows the model gets right when clean
+    print(f"\nrows: {100 * count_ok / ROWS:.1f} % split into the right number of digits, "
+          f"{100 * string_ok / ROWS:.1f} % read exactly (clean digits: {100 * expected:.1f} %), "
+          f"{100 * model_ok / ROWS:.1f} % as the model reads the clean digits, "
+          f"{100 * digits_ok / total:.2f} % of digits right")
+    assert count_ok / ROWS >= 0.98
+    assert model_ok / ROWS >= 0.97
+    assert string_ok / ROWS >= expected - 0.02
+
+
+# ---------------------------------------------------------------- errors
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims a size in its header and holds one empty data chunk: a decompression bomb."""
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("payload, message", [
+    (b"", "empty file"),
+    (b"digit,label\n7,7\n", "not an image"),
+    (png_header_only(40_000, 40_000), "too large"),
+    (png_header_only(12_000, 9_000), "too large"),  # 108 MP: under Pillow's own bomb limit, over ours
+])
+def test_unreadable_input(payload: bytes, message: str) -> None:
+    with pytest.raises(preprocess.ImageError, match=message) as err:
+        preprocess.to_mnist(payload)
+    assert "\n" not in str(err.value) and isinstance(err.value, UserError)
+
+
+def test_truncated_png(mnist_test) -> None:
+    png = paper_png(mnist_test[0][0])
+    with pytest.raises(preprocess.ImageError, match="cannot decode|not an image"):
+        preprocess.to_mnist(png[:len(png) // 2])
+
+
+def test_missing_file(tmp_path) -> None:
+    with pytest.raises(preprocess.ImageError, match="no such file"):
+        preprocess.load_image(tmp_path / "nothing.png")
+
+
+@pytest.mark.parametrize("make", [
+    lambda: np.full((300, 400), 255, np.uint8),  # white page
+    lambda: np.full((300, 400), 17, np.uint8),  # black page
+    lambda: np.clip(np.random.default_rng(0).normal(200, 2, (300, 400)), 0, 255).astype(np.uint8),  # grain
+    lambda: np.pad(np.full((1, 1), 120, np.uint8), ((150, 149), (200, 199)), constant_values=230),  # one speck
+    lambda: np.tile(np.linspace(120, 240, 400, dtype=np.float32).astype(np.uint8), (300, 1)),  # light gradient
+])
+def test_blank_pages_have_no_digit(make) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(make()).save(buffer, format="PNG")
+    for read in (preprocess.to_mnist, preprocess.split_digits):
+        with pytest.raises(preprocess.NoDigitError, match="no digit found"):
+            read(buffer.getvalue())
+
+
+# ---------------------------------------------------------------- anything at all
+
+
+MODES = ["1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "CMYK", "YCbCr", "LAB", "HSV", "I", "I;16", "I;16B", "F"]
+FORMATS = [None, "PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"]
+
+
+def random_picture(mode: str, width: int, height: int, kind: str, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    if kind == "noise":
+        levels = rng.integers(0, 256, (height, width))
+    elif kind == "flat":
+        levels = np.full((height, width), rng.integers(0, 256))
+    else:  # strokes: random lines on a random background
+        levels = np.full((height, width), rng.integers(0, 256))
+        for _ in range(rng.integers(1, 6)):
+            r0, r1 = sorted(rng.integers(0, height, 2))
+            c0, c1 = sorted(rng.integers(0, width, 2))
+            levels[r0:r1 + 1, c0:c0 + 1 + rng.integers(0, 10)] = rng.integers(0, 256)
+            levels[r0:r0 + 1 + rng.integers(0, 10), c0:c1 + 1] = rng.integers(0, 256)
+    gray = levels.astype(np.uint8)
+    if mode == "F":
+        values = gray.astype(np.float32) * rng.uniform(-1e6, 1e6)
+        values.ravel()[rng.integers(0, values.size, 3)] = [np.nan, np.inf, -np.inf][: min(3, values.size)]
+        return Image.fromarray(values, "F")
+    if mode in ("I", "I;16", "I;16B"):
+        wide = Image.fromarray(gray.astype(np.uint16) * 257)
+        return wide.convert("I") if mode == "I" else wide if mode == "I;16" else wide.convert("I;16B")
+    image = Image.fromarray(gray, "L")
+    if mode == "RGBa":
+        return Image.fromarray(rng.integers(0, 256, (height, width, 4), dtype=np.uint8), "RGBA").convert("RGBa")
+    if mode in ("RGBA", "LA", "PA"):
+        image = image.convert("RGBA")
+        image.putalpha(Image.fromarray(rng.integers(0, 256, (height, width), dtype=np.uint8)))
+        return image.convert(mode)
+    if mode in ("LAB", "HSV"):
+        return image.convert("RGB").convert(mode) if mode == "HSV" else Image.merge("LAB", [image] * 3)
+    return image.convert(mode)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mode=st.sampled_from(MODES), width=st.integers(1, 400), height=st.integers(1, 400),
+       kind=st.sampled_from(["noise", "flat", "strokes"]), fmt=st.sampled_from(FORMATS),
+       seed=st.integers(0, 2**32 - 1), multi=st.booleans())
+def test_any_image_ends_in_28x28_or_a_clear_error(mode, width, height, kind, fmt, seed, multi) -> None:
+    image = random_picture(mode, width, height, kind, seed)
+    source: object = image
+    if fmt is not None:
+        buffer = io.BytesIO()
+        try:
+            image.save(buffer, format=fmt)
+        except (OSError, ValueError, KeyError):  # this format cannot hold this mode: nothing to test
+            return
+        source = buffer.getvalue()
+    try:
+        out = preprocess.split_digits(source) if multi else [preprocess.to_mnist(source)]
+    except preprocess.ImageError as e:
+        assert "\n" not in str(e) and str(e)
+        return
+    assert out and all(d.shape == (28, 28) and d.dtype == np.uint8 for d in out)
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.binary(max_size=2000), cut=st.integers(0, 10_000))
+def test_any_bytes_end_in_28x28_or_a_clear_error(data: bytes, cut: int, mnist_test) -> None:
+    """Random bytes, and real PNG/JPEG files cut short or with bytes overwritten."""
+    png = paper_png(mnist_test[0][cut % 100], scale=4, margin=10)
+    for payload in (data, png[:cut % len(png)], png[:200] + data + png[200 + len(data):]):
+        try:
+            out = preprocess.to_mnist(payload)
+        except preprocess.ImageError:
+            continue
+        assert out.shape == (28, 28) and out.dtype == np.uint8
+
+
+def test_pi_side_never_imports_torch() -> None:
+    import subprocess
+
+    code = ("import sys, numpy as np; from digitpi import preprocess; "
+            "preprocess.to_mnist(np.pad(np.full((10, 4), 255, np.uint8), 9)); print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
