@@ -197,13 +197,11 @@ def block_background(ink: np.ndarray, blocks: int) -> np.ndarray:
     covered by strokes take their neighbours' level, then bilinearly stretched back to full size."""
     h, w = ink.shape
     size = max(8, max(h, w) // blocks)  # px; small images (MNIST itself) get one flat level
-    cell = max(1, size // 4)  # box-average to 4x4 cells per block first: medians of 16 values are cheap
-    small = np.asarray(Image.fromarray(ink, "F").reduce(cell)) if cell > 1 else ink
-    size //= cell
-    gh, gw = max(1, small.shape[0] // size), max(1, small.shape[1] // size)
-    bh, bw = small.shape[0] // gh, small.shape[1] // gw
-    grid = np.median(small[:gh * bh, :gw * bw].reshape(gh, bh, gw, bw).transpose(0, 2, 1, 3).reshape(gh, gw, -1),
-                     axis=2)
+    gh, gw = -(-h // size), -(-w // size)
+    # box-average to exactly 4x4 cells per block (the grid covers the image edge to edge), then
+    # take each block's median of 16 cells: cheap, and robust to strokes crossing the block
+    cells = np.asarray(Image.fromarray(ink, "F").resize((4 * gw, 4 * gh), Image.BOX))
+    grid = np.median(cells.reshape(gh, 4, gw, 4).transpose(0, 2, 1, 3).reshape(gh, gw, 16), axis=2)
     if max(gh, gw) <= 4:  # too few blocks to open: one level, the cleanest block's
         return np.full_like(ink, grid.min())
     grid = neighbourhood(neighbourhood(grid, np.minimum), np.maximum)  # grey-level opening over 3x3 blocks
@@ -375,12 +373,17 @@ def frame(ink: np.ndarray) -> np.ndarray:
     return np.round(out * 255).astype(np.uint8)
 
 
-def digit_ink(ink: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
-    """`ink` with specks and shadow edges removed: only blobs that reach `strong_ink` somewhere and
-    are at least `min_piece` of the largest such blob stay."""
+def ink_blobs(ink: np.ndarray, s: Settings = SETTINGS) -> tuple[Blobs, np.ndarray]:
+    """The blobs of `ink` and the indices of those that are ink, not specks or shadow edges: they
+    reach `strong_ink` somewhere and are at least `min_piece` of the largest such blob."""
     blobs = find_blobs(ink > 0)
     area = np.where(blobs.peak(ink) >= s.strong_ink, blobs.area, 0.0)
-    keep = np.flatnonzero(area >= max(s.min_piece * area.max(), 1))
+    return blobs, np.flatnonzero(area >= max(s.min_piece * area.max(), 1))
+
+
+def digit_ink(ink: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
+    """`ink` with specks and shadow edges removed."""
+    blobs, keep = ink_blobs(ink, s)
     box = blobs.boxes[keep]
     height, width = box[:, 2].max() - box[:, 0].min(), box[:, 3].max() - box[:, 1].min()
     if max(height, width) < max(2, s.min_digit * max(ink.shape)):
@@ -390,8 +393,11 @@ def digit_ink(ink: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
 
 def to_mnist(source: Source, s: Settings = SETTINGS) -> np.ndarray:
     """One digit in any picture -> uint8 (28, 28), white ink on black, framed as MNIST digits are."""
-    ink = ink_map(gray_array(load_image(source, s, s.digit_side), s.digit_side), s)
-    return frame(digit_ink(ink, s))
+    image = load_image(source, s, s.digit_side)
+    try:
+        return frame(digit_ink(ink_map(gray_array(image, s.digit_side), s), s))
+    except NoDigitError as e:
+        raise named(e, source) from None
 
 
 # ---------------------------------------------------------------- several digits in a row
@@ -403,44 +409,81 @@ def split_digits(source: Source, s: Settings = SETTINGS) -> list[np.ndarray]:
     Blobs that overlap horizontally belong to one digit (the detached bar of a 5); a blob much wider
     than tall is several touching digits, cut where the ink is thinnest; specks and dashes are dropped.
     """
-    ink = ink_map(gray_array(load_image(source, s), s.load_side), s)
-    blobs = find_blobs(ink > 0)
+    image = load_image(source, s)
+    try:
+        return row_digits(ink_map(gray_array(image, s.load_side), s), s)
+    except NoDigitError as e:
+        raise named(e, source) from None
+
+
+def named(error: NoDigitError, source: Source) -> NoDigitError:
+    """The error with the file (or standard input) it is about in front, as ImageErrors have."""
+    if isinstance(source, (Image.Image, np.ndarray)):
+        return error
+    return NoDigitError(f"{describe(source)}: {error}")
+
+
+def row_digits(ink: np.ndarray, s: Settings = SETTINGS) -> list[np.ndarray]:
+    blobs, kept = ink_blobs(ink, s)
     area, boxes = blobs.area, blobs.boxes
-    order = np.argsort(boxes[:, 1], kind="stable")
+    top, bottom = boxes[kept[np.argmax(area[kept])], [0, 2]]  # the row: the band of its biggest blob
+    height = bottom - top
+    inside = np.minimum(boxes[kept, 2], bottom) - np.maximum(boxes[kept, 0], top)
+    kept = kept[inside >= 0.5 * (boxes[kept, 2] - boxes[kept, 0])]  # blobs above or below are not the row
     groups: list[list[int]] = []
-    spans: list[list[int]] = []  # [left, right) of each group
-    for i in order:
-        left, right = boxes[i, 1], boxes[i, 3]
-        if groups:
-            g_left, g_right = spans[-1]
-            overlap = min(right, g_right) - max(left, g_left)
-            if overlap >= 0.5 * min(right - left, g_right - g_left):
-                groups[-1].append(int(i))
-                spans[-1] = [min(left, g_left), max(right, g_right)]
+    for i in kept[np.argsort(boxes[kept, 1], kind="stable")]:
+        if groups:  # a short blob under or over the last group is a piece of its digit (the bar of a 5)
+            group = groups[-1]
+            g_box = [boxes[group, 0].min(), boxes[group, 1].min(), boxes[group, 2].max(), boxes[group, 3].max()]
+            overlap = min(boxes[i, 3], g_box[3]) - max(boxes[i, 1], g_box[1])
+            short = min(boxes[i, 2] - boxes[i, 0], g_box[2] - g_box[0]) < 0.6 * height
+            if short and overlap >= 0.25 * min(boxes[i, 3] - boxes[i, 1], g_box[3] - g_box[1]):
+                group.append(int(i))
                 continue
         groups.append([int(i)])
-        spans.append([left, right])
+    groups = attach_short(groups, boxes, height)
     group_area = np.array([area[g].sum() for g in groups])
     group_height = np.array([boxes[g, 2].max() - boxes[g, 0].min() for g in groups])
-    keep = (group_area >= 4 * s.min_piece * group_area.max()) & (group_height >= 0.4 * group_height.max())
-    digits = []
-    for group, ok in zip(groups, keep):
-        if not ok:
-            continue
-        top, bottom = boxes[group, 0].min(), boxes[group, 2].max()
-        left, right = boxes[group, 1].min(), boxes[group, 3].max()
-        piece = np.where(blobs.mask(group, ink.shape), ink, 0.0)[top:bottom, left:right]
-        digits.extend(frame(part) for part in cut_touching(piece))
-    if not digits or max(group_height) < max(2, s.min_digit * max(ink.shape)):
+    keep = (group_area >= s.min_piece * group_area.max()) & (group_height >= 0.4 * height)
+    if height < max(2, s.min_digit * max(ink.shape)):
         raise NoDigitError("no digit found (only specks)")
+    digits = []
+    for group in (g for g, ok in zip(groups, keep) if ok):
+        g_top, g_bottom = boxes[group, 0].min(), boxes[group, 2].max()
+        g_left, g_right = boxes[group, 1].min(), boxes[group, 3].max()
+        piece = np.where(blobs.mask(group, ink.shape), ink, 0.0)[g_top:g_bottom, g_left:g_right]
+        digits.extend(frame(part) for part in cut_touching(piece, int(group_height.max())))
     return digits
 
 
-def cut_touching(piece: np.ndarray, ratio: float = 1.25, width: float = 0.75) -> list[np.ndarray]:
-    """Split a blob wider than `ratio` x its height into round(w / (`width` x h)) digits at the
-    columns of least ink near the even cut positions."""
-    h, w = piece.shape
-    count = round(w / (width * h)) if w > ratio * h else 1
+def attach_short(groups: list[list[int]], boxes: np.ndarray, height: int) -> list[list[int]]:
+    """Groups under 60 % of the row's height (a stroke that came loose, the bar of a 5) join the
+    nearest neighbour less than a third of a digit height away instead of being read as digits."""
+    def span(group: list[int]) -> tuple[int, int, int]:
+        return boxes[group, 1].min(), boxes[group, 3].max(), boxes[group, 2].max() - boxes[group, 0].min()
+
+    k = 0
+    while k < len(groups) and len(groups) > 1:
+        left, right, tall = span(groups[k])
+        if tall >= 0.6 * height:
+            k += 1
+            continue
+        gaps = [(left - span(groups[k - 1])[1], k - 1) if k > 0 else (np.inf, -1),
+                (span(groups[k + 1])[0] - right, k + 1) if k + 1 < len(groups) else (np.inf, -1)]
+        gap, other = min(gaps)
+        if gap > height / 3:
+            k += 1
+            continue
+        groups[other].extend(groups.pop(k))
+        k = max(0, min(k, other) - 1) if other < k else k  # the merged group may now be tall: look again
+    return groups
+
+
+def cut_touching(piece: np.ndarray, height: int, wide: float = 1.35, width: float = 0.75) -> list[np.ndarray]:
+    """A blob wider than `wide` x the row's `height` is touching digits: cut it into
+    round(w / (`width` x height)) parts at the columns of least ink near the even cut positions."""
+    w = piece.shape[1]
+    count = round(w / (width * height)) if w > wide * height else 1
     if count <= 1:
         return [piece]
     profile = piece.sum(0)

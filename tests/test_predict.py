@@ -1,0 +1,132 @@
+"""`digitpi predict` as a user runs it: real PNG/JPEG files of test digits, an exported model, bad files."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from realistic import Variant, render, row_of
+
+from digitpi import preprocess
+from digitpi.cli import main
+
+
+@pytest.fixture(scope="module")
+def sure_digits(exported_dir, mnist_test) -> list[int]:
+    """Indices of test digits the exported model reads right, with a clear margin, as scans on paper."""
+    from digitpi import runtime
+
+    images, labels = mnist_test
+    probabilities = runtime.Classifier.load(exported_dir).predict(images[:200]).probabilities
+    return [i for i in range(200) if probabilities[i].argmax() == labels[i] and probabilities[i].max() > 0.99]
+
+
+def scan(digit: np.ndarray, path: Path) -> Path:
+    """A test digit as dark ink on white paper, 8x enlarged, off-centre: what a scanner gives."""
+    page = Image.new("L", (400, 300), 255)
+    page.paste(Image.fromarray(255 - digit).resize((224, 224), Image.BICUBIC), (150, 40))
+    page.save(path)
+    return path
+
+
+def test_reads_a_png_and_prints_digit_probability_top(exported_dir, mnist_test, sure_digits, tmp_path, capsys):
+    images, labels = mnist_test
+    i = sure_digits[0]
+    path = scan(images[i], tmp_path / "digit.png")
+    assert main(["predict", "--model", str(exported_dir), str(path)]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith(f"{path}: {labels[i]} (") and "top 3:" in out and out.count("%") == 4
+
+
+def test_json_shape_and_top(exported_dir, mnist_test, sure_digits, tmp_path, capsys):
+    images, labels = mnist_test
+    paths = [str(scan(images[i], tmp_path / f"{i}.png")) for i in sure_digits[:3]]
+    assert main(["predict", "--model", str(exported_dir), *paths, "--json", "--top", "5", "--precision", "fp32"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["image"] for r in results] == paths
+    for r, i in zip(results, sure_digits):
+        assert set(r) == {"image", "digit", "probability", "top"}
+        assert r["digit"] == labels[i] and r["top"][0] == {"digit": r["digit"], "probability": r["probability"]}
+        assert len(r["top"]) == 5 and [t["probability"] for t in r["top"]] == sorted(
+            (t["probability"] for t in r["top"]), reverse=True)
+
+
+def test_stdin_and_save_input(exported_dir, mnist_test, sure_digits, tmp_path, capsys, monkeypatch):
+    images, labels = mnist_test
+    i = sure_digits[1]
+    buffer = io.BytesIO()
+    Image.open(scan(images[i], tmp_path / "d.png")).save(buffer, format="JPEG", quality=80)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(buffer.getvalue())))
+    saved = tmp_path / "seen" / "input.png"
+    assert main(["predict", "--model", str(exported_dir), "-", "--save-input", str(saved), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)[0]
+    assert result["image"] == "-" and result["digit"] == labels[i]
+    seen = np.asarray(Image.open(saved))
+    assert seen.shape == (28, 28) and seen.dtype == np.uint8
+    assert np.array_equal(seen, preprocess.to_mnist(buffer.getvalue()))  # exactly what the model saw
+    assert [p.name for p in saved.parent.iterdir()] == ["input.png"]  # no temporary file left behind
+
+
+def test_multi_reads_a_row(exported_dir, mnist_test, sure_digits, tmp_path, capsys):
+    images, labels = mnist_test
+    pick = sure_digits[2:6]
+    rng = np.random.default_rng(0)
+    row = tmp_path / "row.jpg"
+    strip = row_of(images[pick], rng, gap=(3, 6))
+    row.write_bytes(next(render(strip[None], Variant(canvas=(1100, 300), scale=(5.0, 6.0)), rng)))
+    assert main(["predict", "--model", str(exported_dir), str(row), "--multi", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)[0]
+    assert result["digits"] == "".join(str(labels[i]) for i in pick)
+    assert len(result["per_digit"]) == 4 and 0 < result["probability"] <= min(
+        d["probability"] for d in result["per_digit"])
+    assert main(["predict", "--model", str(exported_dir), str(row), "--multi"]) == 0
+    assert capsys.readouterr().out.startswith(f"{row}: {result['digits']} (")
+
+
+def truncated_png(tmp_path: Path, mnist_test) -> Path:
+    png = (scan(mnist_test[0][0], tmp_path / "whole.png")).read_bytes()
+    (tmp_path / "cut.png").write_bytes(png[: len(png) // 2])
+    return tmp_path / "cut.png"
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda tmp, mnist: (tmp / "notes.txt", (tmp / "notes.txt").write_text("7 is a digit\n"))[0], "not an image"),
+    (lambda tmp, mnist: (tmp / "empty.png", (tmp / "empty.png").write_bytes(b""))[0], "empty file"),
+    (truncated_png, "cannot decode|not an image"),
+    (lambda tmp, mnist: (tmp / "white.png", Image.new("L", (300, 200), 255).save(tmp / "white.png"))[0],
+     "no digit found"),
+    (lambda tmp, mnist: tmp / "missing.png", "no such file"),
+])
+def test_bad_input_is_one_line_error(make, message, exported_dir, mnist_test, tmp_path, capsys):
+    path = make(tmp_path, mnist_test)
+    saved = tmp_path / "seen.png"
+    assert main(["predict", "--model", str(exported_dir), str(path), "--save-input", str(saved)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and not saved.exists()
+    err = captured.err.strip()
+    assert err.startswith(f"digitpi: error: {path}: ") and "\n" not in err
+    assert re.search(message, err)
+
+
+def test_no_traceback_from_the_real_command(exported_dir, mnist_test, tmp_path):
+    cut = truncated_png(tmp_path, mnist_test)
+    done = subprocess.run([sys.executable, "-m", "digitpi.cli", "predict", "--model", str(exported_dir), "-"],
+                          input=cut.read_bytes(), capture_output=True)
+    assert done.returncode == 2 and done.stdout == b""
+    assert done.stderr.decode().count("\n") == 1 and b"Traceback" not in done.stderr
+    assert done.stderr.startswith(b"digitpi: error: standard input: ")
+
+
+def test_bad_flags(exported_dir, tmp_path, capsys):
+    assert main(["predict", "--model", str(exported_dir), "a.png", "--top", "0"]) == 2
+    assert main(["predict", "--model", str(tmp_path / "nope"), "a.png"]) == 2
+    assert main(["predict", "--model", str(exported_dir), "-", "-"]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 3 and all(e.startswith("digitpi: error: ") for e in errors)
