@@ -186,3 +186,21 @@ def test_cli_export_mistakes_are_one_line_errors(tmp_path):
     empty = run_cli("export", str(tmp_path / "not-a-run"))
     assert empty.returncode != 0 and "not a training run" in empty.stderr and empty.stderr.count("\n") == 1
     assert not (tmp_path / "not-a-run" / "export").exists()
+
+
+def test_bench_infer_measures_every_backend(exported_dir):
+    done = run_cli("bench", "infer", str(exported_dir), "--calls", "5", "--seconds", "0.05", "--json")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)["rows"]
+    assert [r["backend"] for r in rows] == ["torch", "onnx-fp32", "onnx-int8", "numpy"]
+    for row in rows:
+        assert row["p99_ms"] >= row["p50_ms"] > 0 and row["images_per_s_1t"] > 0 and row["images_per_s_2t"] > 0
+        assert row["peak_rss_mb"] > 0 and row["test_accuracy"] > 0.98
+    by_backend = {r["backend"]: r for r in rows}
+    assert by_backend["onnx-int8"]["file_bytes"] == (exported_dir / "model.int8.onnx").stat().st_size
+    assert by_backend["numpy"]["peak_rss_mb"] < by_backend["torch"]["peak_rss_mb"]  # the Pi side loads no torch
+
+
+def test_bench_infer_refuses_a_folder_without_a_card(tmp_path):
+    done = run_cli("bench", "infer", str(tmp_path))
+    assert done.returncode != 0 and "not an export folder" in done.stderr and done.stderr.count("\n") == 1
