@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from digitpi import UserError
 
@@ -88,6 +88,8 @@ def open_image(source: Source, s: Settings = SETTINGS) -> Image.Image:
             image = Image.open(source)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"{name}: image too large (decompression bomb?)") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image (no known image format)") from None
     except Exception as e:  # Pillow raises many types on foreign or corrupt bytes
         raise ImageError(f"{name}: not an image ({reason(e)})") from None
     width, height = image.size
