@@ -160,13 +160,17 @@ def candidate_dirs(dataset: str, data_dir: str | Path | None = None) -> list[Pat
     return found + [cache_dir(dataset), SYSTEM_DIR / dataset]
 
 
-_verified: set[tuple[Path, int, int]] = set()  # (path, size, mtime_ns) hashed OK in this process
+_verified: set[tuple[Path, int, int, str]] = set()  # (path, size, mtime_ns, sha256) that matched in this process
 
 
 def file_ok(path: Path, want: str) -> bool:
-    """Whether the decompressed bytes of `path` hash to `want`; each file is hashed once per process."""
+    """Whether the decompressed bytes of `path` hash to `want`; each file is hashed once per process.
+
+    The wanted hash is part of the key: MNIST and Fashion-MNIST share file names, and a file that
+    passed as MNIST must not pass as Fashion-MNIST.
+    """
     stat = path.stat()
-    key = (path.resolve(), stat.st_size, stat.st_mtime_ns)
+    key = (path.resolve(), stat.st_size, stat.st_mtime_ns, want)
     if key not in _verified:
         if hashlib.sha256(read_file_bytes(path)).hexdigest() != want:
             return False
