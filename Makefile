@@ -35,5 +35,5 @@ main: $(VENV)/.installed
 	$(VENV)/bin/digitpi export $(RUN)
 
 test: $(VENV)/.installed $(CORE_VENV)/.installed system-deps
-	$(VENV)/bin/ruff check src tests benchmarks
-	DIGITPI_CORE_PYTHON=$(CORE_VENV)/bin/python $(VENV)/bin/pytest -q
+	$(VENV)/bin/ruff check .
+	DIGITPI_CORE_PYTHON=$(abspath $(CORE_VENV))/bin/python $(VENV)/bin/pytest -q

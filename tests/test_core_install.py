@@ -37,7 +37,7 @@ print(digitpi.runtime.__file__)
 
 @pytest.fixture(scope="session")  # session scope: checked before the session fixtures train a model
 def core_python() -> str:
-    python = os.environ.get(ENV)
+    python = os.path.abspath(os.environ[ENV]) if os.environ.get(ENV) else None  # tests run it from other folders
     if not python:
         pytest.fail(f"{ENV} is not set: point it at the python of a venv with only `pip install .` "
                     "(python3 -m venv /tmp/corevenv && /tmp/corevenv/bin/pip install .)")
