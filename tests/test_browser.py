@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 from pathlib import Path
 
 import httpx
@@ -21,6 +22,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 SEVEN = [(0.22, 0.22), (0.78, 0.22), (0.62, 0.45), (0.45, 0.82)]  # a stroke of "7", in canvas fractions
+INTERVAL_S = 0.120  # the page's INTERVAL_MS between requests
 SETTLED = "() => !inFlight && !dirty && !timer && !document.getElementById('digit').classList.contains('empty')"
 
 
@@ -48,6 +50,7 @@ def draw(page, points: list[tuple[float, float]]) -> None:
     page.mouse.down()
     for x, y in xy[1:]:
         page.mouse.move(x, y, steps=12)
+        page.wait_for_timeout(250)  # a human pace: the page reads the digit while it is drawn
     page.mouse.up()
 
 
@@ -57,7 +60,7 @@ def shown(page) -> dict:
         bars: [...document.querySelectorAll('#bars .bar .fill')].map(b => parseFloat(b.style.height)),
         top: [...document.querySelectorAll('#bars .bar')].findIndex(b => b.classList.contains('top')),
         seen: [document.getElementById('seen').naturalWidth, document.getElementById('seen').hidden],
-        canvas: document.getElementById('board').toDataURL('image/png'),
+        canvas: upload().toDataURL('image/png'),  // the drawing as the page sends it
     })""")
 
 
@@ -67,18 +70,22 @@ def test_drawing_shows_the_models_reading(browser, server, viewport, name):
     context = browser.new_context(viewport=viewport, device_scale_factor=2 if name == "phone" else 1,
                                   is_mobile=name == "phone", has_touch=name == "phone")
     page = context.new_page()
-    errors = []
+    errors, predicts = [], []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("request", lambda r: predicts.append(r.url) if r.url.endswith("/predict") else None)
     page.goto(server + "/")
     assert page.locator("#bars .bar").count() == 10
     assert page.locator("#digit").text_content() == "?"
 
+    start = time.monotonic()
     draw(page, SEVEN)
     page.wait_for_function(SETTLED, timeout=15_000)
+    drawing_s = time.monotonic() - start
     page.wait_for_function("() => document.getElementById('model').textContent.includes('Model:')", timeout=5_000)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"serve-page-{name}.png"), full_page=True)
 
+    assert 3 <= len(predicts) <= drawing_s / INTERVAL_S + 2  # updated while drawing, throttled to the interval
     state = shown(page)
     assert state["digit"].isdigit() and len(state["bars"]) == 10
     assert sum(state["bars"]) == pytest.approx(100, abs=1.0)  # the bars are the ten probabilities
