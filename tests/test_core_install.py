@@ -8,6 +8,7 @@ DIGITPI_CORE_PYTHON=/tmp/corevenv/bin/python pytest tests/test_core_install.py
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
@@ -66,3 +67,22 @@ def test_core_install_reads_real_digits_without_torch(core_python, exported_dir,
         here = Classifier.load(exported_dir, precision=precision, backend=backend).predict(images).labels
         there = np.load(tmp_path / f"{'auto' if precision == 'int8' else backend}-{precision}.npy")
         np.testing.assert_array_equal(there, here)  # the Pi answers exactly as the PC
+
+
+def test_core_install_runs_the_digitpi_command(core_python, exported_dir, mnist_test, tmp_path):
+    """`digitpi predict` itself starts and reads a picture on the Pi: building the CLI needs no torch."""
+    from PIL import Image
+
+    from digitpi import preprocess
+    from digitpi.runtime import Classifier
+
+    images, _ = mnist_test
+    picture = tmp_path / "digit.png"
+    Image.fromarray(255 - images[0]).resize((280, 280)).save(picture)  # dark ink on white paper
+    digitpi = os.path.join(os.path.dirname(core_python), "digitpi")
+    done = subprocess.run([digitpi, "predict", "--model", str(exported_dir), "--json", str(picture)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    [reading] = json.loads(done.stdout)
+    expected = Classifier.load(exported_dir).predict(preprocess.to_mnist(picture)).labels[0]
+    assert reading["digit"] == expected

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from digitpi import data, models, train
+from digitpi import config, data, models, train
 
 
 @pytest.fixture(scope="module")
@@ -21,10 +21,17 @@ def tensors(mnist_dir):
     return torch.from_numpy(x.copy()), torch.from_numpy(y), torch.from_numpy(tx.copy()), torch.from_numpy(ty)
 
 
-@pytest.mark.parametrize("recipe", sorted(train.RECIPES))
+def test_config_names_what_train_builds() -> None:
+    assert tuple(train.OPTIMIZERS) == config.OPTIMIZERS
+    for schedule in config.SCHEDULES:
+        factors = [train.lr_factor(config.Config(schedule=schedule, epochs=2), step, 10) for step in range(20)]
+        assert all(0 <= f <= 1 for f in factors) and max(factors) == 1
+
+
+@pytest.mark.parametrize("recipe", sorted(config.RECIPES))
 def test_each_recipe_trains_a_few_steps(recipe: str, tensors) -> None:
     x, y, _, _ = tensors
-    cfg = train.recipe_config(recipe, epochs=1, val_split=0.25)
+    cfg = config.recipe_config(recipe, epochs=1, val_split=0.25)
     n = 4 * cfg.batch_size  # three training steps, one batch of validation
     result = train.train(cfg, progress=False, train_images=x[:n], train_labels=y[:n])
     assert len(result.history["loss"]) == 1 and len(result.history["val_accuracy"]) == 1
@@ -35,7 +42,7 @@ def test_training_on_a_subset_learns(tensors) -> None:
     x, y, tx, ty = tensors
     torch.manual_seed(0)
     _, before, _ = train.evaluate(models.create_model("fast_cnn"), tx, ty)
-    result = train.train(train.recipe_config("fast", epochs=2), progress=False,
+    result = train.train(config.recipe_config("fast", epochs=2), progress=False,
                          train_images=x[:4000], train_labels=y[:4000])
     _, after, _ = train.evaluate(result.model, tx, ty)
     assert before < 0.3 and after > 0.95
@@ -44,7 +51,7 @@ def test_training_on_a_subset_learns(tensors) -> None:
 
 def test_same_seed_same_model(tensors) -> None:
     x, y, _, _ = tensors
-    runs = [train.train(train.recipe_config("fast", epochs=1, seed=s), progress=False,
+    runs = [train.train(config.recipe_config("fast", epochs=1, seed=s), progress=False,
                         train_images=x[:3000], train_labels=y[:3000]) for s in (7, 7, 8)]
     same = [torch.equal(a, b) for a, b in zip(runs[0].model.state_dict().values(), runs[1].model.state_dict().values())]
     assert all(same)

@@ -18,6 +18,7 @@ from pathlib import Path
 from digitpi import UserError
 
 DEFAULT_RUN_DIR = "runs"
+DESCRIPTION = "Train a handwritten-digit classifier on a PC; read digits with it on a Raspberry Pi."
 
 
 def fail(message: str) -> None:
@@ -73,20 +74,21 @@ def cmd_summary(args: argparse.Namespace) -> None:
 
 
 def config_help() -> dict[str, str]:
-    """Flag help from the comments on `train.Config`'s defaults: the defaults are documented once."""
-    from digitpi import train
+    """Flag help from the comments on `Config`'s defaults: the defaults are documented once."""
+    from digitpi.config import Config
 
-    source = inspect.getsource(train.Config)
-    return {m[1]: f"{m[3].strip()} (default: {m[2].strip()}, or the recipe's)"
+    source = inspect.getsource(Config)
+    # argparse formats help with %: a literal percent sign in a comment must be doubled
+    return {m[1]: f"{m[3].strip()} (default: {m[2].strip()}, or the recipe's)".replace("%", "%%")
             for m in re.finditer(r"^\s+(\w+): [^=]+= (.+?)  # (.+)$", source, re.M)}
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per scalar field of train.Config; unset flags keep the recipe's value."""
-    from digitpi import train
+    """One flag per scalar field of `Config`; unset flags keep the recipe's value."""
+    from digitpi.config import Config
 
     helps = config_help()
-    for f in dataclasses.fields(train.Config):
+    for f in dataclasses.fields(Config):
         kind = {"int": int, "float": float, "str": str, "bool": bool}.get(str(f.type))
         if kind is None and "str" in str(f.type):
             kind = str
@@ -100,11 +102,11 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from digitpi import evaluate, train
+    from digitpi import config, evaluate, train
 
-    overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(train.Config)}
+    overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(config.Config)}
     try:
-        cfg = train.recipe_config(args.recipe, **overrides)
+        cfg = config.recipe_config(args.recipe, **overrides)
     except (ValueError, TypeError) as e:
         fail(str(e))
     from digitpi.models import create_model
@@ -233,7 +235,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="digitpi", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="digitpi", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("data", help="where the data is, counts, checksums; --grid writes sample images")

@@ -102,7 +102,7 @@ def run_is_complete(run_dir: Path) -> bool:
 def compare(models: Sequence[str], out_dir: Path, epochs: int | None = None, retrain: bool = False,
             data_dir: str | None = None, progress: bool = True) -> Path:
     """Train each model with its own recipe (or reuse its run in out_dir) and write report.md."""
-    from digitpi import evaluate, train
+    from digitpi import config, evaluate, train
     from digitpi import models as zoo
 
     for name in models:
@@ -111,7 +111,7 @@ def compare(models: Sequence[str], out_dir: Path, epochs: int | None = None, ret
     for name in models:
         run_dir = out_dir / name
         if retrain or not run_is_complete(run_dir):
-            result = train.train(train.recipe_config(model=name, epochs=epochs, data_dir=data_dir),
+            result = train.train(config.recipe_config(model=name, epochs=epochs, data_dir=data_dir),
                                  progress=progress)
             evaluate.finish_run(result, run_dir)
         metrics = json.loads((run_dir / "metrics.json").read_text())

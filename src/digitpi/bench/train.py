@@ -78,7 +78,7 @@ def measure(recipe: str, seed: int, target: float, data_dir: str | None, epochs:
             stop_at_target: bool = False) -> Measurement:
     import torch
 
-    from digitpi import models, train
+    from digitpi import config, models, train
 
     start = time.perf_counter()
     images, labels = data.load_split("mnist", "train", data_dir)
@@ -87,7 +87,7 @@ def measure(recipe: str, seed: int, target: float, data_dir: str | None, epochs:
     test_images, test_labels = data.load_split("mnist", "test", data_dir)
     tx, ty = torch.from_numpy(test_images.copy()), torch.from_numpy(test_labels)
 
-    cfg = train.recipe_config(recipe, seed=seed, epochs=epochs, data_dir=data_dir)
+    cfg = config.recipe_config(recipe, seed=seed, epochs=epochs, data_dir=data_dir)
     accuracies: list[float] = []
     reached: list[float] = []
 
