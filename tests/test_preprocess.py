@@ -7,6 +7,7 @@ the runtime) over the full 10,000-image test set once per look, and print the ac
 from __future__ import annotations
 
 import io
+import json
 import struct
 import sys
 import time
@@ -292,3 +293,17 @@ def test_pi_side_never_imports_torch() -> None:
     code = ("import sys, numpy as np; from digitpi import preprocess; "
             "preprocess.to_mnist(np.pad(np.full((10, 4), 255, np.uint8), 9)); print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+def test_bench_preprocess_pictures_are_read_right(mnist_test, classifier, capsys) -> None:
+    """The benchmark times pictures the model actually reads: each holds the digit it claims to."""
+    from digitpi.bench import preprocess as bench
+    from digitpi.cli import main
+
+    images, labels = mnist_test
+    for i in range(3):
+        read = [classifier.predict(preprocess.to_mnist(p)).labels[0] for p in bench.pictures(images[i]).values()]
+        assert read == [labels[i]] * len(read)
+    assert main(["bench", "preprocess", "--repeats", "1", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert len(rows) == 4 and all(r["median_ms"] > 0 for r in rows)

@@ -8,4 +8,5 @@ BENCHMARKS = {
     "train": "time to 99 % test accuracy and final accuracy of our recipes against references",
     "infer": "latency, throughput, memory and size of exported models per backend",
     "serve": "requests/s and latency of a running `digitpi serve`",
+    "preprocess": "milliseconds from a photo, scan or drawing to the model's 28x28 input",
 }
