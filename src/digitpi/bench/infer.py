@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from digitpi import UserError
+from digitpi.bench import cpu_name
 
 BACKENDS = ("torch", "onnx-fp32", "onnx-int8", "numpy")
 BATCH = 256  # images per throughput call
@@ -195,7 +196,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def machine() -> dict:
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    return {"cpu": cpu_name(), "cores": os.cpu_count(),
             "python": platform.python_version(), "load_avg_1min": os.getloadavg()[0]}
 
 

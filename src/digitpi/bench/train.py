@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from digitpi import data
+from digitpi.bench import cpu_name
 
 REFERENCES = ("pytorch_example", "course")
 
@@ -153,15 +152,6 @@ def format_table(rows: list[dict], target: float) -> str:
             cells.append(f"{ratio:.0f}x" if ratio else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def cpu_name() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor() or platform.machine()
 
 
 def run(args: argparse.Namespace) -> None:
