@@ -109,3 +109,18 @@ def test_cli_evaluate_and_data(trained_run: Path, tmp_path: Path) -> None:
     assert shown.returncode == 0, shown.stderr
     assert "train: 60000 images 28x28" in shown.stdout and "sha256 ok" in shown.stdout
     assert (tmp_path / "grid.png").stat().st_size > 0
+
+
+def test_bench_train_measures_and_saves_runs(tmp_path: Path, mnist_test, capsys) -> None:
+    """`digitpi bench train` on the fast recipe: one seed, no references; the saved run is the measured model."""
+    from digitpi.cli import main
+
+    assert main(["bench", "train", "--recipes", "fast", "--seeds", "1", "--references", "", "--json",
+                 "--out", str(tmp_path)]) == 0
+    [row] = json.loads(capsys.readouterr().out)["rows"]
+    assert row["recipe"] == "fast" and row["params"] == 29_178 and row["flops"] > 0
+    assert row["test_accuracy_mean"] >= 0.99 and row["runs_reaching_target"] == 1
+    assert 0 < row["seconds_to_target_mean"] <= row["train_seconds_mean"] + 60
+    model, _ = train.load_checkpoint(tmp_path / "fast-seed0")
+    _, accuracy, _ = train.evaluate(model, torch.from_numpy(mnist_test[0].copy()), torch.from_numpy(mnist_test[1]))
+    assert accuracy == row["test_accuracy_mean"]

@@ -13,6 +13,7 @@ import json
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from digitpi import data
 from digitpi.bench import cpu_name
@@ -31,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train references to the end of their schedule (default: stop once they reach the target)")
     parser.add_argument("--target", type=float, default=0.99, help="test accuracy to reach (default: 0.99)")
     parser.add_argument("--data-dir", help="folder holding the four MNIST files")
+    parser.add_argument("--out", metavar="DIR",
+                        help="also save each run as DIR/RECIPE-seedN: a run folder for `digitpi evaluate` and `export`")
 
 
 @dataclass
@@ -45,11 +48,8 @@ class Measurement:
     train_seconds: float
     images_per_second: float  # training throughput
     seconds_to_target: float | None  # None: never reached
-    accuracy_per_epoch: list[float]
-
-    @property
-    def final_accuracy(self) -> float:
-        return self.accuracy_per_epoch[-1]
+    accuracy_per_epoch: list[float]  # test accuracy after each epoch
+    test_accuracy: float  # of the model training keeps (best epoch on validation): what a user gets
 
 
 def forward_flops(model) -> int:
@@ -74,10 +74,10 @@ def forward_flops(model) -> int:
 
 
 def measure(recipe: str, seed: int, target: float, data_dir: str | None, epochs: int | None = None,
-            stop_at_target: bool = False) -> Measurement:
+            stop_at_target: bool = False, out_dir: Path | None = None) -> Measurement:
     import torch
 
-    from digitpi import config, models, train
+    from digitpi import config, evaluate, models, train
 
     start = time.perf_counter()
     images, labels = data.load_split("mnist", "train", data_dir)
@@ -99,6 +99,9 @@ def measure(recipe: str, seed: int, target: float, data_dir: str | None, epochs:
         return stop_at_target and bool(reached)
 
     result = train.train(cfg, on_epoch_end=on_epoch_end, progress=False, train_images=x, train_labels=y)
+    _, kept_accuracy, _ = train.evaluate(result.model, tx, ty)
+    if out_dir is not None:
+        evaluate.finish_run(result, out_dir / f"{recipe}-seed{seed}", plots=False)
     n_train = len(x) - int(round(len(x) * cfg.val_split))
     return Measurement(
         recipe=recipe, model=cfg.model, seed=seed, params=models.count_params(result.model),
@@ -106,13 +109,14 @@ def measure(recipe: str, seed: int, target: float, data_dir: str | None, epochs:
         data_seconds=data_seconds, train_seconds=result.train_seconds,
         images_per_second=n_train * len(accuracies) / result.train_seconds,
         seconds_to_target=reached[0] if reached else None, accuracy_per_epoch=accuracies,
+        test_accuracy=kept_accuracy,
     )
 
 
 def summarize(runs: list[Measurement], reference_seconds: dict[str, float | None], quick: bool) -> dict:
     first = runs[0]
     reached = [r.seconds_to_target for r in runs if r.seconds_to_target is not None]
-    finals = [r.final_accuracy for r in runs]
+    finals = [r.test_accuracy for r in runs]
     row = {
         "recipe": first.recipe, "model": first.model, "params": first.params, "flops": first.flops,
         "epochs": first.epochs, "seeds": len(runs),
@@ -121,7 +125,7 @@ def summarize(runs: list[Measurement], reference_seconds: dict[str, float | None
         "seconds_to_target_mean": statistics.mean(reached) if len(reached) == len(runs) else None,
         "seconds_to_target_worst": max(reached) if len(reached) == len(runs) else None,
         "runs_reaching_target": len(reached),
-        "final_accuracy_mean": statistics.mean(finals), "final_accuracy_worst": min(finals),
+        "test_accuracy_mean": statistics.mean(finals), "test_accuracy_worst": min(finals),
         "quick": quick,
         "speedup": {},
     }
@@ -146,7 +150,7 @@ def format_table(rows: list[dict], target: float) -> str:
             to_target += " (1 epoch only)"
         cells = [row["recipe"], row["model"], f"{row['params']:,}", f"{row['flops'] / 1e6:.1f}", str(row["epochs"]),
                  str(row["seeds"]), f"{row['train_seconds_mean']:.1f}", f"{row['images_per_second']:,.0f}", to_target,
-                 f"{100 * row['final_accuracy_mean']:.2f} % / {100 * row['final_accuracy_worst']:.2f} %"]
+                 f"{100 * row['test_accuracy_mean']:.2f} % / {100 * row['test_accuracy_worst']:.2f} %"]
         for r in refs:
             ratio = row["speedup"].get(r)
             cells.append(f"{ratio:.0f}x" if ratio else "")
@@ -158,17 +162,18 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     ours = [r for r in args.recipes.split(",") if r]
+    out_dir = Path(args.out) if args.out else None
     references = [r for r in args.references.split(",") if r]
     rows, reference_seconds = [], {}
     for recipe in references:
         m = measure(recipe, 0, args.target, args.data_dir, epochs=1 if args.quick else None,
-                    stop_at_target=not args.full)
+                    stop_at_target=not args.full, out_dir=out_dir)
         # Quick mode: a reference that did not reach the target in one epoch needs at least that long.
         lower_bound = m.data_seconds + m.train_seconds if args.quick else None
         reference_seconds[recipe] = m.seconds_to_target or lower_bound
         rows.append(summarize([m], {}, args.quick))
     for recipe in ours:
-        runs = [measure(recipe, seed, args.target, args.data_dir) for seed in range(args.seeds)]
+        runs = [measure(recipe, seed, args.target, args.data_dir, out_dir=out_dir) for seed in range(args.seeds)]
         rows.append(summarize(runs, reference_seconds, quick=False))
     machine = f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     result = {"date": time.strftime("%Y-%m-%d"), "machine": machine, "target": args.target, "rows": rows}
