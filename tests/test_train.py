@@ -124,3 +124,20 @@ def test_bench_train_measures_and_saves_runs(tmp_path: Path, mnist_test, capsys)
     model, _ = train.load_checkpoint(tmp_path / "fast-seed0")
     _, accuracy, _ = train.evaluate(model, torch.from_numpy(mnist_test[0].copy()), torch.from_numpy(mnist_test[1]))
     assert accuracy == row["test_accuracy_mean"]
+
+
+def test_cli_compare_writes_the_conclusion_table(tmp_path: Path, capsys) -> None:
+    """`digitpi compare` trains each model with its own recipe on the real data, then reuses the runs."""
+    from digitpi.cli import main
+
+    out = tmp_path / "compare"
+    assert main(["compare", "mlp", "fast_cnn", "--epochs", "1", "--out", str(out), "--quiet"]) == 0
+    report = (out / "report.md").read_text()
+    for name, params in (("mlp", 669_706), ("fast_cnn", 29_178)):
+        accuracy = json.loads((out / name / "metrics.json").read_text())["test_accuracy"]
+        assert f"| {name} | {params:,} | {100 * accuracy:.2f} % |" in report
+        assert accuracy > 0.95 and (out / name / "confusion.png").stat().st_size > 0
+    before = (out / "mlp" / "model.safetensors").stat().st_mtime_ns
+    assert main(["compare", "mlp", "--out", str(out), "--quiet"]) == 0  # reused, not retrained
+    assert (out / "mlp" / "model.safetensors").stat().st_mtime_ns == before
+    capsys.readouterr()

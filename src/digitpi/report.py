@@ -115,8 +115,8 @@ def compare(models: Sequence[str], out_dir: Path, epochs: int | None = None, ret
                                  progress=progress)
             evaluate.finish_run(result, run_dir)
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        config = json.loads((run_dir / "config.json").read_text())
-        rows.append((name, config, metrics, (run_dir / "model.safetensors").stat().st_size))
+        run_config = json.loads((run_dir / "config.json").read_text())
+        rows.append((name, run_config, metrics, (run_dir / "model.safetensors").stat().st_size))
     return write_report(out_dir, rows)
 
 
@@ -125,9 +125,9 @@ def write_report(out_dir: Path, rows: list[tuple[str, dict, dict, int]]) -> Path
              "All numbers measured on the real 10,000-image MNIST test set by `digitpi compare`.", "",
              "| model | parameters | test accuracy | test loss | epochs | batch | training time | model size |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for name, config, metrics, size in rows:
+    for name, run_config, metrics, size in rows:
         lines.append(f"| {name} | {metrics['params']:,} | {100 * metrics['test_accuracy']:.2f} % | "
-                     f"{metrics['test_loss']:.4f} | {config['epochs']} | {config['batch_size']} | "
+                     f"{metrics['test_loss']:.4f} | {run_config['epochs']} | {run_config['batch_size']} | "
                      f"{metrics['train_seconds']:.0f} s | {size / 1024:.0f} KB |")
     best = max(rows, key=lambda r: r[2]["test_accuracy"])
     smallest = min(rows, key=lambda r: r[2]["params"])
