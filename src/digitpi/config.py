@@ -18,12 +18,14 @@ RECIPES: dict[str, dict] = {
     # ~99.1 % in a few seconds on a 2-core CPU: small BN CNN, one-cycle SGD, two epochs.
     "fast": dict(model="fast_cnn", epochs=2, batch_size=128, optimizer="sgd", lr=0.1,
                  schedule="onecycle", label_smoothing=0.0),
-    # >= 99.4 % with under 10k parameters: the accuracy comes from augmentation and more epochs.
-    "tiny": dict(model="tiny_cnn", epochs=15, batch_size=128, optimizer="sgd", lr=0.1, schedule="onecycle",
-                 label_smoothing=0.1, translate=2.0, rotate=10.0, scale=0.1),
-    # The most accurate single model (150k parameters): wider, deeper stages, same recipe, longer.
+    # The two accuracy recipes were chosen on the 54k/6k split (val_split=0.1); their final fit uses all
+    # 60k training images and keeps the last epoch (val_split=0), as one-cycle ends at its best weights.
+    # >= 99.4 % with under 10k parameters: depth, a global-average-pool head, augmentation, 20 epochs.
+    "tiny": dict(model="tiny_cnn", epochs=20, batch_size=128, optimizer="sgd", lr=0.1, schedule="onecycle",
+                 label_smoothing=0.1, translate=2.0, rotate=10.0, scale=0.1, val_split=0.0),
+    # The most accurate single model (150k parameters): wider, two convs per stage, same recipe.
     "best": dict(model="best_cnn", epochs=20, batch_size=128, optimizer="sgd", lr=0.1, schedule="onecycle",
-                 label_smoothing=0.1, translate=2.0, rotate=10.0, scale=0.1),
+                 label_smoothing=0.1, translate=2.0, rotate=10.0, scale=0.1, val_split=0.0),
     # The course notebook: Adam, 30 epochs, batch 512, 20 % validation, no augmentation.
     "course": dict(model="course_cnn", epochs=30, batch_size=512, optimizer="adam", lr=1e-3,
                    schedule="constant", val_split=0.2, weight_decay=0.0, label_smoothing=0.0),
