@@ -49,7 +49,7 @@ class Measurement:
     images_per_second: float  # training throughput
     seconds_to_target: float | None  # None: never reached
     accuracy_per_epoch: list[float]  # test accuracy after each epoch
-    test_accuracy: float  # of the model training keeps (best epoch on validation): what a user gets
+    test_accuracy: float  # of the model training keeps (best epoch on validation, else the last): what a user gets
 
 
 def forward_flops(model) -> int:
