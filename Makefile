@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # What a Raspberry Pi gets from `pip install digitpi`: no torch. The tests prove the runtime works there.
-$(CORE_VENV)/.installed: pyproject.toml $(shell find src -type f -not -path "*/__pycache__/*")
+$(CORE_VENV)/.installed: pyproject.toml $(shell find src/digitpi -type f -not -path "*/__pycache__/*")
 	$(PYTHON) -m venv $(CORE_VENV)
 	$(CORE_VENV)/bin/pip install -q --upgrade pip
 	$(CORE_VENV)/bin/pip install -q .
