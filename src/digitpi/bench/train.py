@@ -153,7 +153,10 @@ def format_table(rows: list[dict], target: float) -> str:
                  f"{100 * row['test_accuracy_mean']:.2f} % / {100 * row['test_accuracy_worst']:.2f} %"]
         for r in refs:
             ratio = row["speedup"].get(r)
-            cells.append(f"{ratio:.0f}x" if ratio else "")
+            if ratio:
+                cells.append(f"{ratio:.0f}x")
+            else:  # None: the reference never reached the target; absent: this row is a reference or never did
+                cells.append("reference never got there" if r in row["speedup"] else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
