@@ -157,7 +157,9 @@ def test_rows_of_digits(mnist_test, classifier) -> None:
           f"{100 * model_ok / ROWS:.1f} % as the model reads the clean digits, "
           f"{100 * digits_ok / total:.2f} % of digits right")
     assert count_ok / ROWS >= 0.98
-    assert model_ok / ROWS >= 0.96  # measured 97.3 % (300 rows, dev model): the 97 % is not met yet
+    # measured over 1,000 rows: 96.5 % with the default model, 97.8 % with best_cnn; 97 % string accuracy
+    # against the true labels (95.0 % / 96.9 %) is not met yet
+    assert model_ok / ROWS >= 0.96
     assert string_ok / ROWS >= expected - 0.03
 
 
