@@ -99,9 +99,10 @@ def measure(recipe: str, seed: int, target: float, data_dir: str | None, epochs:
         return stop_at_target and bool(reached)
 
     result = train.train(cfg, on_epoch_end=on_epoch_end, progress=False, train_images=x, train_labels=y)
-    _, kept_accuracy, _ = train.evaluate(result.model, tx, ty)
-    if out_dir is not None:
-        evaluate.finish_run(result, out_dir / f"{recipe}-seed{seed}", plots=False)
+    if out_dir is not None:  # saving measures the test set already
+        kept_accuracy = evaluate.finish_run(result, out_dir / f"{recipe}-seed{seed}", plots=False)["test_accuracy"]
+    else:
+        _, kept_accuracy, _ = train.evaluate(result.model, tx, ty)
     n_train = len(x) - int(round(len(x) * cfg.val_split))
     return Measurement(
         recipe=recipe, model=cfg.model, seed=seed, params=models.count_params(result.model),
