@@ -44,7 +44,8 @@ class Settings:
     min_snr: float = 6.0  # ink must stand this many noise standard deviations above the background
     noise_floor: float = 3.0  # background noise (in standard deviations) cut away before scaling ink to 1
     ink_level: float = 60.0  # percentile of the ink pixels' values taken as full-strength ink
-    strong_ink: float = 0.6  # a blob is ink only if it reaches this level somewhere (shadow edges do not)
+    faint_ink: float = 0.1  # fainter pixels (blur and JPEG halo) neither belong to a blob nor join two
+    strong_ink: float = 0.6  # a blob's size is its pixels at least this dark: shadow edges have few
     min_piece: float = 0.05  # ink blobs smaller than this fraction of the largest one are specks, not digit
     min_digit: float = 0.015  # the digit's longer side must be at least this fraction of the image's
 
@@ -285,13 +286,12 @@ class Blobs:
     label: np.ndarray  # (R,) blob index of each run, 0..n-1
     n: int
 
-    def peak(self, ink: np.ndarray) -> np.ndarray:
-        """The highest value of `ink` in each blob."""
-        flat = np.append(ink.ravel(), 0.0)
-        width = ink.shape[1]
-        bounds = np.stack([self.rows * width + self.starts, self.rows * width + self.ends], 1).ravel()
-        run_max = np.maximum.reduceat(flat, bounds)[::2]
-        return self.stat(run_max, np.maximum, 0.0)
+    def count(self, where: np.ndarray) -> np.ndarray:
+        """How many pixels of each blob are True in the boolean image `where`."""
+        width = where.shape[1]
+        total = np.concatenate([[0], np.cumsum(where.ravel(), dtype=np.int64)])
+        per_run = total[self.rows * width + self.ends] - total[self.rows * width + self.starts]
+        return np.bincount(self.label, weights=per_run, minlength=self.n)
 
     def stat(self, values: np.ndarray, op: np.ufunc, initial: float) -> np.ndarray:
         out = np.full(self.n, initial, dtype=np.float64)
@@ -376,11 +376,12 @@ def frame(ink: np.ndarray) -> np.ndarray:
 
 
 def ink_blobs(ink: np.ndarray, s: Settings = SETTINGS) -> tuple[Blobs, np.ndarray]:
-    """The blobs of `ink` and the indices of those that are ink, not specks or shadow edges: they
-    reach `strong_ink` somewhere and are at least `min_piece` of the largest such blob."""
-    blobs = find_blobs(ink > 0)
-    area = np.where(blobs.peak(ink) >= s.strong_ink, blobs.area, 0.0)
-    return blobs, np.flatnonzero(area >= max(s.min_piece * area.max(), 1))
+    """The blobs of `ink` and the indices of those that are ink, not specks or shadow edges: their
+    strong pixels are at least `min_piece` of the largest blob's. A shadow edge that survives
+    the background subtraction is wide but faint, a stroke is dark along its whole length."""
+    blobs = find_blobs(ink > s.faint_ink)
+    strong = blobs.count(ink >= s.strong_ink)
+    return blobs, np.flatnonzero(strong >= max(s.min_piece * strong.max(), 1))
 
 
 def digit_ink(ink: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
@@ -443,7 +444,7 @@ def row_digits(ink: np.ndarray, s: Settings = SETTINGS) -> list[np.ndarray]:
                 group.append(int(i))
                 continue
         groups.append([int(i)])
-    groups = attach_short(groups, boxes, height)
+    groups = attach_short(groups, boxes, area, height)
     group_area = np.array([area[g].sum() for g in groups])
     group_height = np.array([boxes[g, 2].max() - boxes[g, 0].min() for g in groups])
     keep = (group_area >= s.min_piece * group_area.max()) & (group_height >= 0.4 * height)
@@ -458,16 +459,18 @@ def row_digits(ink: np.ndarray, s: Settings = SETTINGS) -> list[np.ndarray]:
     return digits
 
 
-def attach_short(groups: list[list[int]], boxes: np.ndarray, height: int) -> list[list[int]]:
-    """Groups under 60 % of the row's height (a stroke that came loose, the bar of a 5) join the
-    nearest neighbour less than a third of a digit height away instead of being read as digits."""
+def attach_short(groups: list[list[int]], boxes: np.ndarray, area: np.ndarray, height: int) -> list[list[int]]:
+    """Loose pieces (under 60 % of the row's height and under half the ink of a typical digit: a
+    stroke that came loose, the bar of a 5) join the nearest group less than a third of a digit
+    height away instead of being read as digits. A small but whole digit (a flat 5) has the ink."""
     def span(group: list[int]) -> tuple[int, int, int]:
         return boxes[group, 1].min(), boxes[group, 3].max(), boxes[group, 2].max() - boxes[group, 0].min()
 
+    typical = np.median([area[g].sum() for g in groups])
     k = 0
     while k < len(groups) and len(groups) > 1:
         left, right, tall = span(groups[k])
-        if tall >= 0.6 * height:
+        if tall >= 0.6 * height or area[groups[k]].sum() >= typical / 2:
             k += 1
             continue
         gaps = [(left - span(groups[k - 1])[1], k - 1) if k > 0 else (np.inf, -1),
