@@ -36,7 +36,7 @@ def trained_output(mnist_dir, tmp_path_factory) -> tuple[Path, str]:
 
     from digitpi import cli
 
-    out = tmp_path_factory.mktemp("run") / "fast"
+    out = tmp_path_factory.mktemp("run") / "standard"
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         assert cli.main(["train", "--out", str(out), "--seed", "0"]) == 0
@@ -45,7 +45,7 @@ def trained_output(mnist_dir, tmp_path_factory) -> tuple[Path, str]:
 
 @pytest.fixture(scope="session")
 def trained_run(trained_output) -> Path:
-    """A run folder of the default model (`fast` recipe) trained on the full real training set."""
+    """A run folder of the default model (`standard` recipe) trained on the full real training set."""
     return trained_output[0]
 
 
@@ -54,6 +54,6 @@ def exported_dir(trained_run, tmp_path_factory) -> Path:
     """`trained_run` exported once (`digitpi export`): model.onnx, model.int8.onnx, weights.npz, model.json."""
     from digitpi import export
 
-    out = tmp_path_factory.mktemp("export") / "fast"
+    out = tmp_path_factory.mktemp("export") / "standard"
     export.export_run(trained_run, out)
     return out

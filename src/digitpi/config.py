@@ -12,13 +12,19 @@ OPTIMIZERS = ("sgd", "adam", "adadelta")  # built in train.OPTIMIZERS
 SCHEDULES = ("onecycle", "constant", "step")  # computed in train.lr_factor
 DEVICES = ("auto", "cpu", "cuda")
 
-# Named presets. Each row overrides `Config` defaults. Ours (fast, tiny, best) were chosen on a
+# Named presets. Each row overrides `Config` defaults. Ours (standard, fast, tiny, best) were chosen on a
 # validation split carved from the training set, never on the test set; the references (course,
 # pytorch_example) reproduce their sources' recipes (README: "How the numbers were obtained").
 RECIPES: dict[str, dict] = {
-    # ~99.1 % in a few seconds on a 2-core CPU: small BN CNN, one-cycle SGD, two epochs.
-    "fast": dict(model="fast_cnn", epochs=2, batch_size=128, optimizer="sgd", lr=0.1,
-                 schedule="onecycle", label_smoothing=0.0),
+    # The default, and `Config`'s defaults: fast_cnn trained to read pictures, not only MNIST arrays.
+    # Augmentation makes it robust to the small shifts, tilts and zoom a photo brings. On the 54k/6k
+    # split, 6-12 epochs all read 99.3-99.5 % of validation digits; on rows of validation digits
+    # (tests/realistic.py) 6 epochs read 95.7 %, 8, 10 and 12 epochs 96.5 %: 8 is the shortest at the top.
+    "standard": dict(model="fast_cnn", epochs=8, batch_size=128, optimizer="sgd", lr=0.1, schedule="onecycle",
+                     label_smoothing=0.1, translate=2.0, rotate=10.0, scale=0.1, val_split=0.1),
+    # ~99.1 % in a few seconds on a 2-core CPU: the same small CNN, two epochs, no augmentation.
+    "fast": dict(model="fast_cnn", epochs=2, batch_size=128, optimizer="sgd", lr=0.1, schedule="onecycle",
+                 label_smoothing=0.0, translate=0.0, rotate=0.0, scale=0.0, val_split=0.1),
     # The two accuracy recipes were chosen on the 54k/6k split (val_split=0.1); their final fit uses all
     # 60k training images and keeps the last epoch (val_split=0), as one-cycle ends at its best weights.
     # >= 99.4 % with under 10k parameters: depth, a global-average-pool head, augmentation, 20 epochs.
@@ -35,8 +41,7 @@ RECIPES: dict[str, dict] = {
                             lr=1.0, schedule="step", gamma=0.7, val_split=0.0, weight_decay=0.0,
                             label_smoothing=0.0),
 }
-DEFAULT_RECIPE = "fast"
-RECIPE_FOR_MODEL = {"mlp": "course", "baseline_cnn": "course"}  # else the recipe naming the model
+RECIPE_FOR_MODEL = {"mlp": "course", "baseline_cnn": "course"}  # else the first recipe naming the model
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,7 @@ class Config:
     model_args: dict = field(default_factory=dict)  # keyword arguments of the model's builder
     dataset: str = "mnist"  # a name in data.DATASETS
     data_dir: str | None = None  # None: DIGITPI_DATA_DIR, then the cache, then download
-    epochs: int = 2  # passes over the training images
+    epochs: int = 8  # passes over the training images
     batch_size: int = 128  # images per step
     optimizer: str = "sgd"  # sgd (Nesterov momentum) | adam | adadelta
     lr: float = 0.1  # peak learning rate
@@ -54,10 +59,10 @@ class Config:
     schedule: str = "onecycle"  # onecycle (linear warm-up then down to 0) | constant | step
     warmup: float = 0.2  # onecycle: fraction of steps spent warming up
     gamma: float = 0.7  # step: lr multiplier after each epoch
-    label_smoothing: float = 0.0  # cross-entropy target smoothing
-    translate: float = 0.0  # augmentation: max shift in pixels
-    rotate: float = 0.0  # augmentation: max rotation in degrees
-    scale: float = 0.0  # augmentation: max relative zoom (0.1 = +-10 %)
+    label_smoothing: float = 0.1  # cross-entropy target smoothing
+    translate: float = 2.0  # augmentation: max shift in pixels
+    rotate: float = 10.0  # augmentation: max rotation in degrees
+    scale: float = 0.1  # augmentation: max relative zoom (0.1 = +-10 %)
     val_split: float = 0.1  # fraction of training images held out for validation (0: none)
     seed: int = 0  # data order, augmentation, initialisation and the validation split
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda
@@ -84,7 +89,7 @@ def recipe_config(recipe: str | None = None, **overrides) -> Config:
     if recipe is None:
         model = overrides.get("model", Config.model)
         recipe = RECIPE_FOR_MODEL.get(model) or next(
-            (name for name, r in RECIPES.items() if r["model"] == model), DEFAULT_RECIPE)
+            (name for name, r in RECIPES.items() if r["model"] == model), "standard")
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
     return Config(**{**RECIPES[recipe], **overrides})
