@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from realistic import VARIANTS, read_rows, variant_accuracy
+from realistic import ROW, VARIANTS, read_rows, render, row_of, variant_accuracy
 
 from digitpi import UserError, preprocess
 
@@ -114,7 +114,22 @@ def test_accuracy_on_realistic_pictures(look: str, mnist_test, classifier) -> No
     assert accuracy >= 0.985
 
 
-ROWS = 400
+def test_small_digit_in_a_row_is_a_digit(mnist_test, classifier) -> None:
+    """A digit written at half height between two others is read as a digit, not glued to its
+    neighbour as a loose stroke would be; and faint blur between close digits does not join them."""
+    images, labels = mnist_test
+    rng = np.random.default_rng(0)
+    for left, small, right in ((0, 15, 1), (2, 45, 3), (4, 8, 6)):  # test images: 7 5 2, 1 5 0, 4 5 4
+        flat = np.asarray(Image.fromarray(images[small]).resize((28, 15), Image.BICUBIC))
+        half = np.zeros_like(images[small])
+        half[13:] = flat  # sitting on the line, as written
+        strip = row_of(np.stack([images[left], half, images[right]]), rng, gap=(1, 1))
+        digits = preprocess.split_digits(next(render(strip[None], ROW, rng)))
+        assert len(digits) == 3
+        assert (classifier.predict(np.stack(digits)).labels == labels[[left, small, right]]).all()
+
+
+ROWS = 1000
 
 
 def test_rows_of_digits(mnist_test, classifier) -> None:
@@ -127,11 +142,13 @@ def test_rows_of_digits(mnist_test, classifier) -> None:
           f"{100 * string_ok / ROWS:.1f} % read exactly (clean digits: {100 * expected:.1f} %), "
           f"{100 * model_ok / ROWS:.1f} % as the model reads the clean digits, "
           f"{100 * rows['digits_right'] / rows['digits']:.2f} % of digits right")
-    assert count_ok / ROWS >= 0.98
-    # measured over 1,000 rows (benchmarks/preprocess_accuracy.py): 97.0 % with the default model, 98.3 % with
-    # best_cnn; string accuracy against the true labels 95.4 % / 97.5 %: 97 % with the default model not met yet
-    assert model_ok / ROWS >= 0.96
-    assert string_ok / ROWS >= expected - 0.03
+    # These 1,000 rows, default model: 99.7 % split right, 96.8 % read exactly (ceiling 97.8 %), 98.2 % as
+    # clean. Over 5,000 rows (benchmarks/preprocess_accuracy.py) the exact reading is MEAN5K; a sample of
+    # 1,000 rows carries about half a point of noise, hence the margin below the 97 % aimed for.
+    assert count_ok / ROWS >= 0.99
+    assert model_ok / ROWS >= 0.975
+    assert string_ok / ROWS >= 0.96
+    assert string_ok / ROWS >= expected - 0.015
 
 
 # ---------------------------------------------------------------- errors
