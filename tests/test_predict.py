@@ -25,7 +25,8 @@ def sure_digits(exported_dir, mnist_test) -> list[int]:
 
     images, labels = mnist_test
     probabilities = runtime.Classifier.load(exported_dir).predict(images[:200]).probabilities
-    return [i for i in range(200) if probabilities[i].argmax() == labels[i] and probabilities[i].max() > 0.99]
+    # > 0.8: the default recipe's label smoothing keeps even certain answers near 0.9 (median 0.92)
+    return [i for i in range(200) if probabilities[i].argmax() == labels[i] and probabilities[i].max() > 0.8]
 
 
 def scan(digit: np.ndarray, path: Path) -> Path:
