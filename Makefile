@@ -36,4 +36,4 @@ main: $(VENV)/.installed
 
 test: $(VENV)/.installed $(CORE_VENV)/.installed system-deps
 	$(VENV)/bin/ruff check .
-	DIGITPI_CORE_PYTHON=$(abspath $(CORE_VENV))/bin/python $(VENV)/bin/pytest -q
+	DIGITPI_CORE_PYTHON=$(CORE_VENV)/bin/python $(VENV)/bin/pytest -q

@@ -38,10 +38,10 @@ print(digitpi.runtime.__file__)
 
 @pytest.fixture(scope="session")  # session scope: checked before the session fixtures train a model
 def core_python() -> str:
-    python = os.path.abspath(os.environ[ENV]) if os.environ.get(ENV) else None  # tests run it from other folders
-    if not python:
+    if not os.environ.get(ENV):
         pytest.fail(f"{ENV} is not set: point it at the python of a venv with only `pip install .` "
                     "(python3 -m venv /tmp/corevenv && /tmp/corevenv/bin/pip install .)")
+    python = os.path.abspath(os.environ[ENV])  # the tests run it from other folders
     if not os.access(python, os.X_OK):
         pytest.fail(f"{ENV}={python} is not an executable python")
     return python

@@ -104,7 +104,6 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "tiny_cnn": partial(compact_cnn, stages=((8, 8), (16, 16), (32,)), head="gap"),  # under 10k parameters
     "best_cnn": partial(compact_cnn, stages=((32, 32), (64, 64), (128,))),  # the most accurate, still Pi-sized
 }
-DEFAULT_MODEL = "fast_cnn"
 
 
 class UnknownModelError(UserError):
