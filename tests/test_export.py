@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from digitpi import export, runtime, train
-from digitpi.data import PIXEL_SCALE
+from digitpi.contract import PIXEL_SCALE
 
 
 def as_input(images: np.ndarray) -> np.ndarray:

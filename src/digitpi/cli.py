@@ -52,7 +52,7 @@ def cmd_data(args: argparse.Namespace) -> None:
         print(f"  {stem:<26} sha256 {state}")
     for split in data.SPLIT_FILES:
         images, labels = data.load_split(args.dataset, split, args.data_dir)
-        counts = [int((labels == c).sum()) for c in range(data.NUM_CLASSES)]
+        counts = [int((labels == c).sum()) for c in range(len(info.classes))]
         print(f"{split}: {len(images)} images {images.shape[1]}x{images.shape[2]}, per class: "
               + " ".join(f"{info.classes[c]}={n}" for c, n in enumerate(counts)))
     if args.grid:

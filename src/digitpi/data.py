@@ -19,10 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from digitpi import UserError
+from digitpi.contract import IMAGE_SIZE
 
-IMAGE_SIZE = 28
-NUM_CLASSES = 10
-PIXEL_SCALE = 1 / 255  # models see pixel * PIXEL_SCALE: white ink (1.0) on black (0.0)
 ENV_DATA_DIR = "DIGITPI_DATA_DIR"
 ENV_MIRRORS = "DIGITPI_MIRRORS"  # comma-separated base URLs, tried before the built-in ones
 SYSTEM_DIR = Path("/usr/share/datasets")  # Debian's dataset-* packages

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from digitpi import UserError, data, train
+from digitpi.contract import NUM_CLASSES
 
 
-def confusion_matrix(labels: np.ndarray, preds: np.ndarray, n: int = data.NUM_CLASSES) -> np.ndarray:
+def confusion_matrix(labels: np.ndarray, preds: np.ndarray, n: int = NUM_CLASSES) -> np.ndarray:
     """Counts [true, predicted]."""
     return np.bincount(labels * n + preds, minlength=n * n).reshape(n, n)
 

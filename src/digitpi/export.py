@@ -26,13 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from digitpi import UserError, __version__, data, runtime
+from digitpi import UserError, __version__, contract, data, runtime
 from digitpi.models import count_params
 
 OPSET = 18  # the torch.export-based exporter's own opset: no version conversion step
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
-FRAMING = ("MNIST framing: the digit scaled to fit a 20x20 box, centred by its centre of mass "
-           "in a 28x28 image")
 SUPPORTED = ("Conv2d", "BatchNorm2d", "BatchNorm1d", "ReLU", "MaxPool2d", "ZeroPad2d",
              "AdaptiveAvgPool2d(1)", "Flatten", "Linear", "Dropout")
 
@@ -192,7 +190,7 @@ def export_onnx(model: nn.Sequential, path: Path, metadata: dict[str, str]) -> N
     """fp32 ONNX with a dynamic batch axis; `metadata` goes into the file's metadata_props."""
     import onnx
 
-    example = torch.zeros(1, 1, data.IMAGE_SIZE, data.IMAGE_SIZE)
+    example = torch.zeros(1, *contract.SHAPE)
     with quiet():
         program = torch.onnx.export(
             model, (example,), dynamo=True, external_data=False, opset_version=OPSET,
@@ -218,7 +216,7 @@ class TrainingImages:
 
     def __init__(self, images: np.ndarray, count: int, seed: int, batch: int = 100) -> None:
         pick = np.random.default_rng(seed).choice(len(images), min(count, len(images)), replace=False)
-        x = images[np.sort(pick)][:, None].astype(np.float32) * np.float32(data.PIXEL_SCALE)
+        x = contract.to_model_input(images[np.sort(pick)])
         self.batches = iter([x[i:i + batch] for i in range(0, len(x), batch)])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -271,9 +269,10 @@ def export_model(model: nn.Module, model_name: str, model_args: dict, out_dir: s
                  cfg: ExportConfig | None = None, source: dict | None = None, log=None) -> dict:
     """Export a trained model to `out_dir` and return its model card.
 
-    `model` is an nn.Sequential of the layers in SUPPORTED taking float32 (N, 1, 28, 28) = pixel/255,
-    white ink on black, and returning logits (N, 10). `model_name`/`model_args` are recorded so
-    the card says what was exported; `source` (any JSON-able dict: run folder, Keras file...) too.
+    `model` is an nn.Sequential of the layers in SUPPORTED taking the input of `digitpi.contract`
+    (float32 (N, 1, 28, 28) = pixel/255, white ink on black) and returning logits (N, 10).
+    `model_name`/`model_args` are recorded so the card says what was exported; `source` (any
+    JSON-able dict: run folder, Keras file...) too.
     Files appear atomically; the card is written last, so a folder with a card is complete.
     `log(message)` receives one line per step with its time and size.
     """
@@ -283,17 +282,15 @@ def export_model(model: nn.Module, model_name: str, model_args: dict, out_dir: s
     info = data.dataset_info(cfg.dataset)
     deploy = deployable(model)
     layers, arrays = numpy_layers(deploy)
-    input_spec = {"name": INPUT_NAME, "shape": [None, 1, data.IMAGE_SIZE, data.IMAGE_SIZE], "dtype": "float32",
-                  "scale": data.PIXEL_SCALE, "polarity": "white ink (1.0) on black (0.0)", "framing": FRAMING,
-                  "formula": "x = pixel / 255 for uint8 pixels, shape (N, 1, 28, 28)"}
-    metadata = {"description": f"digitpi {model_name}: {info.name} digits, logits (N, 10)",
+    input_spec = contract.describe(INPUT_NAME)
+    metadata = {"description": f"digitpi {model_name}: {info.name} digits, logits (N, {contract.NUM_CLASSES})",
                 "digitpi.model": model_name, "digitpi.model_args": json.dumps(model_args),
                 "digitpi.input": json.dumps(input_spec), "digitpi.classes": json.dumps(list(info.classes))}
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / runtime.CARD).unlink(missing_ok=True)  # a half-replaced folder must not look complete
     test_x, test_y = data.load_split(cfg.dataset, "test", cfg.data_dir)
-    x = test_x[:, None].astype(np.float32) * np.float32(data.PIXEL_SCALE)
+    x = contract.to_model_input(test_x)
     reference = torch_logits(model, x)
 
     start = time.perf_counter()

@@ -31,13 +31,13 @@ import torch
 from torch import nn
 
 from digitpi import UserError
-from digitpi.data import IMAGE_SIZE, NUM_CLASSES, PIXEL_SCALE
+from digitpi.contract import IMAGE_SIZE, NUM_CLASSES, PIXEL_SCALE, WHITE
 
 SUPPORTED = ("InputLayer", "Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dropout", "Activation", "ReLU",
              "BatchNormalization")
-# What a Keras course feeds its model: x_train.reshape(-1, 28, 28, 1) / 255, i.e. our PIXEL_SCALE.
-INPUT_ASSUMPTION = ("float32 pixel/255 in [0, 1], white ink on black (MNIST), as the course's "
-                    "`x.reshape(-1, 28, 28, 1) / 255`; Keras input shape {shape}")
+# What a Keras course feeds its model: x_train.reshape(-1, 28, 28, 1) / 255, i.e. our input contract.
+INPUT_ASSUMPTION = (f"float32 pixel/{WHITE} in [0, 1], white ink on black (MNIST), as the course's "
+                    f"`x.reshape(-1, {IMAGE_SIZE}, {IMAGE_SIZE}, 1) / {WHITE}`; Keras input shape {{shape}}")
 
 
 class KerasImportError(UserError):

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from digitpi import UserError
-from digitpi.data import IMAGE_SIZE, NUM_CLASSES
+from digitpi.contract import IMAGE_SIZE, NUM_CLASSES
 
 
 def mlp(hidden: int = 512, dropout: float = 0.2) -> nn.Module:

@@ -1,7 +1,8 @@
 """Turn any picture of a digit (photo, scan, canvas drawing) into the 28x28 image an MNIST model expects.
 
 MNIST digits are white ink on black, size-normalized so the longer side of the ink is 20 px (aspect
-ratio kept, anti-aliased) and pasted into 28x28 with the centre of mass at the centre. A phone photo
+ratio kept, anti-aliased) and pasted into 28x28 with the centre of mass at the centre (the numbers
+are `digitpi.contract`'s). A phone photo
 of dark ink on paper with a shadow across it is none of that; this module bridges the gap, with
 numpy and Pillow only (it runs on the Raspberry Pi, beside the runtime).
 
@@ -26,12 +27,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from digitpi import UserError
+from digitpi.contract import BOX_SIZE, CENTRE, IMAGE_SIZE, WHITE
 
 Source = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray
-
-IMAGE_SIZE = 28  # the model's input field, px
-BOX_SIZE = 20  # the longer side of the ink inside it, px (as NIST/MNIST did)
-CENTRE = 14.0  # MNIST centres of mass sit at (14, 14) in pixel-index coordinates (measured: 13.99, 14.01)
 
 
 @dataclass(frozen=True)
@@ -372,7 +370,7 @@ def frame(ink: np.ndarray) -> np.ndarray:
     r0, c0 = max(top, 0), max(left, 0)
     r1, c1 = min(top + size[1], IMAGE_SIZE), min(left + size[0], IMAGE_SIZE)
     out[r0:r1, c0:c1] = small[r0 - top:r1 - top, c0 - left:c1 - left]
-    return np.round(out * 255).astype(np.uint8)
+    return np.round(out * WHITE).astype(np.uint8)
 
 
 def ink_blobs(ink: np.ndarray, s: Settings = SETTINGS) -> tuple[Blobs, np.ndarray]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from digitpi import UserError
+from digitpi.contract import to_model_input
 
 CARD = "model.json"
 CARD_FORMAT = "digitpi-export/1"
@@ -76,31 +77,7 @@ def verified_file(folder: Path, card: dict, name: str) -> Path:
     return path
 
 
-# ---------------------------------------------------------------- input and output
-
-
-def to_input(images: np.ndarray, scale: float, shape: tuple[int, ...]) -> np.ndarray:
-    """uint8 (or integer) pixels 0..255, or floats already in [0, 1], as float32 (N, *shape).
-
-    One (28, 28) image or a batch (N, 28, 28) is accepted; the scale comes from the card.
-    """
-    x = np.asarray(images)
-    side = shape[-2:]
-    if x.shape[-2:] != side or x.ndim not in (2, 3, 4) or (x.ndim == 4 and x.shape[1] != 1):
-        raise UserError(f"expected images of shape (N, {side[0]}, {side[1]}) or ({side[0]}, {side[1]}), "
-                        f"got {x.shape}")
-    x = x.reshape(-1, *shape)
-    if len(x) == 0:
-        raise UserError("no images to predict")
-    if x.dtype.kind in "ui":
-        if x.min() < 0 or x.max() > 255:
-            raise UserError("integer pixels must be in 0..255")
-        return x.astype(np.float32) * np.float32(scale)
-    if x.dtype.kind == "f":
-        if not (np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1):
-            raise UserError("float pixels must be in [0, 1] (divide 0..255 pixels by 255, or pass uint8)")
-        return x.astype(np.float32, copy=False)
-    raise UserError(f"images must be uint8 or float arrays, got dtype {x.dtype}")
+# ---------------------------------------------------------------- output
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -269,7 +246,7 @@ class Classifier:
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         """Raw scores (N, 10) for images as `predict` takes them."""
-        return self.backend.logits(to_input(images, self.scale, self.shape))
+        return self.backend.logits(to_model_input(images, self.scale, self.shape))
 
     def predict(self, images: np.ndarray) -> Prediction:
         """Labels and probabilities of a batch (N, 28, 28) or one image (28, 28), uint8 or float in [0, 1]."""

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from digitpi import UserError, data
+from digitpi import UserError, contract, data
 from digitpi.config import Config
 from digitpi.models import count_params, create_model
 
@@ -33,8 +33,8 @@ def pick_device(name: str) -> torch.device:
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) in [0, 1], the input every model expects."""
-    return images.unsqueeze(1).float().mul_(data.PIXEL_SCALE)
+    """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) in [0, 1]: `contract.to_model_input` on torch tensors."""
+    return images.unsqueeze(1).float().mul_(contract.PIXEL_SCALE)
 
 
 def augment(x: torch.Tensor, cfg: Config, gen: torch.Generator) -> torch.Tensor:
@@ -46,7 +46,7 @@ def augment(x: torch.Tensor, cfg: Config, gen: torch.Generator) -> torch.Tensor:
 
     angle = uniform(n) * math.radians(cfg.rotate)
     zoom = 1 + uniform(n) * cfg.scale
-    shift = uniform(n, 2) * (2 * cfg.translate / data.IMAGE_SIZE)  # grid units: 2 = whole image
+    shift = uniform(n, 2) * (2 * cfg.translate / contract.IMAGE_SIZE)  # grid units: 2 = whole image
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
                          torch.stack([sin, cos, shift[:, 1]], 1)], 1)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from digitpi import data
 from digitpi.bench import cpu_name
+from digitpi.contract import IMAGE_SIZE
 
 REFERENCES = ("pytorch_example", "course")
 
@@ -67,7 +68,7 @@ def forward_flops(model) -> int:
     hooks = [m.register_forward_hook(count) for m in model.modules()
              if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     with torch.no_grad():
-        model.eval()(torch.zeros(1, 1, data.IMAGE_SIZE, data.IMAGE_SIZE))
+        model.eval()(torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE))
     for h in hooks:
         h.remove()
     return total
