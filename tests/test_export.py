@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from digitpi import export, runtime, train
+from digitpi import export, rundir, runtime
 from digitpi.contract import PIXEL_SCALE
 
 
@@ -22,7 +22,7 @@ def as_input(images: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def torch_logits(trained_run, mnist_test) -> np.ndarray:
-    model, _ = train.load_checkpoint(trained_run)
+    model, _ = rundir.load_checkpoint(trained_run)
     return export.torch_logits(model, as_input(mnist_test[0]))
 
 
@@ -86,7 +86,7 @@ def test_weights_file_loads_without_pickle(exported_dir):
 
 
 def test_folding_keeps_the_trained_model_exact(trained_run, mnist_test):
-    model, _ = train.load_checkpoint(trained_run)
+    model, _ = rundir.load_checkpoint(trained_run)
     deploy = export.deployable(model)
     assert not any(isinstance(m, nn.BatchNorm2d | nn.Dropout) for m in deploy)
     x = torch.from_numpy(as_input(mnist_test[0][:1000]))
@@ -96,7 +96,7 @@ def test_folding_keeps_the_trained_model_exact(trained_run, mnist_test):
 
 def test_batchnorm_with_a_negative_scale_behind_a_pool_is_not_folded(trained_run, mnist_test):
     """max(s * x) != s * max(x) for s < 0: such a BN must stay a layer of its own."""
-    model, _ = train.load_checkpoint(trained_run)
+    model, _ = rundir.load_checkpoint(trained_run)
     bn = next(m for m in model if isinstance(m, nn.BatchNorm2d))
     with torch.no_grad():
         bn.weight[0] = -bn.weight[0].abs() - 0.5

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from digitpi import config, data, models, train
+from digitpi import UserError, config, data, models, rundir, train
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_default_model_beats_99_percent(trained_output, mnist_test) -> None:
     for name in ("config.json", "model.safetensors", "loss.png", "accuracy.png", "confusion.png",
                  "misclassified.png"):
         assert (run / name).stat().st_size > 0
-    model, cfg = train.load_checkpoint(run)
+    model, cfg = rundir.load_checkpoint(run)
     _, accuracy, _ = train.evaluate(model, torch.from_numpy(mnist_test[0].copy()), torch.from_numpy(mnist_test[1]))
     assert accuracy == metrics["test_accuracy"] and cfg.model == "fast_cnn"
 
@@ -129,7 +129,7 @@ def test_bench_train_measures_and_saves_runs(tmp_path: Path, mnist_test, capsys)
     assert row["recipe"] == "fast" and row["params"] == 29_178 and row["flops"] > 0
     assert row["test_accuracy_mean"] >= 0.99 and row["runs_reaching_target"] == 1
     assert 0 < row["seconds_to_target_mean"] <= row["train_seconds_mean"] + 60
-    model, _ = train.load_checkpoint(tmp_path / "fast-seed0")
+    model, _ = rundir.load_checkpoint(tmp_path / "fast-seed0")
     _, accuracy, _ = train.evaluate(model, torch.from_numpy(mnist_test[0].copy()), torch.from_numpy(mnist_test[1]))
     assert accuracy == row["test_accuracy_mean"]
 
@@ -151,3 +151,20 @@ def test_cli_compare_writes_the_conclusion_table(tmp_path: Path, capsys) -> None
     assert main(["compare", "mlp", "--out", str(out), "--quiet"]) == 0  # reused, not retrained
     assert (out / "mlp" / "model.safetensors").stat().st_mtime_ns == before
     capsys.readouterr()
+
+
+def test_run_folder_round_trip(tmp_path: Path) -> None:
+    """`rundir` saves a run and rebuilds it; a config.json from another run is refused by the weights' header."""
+    torch.manual_seed(0)
+    cfg = config.recipe_config("tiny")
+    model = models.create_model(cfg.model).eval()
+    run = tmp_path / "run"
+    assert not rundir.is_complete(run)
+    rundir.save_run(run, model, cfg, {"loss": [1.0]}, {"test_accuracy": 0.5})
+    assert rundir.is_complete(run) and rundir.load_metrics(run) == {"test_accuracy": 0.5}
+    loaded, loaded_cfg = rundir.load_checkpoint(run)
+    assert loaded_cfg == cfg
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    (run / rundir.CONFIG).write_text(json.dumps({**json.loads((run / rundir.CONFIG).read_text()), "model": "best_cnn"}))
+    with pytest.raises(UserError, match="does not fit model best_cnn: its header names model tiny_cnn"):
+        rundir.load_checkpoint(run)

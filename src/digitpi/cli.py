@@ -102,7 +102,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from digitpi import config, evaluate, train
+    from digitpi import config, pipeline, train
 
     overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(config.Config)}
     try:
@@ -114,7 +114,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     create_model(cfg.model, **cfg.model_args)  # an unknown model fails before any data is read
     out = writable_dir(args.out or Path(DEFAULT_RUN_DIR) / cfg.model)
     result = train.train(cfg, progress=not args.quiet)
-    metrics = evaluate.finish_run(result, out)
+    metrics = pipeline.finish_run(result, out)
     print(f"saved run to {out}")
     print(f"The final loss on test data is {metrics['test_loss']:.4f}")
     print(f"The accuracy on test data is {100 * metrics['test_accuracy']:.2f}%")
@@ -131,10 +131,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from digitpi import report
+    from digitpi import compare
 
     out = writable_dir(args.out)
-    path = report.compare(args.models, out, epochs=args.epochs, retrain=args.retrain,
+    path = compare.compare(args.models, out, epochs=args.epochs, retrain=args.retrain,
                           data_dir=args.data_dir, progress=not args.quiet)
     print(path.read_text())
     print(f"wrote {path}")

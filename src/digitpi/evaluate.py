@@ -1,17 +1,17 @@
 """Measure a trained model on the real test set: loss, accuracy, per-class accuracy, confusion.
 
-Functions return numbers; the CLI prints them and `report` draws them.
+Functions return numbers: nothing is saved or drawn here. The CLI prints them, `pipeline` saves
+them with a run (`rundir`) and `report` draws them.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from digitpi import UserError, data, train
+from digitpi import UserError, data, rundir, train
 from digitpi.contract import NUM_CLASSES
 
 
@@ -20,9 +20,8 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, n: int = NUM_CLASSES
     return np.bincount(labels * n + preds, minlength=n * n).reshape(n, n)
 
 
-def test_metrics(model: torch.nn.Module, dataset: str = "mnist", data_dir: str | None = None) -> dict:
-    """Everything measured on the test split, as plain JSON-ready values."""
-    images, labels = data.load_split(dataset, "test", data_dir)
+def test_metrics(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray) -> dict:
+    """Everything measured on the test split (uint8 images, int64 labels), as plain JSON-ready values."""
     loss, accuracy, preds = train.evaluate(model, torch.from_numpy(images.copy()), torch.from_numpy(labels))
     preds = preds.numpy()
     confusion = confusion_matrix(labels, preds)
@@ -34,21 +33,6 @@ def test_metrics(model: torch.nn.Module, dataset: str = "mnist", data_dir: str |
         "confusion": confusion.tolist(),
         "predictions": preds.tolist(),
     }
-
-
-def finish_run(result: train.TrainResult, out_dir: Path, plots: bool = True) -> dict:
-    """Evaluate a finished training on the test set, save the run folder, draw its plots."""
-    cfg = result.config
-    metrics = test_metrics(result.model, cfg.dataset, cfg.data_dir)
-    predictions = metrics.pop("predictions")
-    train.save_run(result, out_dir, metrics)
-    if plots:
-        from digitpi import report
-
-        images, labels = data.load_split(cfg.dataset, "test", cfg.data_dir)
-        report.plot_run(out_dir, result.history, metrics, images, labels, np.array(predictions),
-                        data.dataset_info(cfg.dataset).classes)
-    return json.loads((out_dir / "metrics.json").read_text())
 
 
 TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))  # (down, right) in pixels
@@ -79,13 +63,14 @@ class Ensemble(torch.nn.Module):
 
 def evaluate_dirs(run_dirs: list[Path], data_dir: str | None = None, tta: bool = False) -> dict:
     """Re-measure a saved run on the test set; several runs are measured as one ensemble."""
-    loaded = [train.load_checkpoint(run_dir) for run_dir in run_dirs]
+    loaded = [rundir.load_checkpoint(run_dir) for run_dir in run_dirs]
     cfg = loaded[0][1]
     if any(c.dataset != cfg.dataset for _, c in loaded):
         raise UserError("runs of an ensemble must share a dataset")
     single = len(loaded) == 1 and not tta
     model = loaded[0][0] if single else Ensemble([m for m, _ in loaded], tta)
-    metrics = test_metrics(model, cfg.dataset, data_dir or cfg.data_dir)
+    images, labels = data.load_split(cfg.dataset, "test", data_dir or cfg.data_dir)
+    metrics = test_metrics(model, images, labels)
     metrics.pop("predictions")
     name = " + ".join(c.model for _, c in loaded) + (" (TTA)" if tta else "")
     return {"run": ", ".join(map(str, run_dirs)), "model": name, "dataset": cfg.dataset, **metrics}

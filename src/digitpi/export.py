@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from digitpi import UserError, __version__, contract, data, runtime
+from digitpi import UserError, __version__, contract, data, rundir, runtime
 from digitpi.models import count_params
 
 OPSET = 18  # the torch.export-based exporter's own opset: no version conversion step
@@ -353,17 +353,15 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, data_dir:
 
     The run's own dataset is used for calibration and testing, found in `data_dir` if given.
     """
-    from digitpi import train
-
     run_dir = Path(run_dir)
     try:
-        model, run_cfg = train.load_checkpoint(run_dir)
+        model, run_cfg = rundir.load_checkpoint(run_dir)
     except FileNotFoundError as e:
         raise ExportError(str(e)) from None
     except (RuntimeError, ValueError, TypeError) as e:  # weights that do not fit the model the config names
         raise ExportError(f"{run_dir}: cannot rebuild the model ({str(e).splitlines()[0]})") from None
     cfg = ExportConfig(dataset=run_cfg.dataset, data_dir=data_dir or run_cfg.data_dir)
-    weights = run_dir / train.CHECKPOINT
+    weights = run_dir / rundir.CHECKPOINT
     source = {"run": str(run_dir.resolve()), "checkpoint_sha256": runtime.sha256_file(weights)}
     return export_model(model, run_cfg.model, run_cfg.model_args, out_dir or run_dir / "export", cfg, source, log)
 

@@ -1,27 +1,25 @@
 """Train a model from the zoo: data as tensors in memory, batch-level augmentation, one loop.
 
 Hyperparameters live in `config` (`Config` defaults and the `RECIPES` table over them).
-`train()` returns a `TrainResult`; `save_run()` writes it.
+`train()` returns a `TrainResult` and nothing else happens here: `pipeline.finish_run` measures it
+on the test set and saves it as a run folder (`rundir`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from digitpi import UserError, contract, data
+from digitpi import contract, data
 from digitpi.config import Config
-from digitpi.models import count_params, create_model
+from digitpi.models import create_model
 
 # ---------------------------------------------------------------- pieces of the loop
 
@@ -217,56 +215,3 @@ class ProgressBar:
         if self.enabled:
             values = " - ".join(f"{k}: {v:.4f}" for k, v in metrics.items())
             print(("\r" if self.live else "") + self.line(self.steps, seconds) + " - " + values, flush=True)
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-CHECKPOINT = "model.safetensors"
-
-
-def write_json(path: Path, payload: dict) -> None:
-    data.write_atomic(path, (json.dumps(payload, indent=2) + "\n").encode())
-
-
-def save_checkpoint(path: Path, model: nn.Module, cfg: Config) -> None:
-    """Weights in safetensors (no pickle); the header carries model name and args to rebuild it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata={"model": cfg.model, "model_args": json.dumps(cfg.model_args)})
-    tmp.replace(path)
-
-
-def load_checkpoint(run_dir: str | Path) -> tuple[nn.Module, Config]:
-    """Rebuild the model of a run folder from its config and weights."""
-    run_dir = Path(run_dir)
-    config_path, weights_path = run_dir / "config.json", run_dir / CHECKPOINT
-    if not config_path.is_file() or not weights_path.is_file():
-        raise UserError(f"{run_dir} is not a training run (needs config.json and {CHECKPOINT})")
-    raw = json.loads(config_path.read_text())
-    known = {f.name for f in fields(Config)}
-    cfg = Config(**{k: v for k, v in raw.items() if k in known})
-    model = create_model(cfg.model, **cfg.model_args)
-    try:
-        model.load_state_dict(load_file(str(weights_path)))
-    except (RuntimeError, OSError) as e:  # safetensors header errors, or weights of another architecture
-        first_line = str(e).strip().splitlines()[0]
-        raise UserError(f"{weights_path} does not fit model {cfg.model}: {first_line}") from None
-    return model.eval(), cfg
-
-
-def save_run(result: TrainResult, out_dir: Path, metrics: dict) -> None:
-    """Checkpoint, config, history and metrics of a run; each file written atomically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out_dir / CHECKPOINT, result.model, result.config)
-    write_json(out_dir / "config.json", asdict(result.config))
-    write_json(out_dir / "history.json", result.history)
-    write_json(out_dir / "metrics.json", {
-        **metrics,
-        "params": count_params(result.model),
-        "train_seconds": round(result.train_seconds, 2),
-        "best_epoch": result.best_epoch,
-        "data_sha256": result.data_checksums,
-        "torch": torch.__version__,
-    })
-

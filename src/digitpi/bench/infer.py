@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from digitpi import UserError
+from digitpi import UserError, rundir
 from digitpi.bench import cpu_name
 
 BACKENDS = ("torch", "onnx-fp32", "onnx-int8", "numpy")
@@ -51,11 +51,11 @@ def make_predictor(folder: str, backend: str, threads: int):
     if backend == "torch":
         import torch
 
-        from digitpi import train
+        from digitpi import rundir, train
         from digitpi.runtime import read_card
 
         torch.set_num_threads(threads)
-        model, _ = train.load_checkpoint(read_card(folder)["source"]["run"])
+        model, _ = rundir.load_checkpoint(read_card(folder)["source"]["run"])
 
         @torch.no_grad()
         def predict(images):
@@ -150,8 +150,8 @@ def export_dirs(dirs: list[str]) -> list[Path]:
 
 def run_epochs(card: dict) -> int | None:
     """Epochs of the source run, when it is still on disk: a 1-epoch reference should say so."""
-    config = Path(card.get("source", {}).get("run", "")) / "config.json"
-    return json.loads(config.read_text()).get("epochs") if config.is_file() else None
+    run = Path(card.get("source", {}).get("run", ""))
+    return rundir.load_config(run).epochs if (run / rundir.CONFIG).is_file() else None
 
 
 def bench_folder(folder: Path, backends: list[str], images_path: str, calls: int, seconds: float) -> list[dict]:
@@ -162,7 +162,7 @@ def bench_folder(folder: Path, backends: list[str], images_path: str, calls: int
     rows = []
     for backend in backends:
         if backend == "torch":
-            weights = run / "model.safetensors"
+            weights = run / rundir.CHECKPOINT
             if not weights.is_file() or importlib.util.find_spec("torch") is None:
                 continue  # torch is the PC-side reference: needs torch and the source run
             size = weights.stat().st_size

@@ -78,7 +78,7 @@ def measure(recipe: str, seed: int, target: float, data_dir: str | None, epochs:
             stop_at_target: bool = False, out_dir: Path | None = None) -> Measurement:
     import torch
 
-    from digitpi import config, evaluate, models, train
+    from digitpi import config, models, pipeline, train
 
     start = time.perf_counter()
     images, labels = data.load_split("mnist", "train", data_dir)
@@ -101,7 +101,7 @@ def measure(recipe: str, seed: int, target: float, data_dir: str | None, epochs:
 
     result = train.train(cfg, on_epoch_end=on_epoch_end, progress=False, train_images=x, train_labels=y)
     if out_dir is not None:  # saving measures the test set already
-        kept_accuracy = evaluate.finish_run(result, out_dir / f"{recipe}-seed{seed}", plots=False)["test_accuracy"]
+        kept_accuracy = pipeline.finish_run(result, out_dir / f"{recipe}-seed{seed}", plots=False)["test_accuracy"]
     else:
         _, kept_accuracy, _ = train.evaluate(result.model, tx, ty)
     n_train = len(x) - int(round(len(x) * cfg.val_split))

@@ -1,0 +1,37 @@
+"""After the training loop: measure the model on the test set, save the run folder, draw its plots.
+
+The second half of `digitpi train`, shared by `digitpi compare`, `digitpi bench train --out` and
+the course notebook. Each step stays in its own module (`evaluate` measures, `rundir` saves,
+`report` draws); this is where they meet, so none of them imports another.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from digitpi import data, evaluate, report, rundir
+from digitpi.models import count_params
+from digitpi.train import TrainResult
+
+
+def finish_run(result: TrainResult, out_dir: Path, plots: bool = True) -> dict:
+    """Test a finished training, save it in `out_dir` with its plots; returns what metrics.json holds."""
+    cfg = result.config
+    images, labels = data.load_split(cfg.dataset, "test", cfg.data_dir)
+    metrics = evaluate.test_metrics(result.model, images, labels)
+    predictions = np.array(metrics.pop("predictions"))
+    metrics |= {
+        "params": count_params(result.model),
+        "train_seconds": round(result.train_seconds, 2),
+        "best_epoch": result.best_epoch,
+        "data_sha256": result.data_checksums,
+        "torch": torch.__version__,
+    }
+    rundir.save_run(out_dir, result.model, cfg, result.history, metrics)
+    if plots:
+        report.plot_run(out_dir, result.history, metrics, images, labels, predictions,
+                        data.dataset_info(cfg.dataset).classes)
+    return metrics
