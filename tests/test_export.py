@@ -14,6 +14,7 @@ from torch import nn
 
 from digitpi import export, rundir, runtime
 from digitpi.contract import PIXEL_SCALE
+from digitpi.exportdir import BACKENDS, CARD, PRECISIONS, VARIANTS
 
 
 def as_input(images: np.ndarray) -> np.ndarray:
@@ -80,6 +81,15 @@ def test_card_describes_the_files_and_the_input(exported_dir, trained_run):
 def test_weights_file_loads_without_pickle(exported_dir):
     with np.load(exported_dir / "weights.npz", allow_pickle=False) as archive:
         assert all(archive[k].dtype == np.float32 for k in archive.files)
+
+
+def test_every_variant_has_a_writer_and_a_measurer():
+    """A row of exportdir.VARIANTS is exported by its writer and measured by its backend's function."""
+    assert set(export.WRITERS) == {v.name for v in VARIANTS}
+    assert {v.backend for v in VARIANTS} <= set(export.MEASURERS)
+    assert len({v.file for v in VARIANTS} | {CARD}) == len(VARIANTS) + 1  # no two share a file
+    assert {v.backend for v in VARIANTS} == set(BACKENDS) - {"auto"}  # the CLI's choices come from the table
+    assert set(PRECISIONS) == {v.precision for v in VARIANTS}
 
 
 # ---------------------------------------------------------------- folding and the NumPy ops

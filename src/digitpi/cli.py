@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from digitpi import UserError
+from digitpi.exportdir import BACKENDS, PRECISIONS
 
 DEFAULT_RUN_DIR = "runs"
 DESCRIPTION = "Train a handwritten-digit classifier on a PC; read digits with it on a Raspberry Pi."
@@ -282,8 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for the local network "
                                                          "(default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
-    p.add_argument("--precision", choices=["int8", "fp32"], help="which exported model to run (default: the runtime's)")
-    p.add_argument("--backend", choices=["auto", "onnxruntime", "numpy"],
+    p.add_argument("--precision", choices=PRECISIONS, help="which exported model to run (default: the runtime's)")
+    p.add_argument("--backend", choices=BACKENDS,
                    help="what runs the model (default: auto, onnxruntime when installed)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="server log level (default: info; requests are not logged)")
@@ -297,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-input", metavar="FILE.png",
                    help="write the 28x28 image(s) the model saw, side by side, to this PNG")
     p.add_argument("--multi", action="store_true", help="each image holds a row of digits: read them as a string")
-    p.add_argument("--precision", choices=["int8", "fp32"], help="which exported model to run (default: the runtime's)")
+    p.add_argument("--precision", choices=PRECISIONS, help="which exported model to run (default: the runtime's)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("import-keras", help="convert a Keras .h5 (the course's model.save) into an export folder")

@@ -1,10 +1,12 @@
 """Export a trained model for the Raspberry Pi: ONNX fp32, ONNX int8, NumPy weights and a model card.
 
 `export_model(model, name, model_args, out_dir)` is the one entry point every producer uses (our
-training runs through `export_run`, an imported Keras model directly). It folds BatchNorm into
-the convolutions, exports ONNX, quantizes to int8 with calibration on *training* images, measures
-every variant on the real test set and writes the card `model.json` last, so a folder with a card
-is always complete. The Pi reads the folder with `digitpi.runtime`, which needs no torch.
+training runs through `export_run`, an imported Keras model directly). It takes three steps:
+write (fold BatchNorm into the convolutions, then one file per row of `exportdir.VARIANTS`, each
+by its function in WRITERS: ONNX, int8 calibrated on *training* images, NumPy weights), measure
+(every variant against the torch model on the real test set, by its backend in MEASURERS) and
+describe (the card `model.json`, written last, so a folder with a card is always complete).
+The Pi reads the folder with `digitpi.runtime`, which needs no torch.
 """
 
 from __future__ import annotations
@@ -19,14 +21,19 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from torch import nn
 
 from digitpi import UserError, __version__, contract, data, rundir, runtime
+from digitpi.exportdir import CARD, CARD_FORMAT, VARIANTS
 from digitpi.models import count_params
 
 OPSET = 18  # the torch.export-based exporter's own opset: no version conversion step
@@ -188,8 +195,6 @@ def quiet():
 
 def export_onnx(model: nn.Sequential, path: Path, metadata: dict[str, str]) -> None:
     """fp32 ONNX with a dynamic batch axis; `metadata` goes into the file's metadata_props."""
-    import onnx
-
     example = torch.zeros(1, *contract.SHAPE)
     with quiet():
         program = torch.onnx.export(
@@ -208,8 +213,8 @@ def export_onnx(model: nn.Sequential, path: Path, metadata: dict[str, str]) -> N
     data.write_atomic(path, proto.SerializeToString())
 
 
-class TrainingImages:
-    """onnxruntime's CalibrationDataReader protocol over a seeded sample of *training* images.
+class TrainingImages(CalibrationDataReader):
+    """The int8 calibration data: a seeded sample of *training* images, in batches.
 
     Calibrating on test images would leak the test set into the int8 file's activation ranges.
     """
@@ -230,23 +235,78 @@ def quantize_int8(fp32_path: Path, int8_path: Path, reader: TrainingImages, cfg:
     QDQ, not QOperator: with int8 activations the QOperator graph (QLinearConv) fell to 87 % test
     accuracy on x86 while QDQ matched fp32 (99.25 %), and onnxruntime fuses QDQ into int8 kernels anyway.
     """
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    reader_cls = type("Reader", (CalibrationDataReader,), {"get_next": lambda self: reader.get_next()})
     with tempfile.TemporaryDirectory(dir=int8_path.parent) as tmp, quiet():
         out = Path(tmp) / int8_path.name
-        quantize_static(str(fp32_path), str(out), reader_cls(), quant_format=QuantFormat[cfg.quant_format],
+        quantize_static(str(fp32_path), str(out), reader, quant_format=QuantFormat[cfg.quant_format],
                         per_channel=cfg.per_channel, activation_type=QuantType.QInt8,
                         weight_type=QuantType.QInt8)
         os.replace(out, int8_path)
 
 
-# ---------------------------------------------------------------- measuring and the card
+# ---------------------------------------------------------------- one export: write, measure, describe
+
+
+@dataclass(frozen=True)
+class Job:
+    """What the writers, the measurements and the card of one export share, prepared before any file."""
+    model: nn.Module  # as trained: the reference every variant is measured against
+    name: str  # the card's model name, e.g. "fast_cnn" or "keras:sequential"
+    args: dict  # the model's builder arguments, as recorded in the card
+    deploy: nn.Sequential  # BatchNorm folded, Dropout dropped: what the files hold
+    layers: list[dict]  # the card's layer list, which the NumPy backend follows
+    arrays: dict[str, np.ndarray]  # the weights of those layers: weights.npz
+    info: data.DatasetInfo  # the dataset: classes, calibration and test images
+    cfg: ExportConfig
+    out_dir: Path
+
+    def path(self, variant: str) -> Path:
+        return self.out_dir / next(v.file for v in VARIANTS if v.name == variant)
+
+    def metadata(self) -> dict[str, str]:
+        """What the ONNX files carry about themselves (metadata_props), as the card states it."""
+        return {"description": f"digitpi {self.name}: {self.info.name} digits, logits (N, {contract.NUM_CLASSES})",
+                "digitpi.model": self.name, "digitpi.model_args": json.dumps(self.args),
+                "digitpi.input": json.dumps(contract.describe(INPUT_NAME)),
+                "digitpi.classes": json.dumps(list(self.info.classes))}
+
+
+def prepare(model: nn.Module, name: str, args: dict, out_dir: Path, cfg: ExportConfig) -> Job:
+    """Check and fold the model and lay out its NumPy weights: an unsupported layer fails here, before
+    any file is written."""
+    deploy = deployable(model)
+    layers, arrays = numpy_layers(deploy)
+    return Job(model, name, args, deploy, layers, arrays, data.dataset_info(cfg.dataset), cfg, out_dir)
+
+
+def write_fp32(job: Job, path: Path) -> str:
+    """fp32 ONNX of the deployable copy, describing its input and classes in its metadata."""
+    export_onnx(job.deploy, path, job.metadata())
+    return ""
+
+
+def write_int8(job: Job, path: Path) -> str:
+    """int8 ONNX quantized from the fp32 file (written before it), calibrated on training images."""
+    train_x, _ = data.load_split(job.cfg.dataset, "train", job.cfg.data_dir)
+    reader = TrainingImages(train_x, job.cfg.calibration_images, job.cfg.calibration_seed)
+    quantize_int8(job.path("fp32"), path, reader, job.cfg)
+    return f" ({job.cfg.calibration_images} training images for calibration)"
+
+
+def write_numpy(job: Job, path: Path) -> None:
+    """The fp32 arrays of the card's layers, as .npz (no pickle)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **job.arrays)
+    data.write_atomic(path, buffer.getvalue())
+    return None  # a copy of arrays in memory: no time worth logging
+
+
+# A writer makes one variant's file and returns what its log line says after the size and time;
+# None: nothing, not even the time. One per row of exportdir.VARIANTS, by name.
+WRITERS: dict[str, Callable[[Job, Path], str | None]] = {"fp32": write_fp32, "int8": write_int8,
+                                                         "numpy": write_numpy}
 
 
 def onnx_logits(path: Path, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
@@ -257,12 +317,77 @@ def torch_logits(model: nn.Module, x: np.ndarray, batch: int = 1000) -> np.ndarr
     return torch.cat([model(torch.from_numpy(x[i:i + batch])) for i in range(0, len(x), batch)]).numpy()
 
 
-def versions() -> dict[str, str]:
-    import onnx
-    import onnxruntime
+# How a variant's file is run to get logits (N, 10) of float32 input x, by the backend of its row.
+MEASURERS: dict[str, Callable[[Job, Path, np.ndarray], np.ndarray]] = {
+    "onnxruntime": lambda job, path, x: onnx_logits(path, x),
+    "numpy": lambda job, path, x: runtime.NumpyBackend(path, job.layers).logits(x),
+}
 
+
+def write_variants(job: Job, log: Callable[[str], None]) -> None:
+    """One file per row of VARIANTS, in the table's order; one log line each with its size and time."""
+    for variant in VARIANTS:
+        path = job.path(variant.name)
+        start = time.perf_counter()
+        note = WRITERS[variant.name](job, path)
+        timing = "" if note is None else f" in {time.perf_counter() - start:.1f} s{note}"
+        log(f"{path.name}: {path.stat().st_size / 1024:.1f} KB{timing}")
+
+
+@dataclass(frozen=True)
+class Measured:
+    logits: dict[str, np.ndarray]  # (N, 10) of the torch model ("torch") and of each variant, by name
+    accuracy: dict[str, float]  # on the test labels, same keys
+    labels: np.ndarray  # (N,) the test labels
+
+
+def measure(job: Job, images: np.ndarray, labels: np.ndarray, log: Callable[[str], None]) -> Measured:
+    """Every written variant and the torch model it came from, on the test images; logs the accuracies."""
+    start = time.perf_counter()
+    x = contract.to_model_input(images)
+    logits = {"torch": torch_logits(job.model, x)}
+    logits |= {v.name: MEASURERS[v.backend](job, job.path(v.name), x) for v in VARIANTS}
+    accuracy = {k: float((v.argmax(1) == labels).mean()) for k, v in logits.items()}
+    log("test accuracy " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in accuracy.items())
+        + f" ({time.perf_counter() - start:.1f} s)")
+    return Measured(logits, accuracy, labels)
+
+
+def versions() -> dict[str, str]:
     return {"digitpi": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
+            "onnxruntime": ort.__version__, "numpy": np.__version__}
+
+
+def model_card(job: Job, measured: Measured, source: dict | None) -> dict:
+    """The card `model.json`: what the model is and takes, how each file measured, what each file is."""
+    cfg, info, logits = job.cfg, job.info, measured.logits
+    files = [job.path(v.name) for v in VARIANTS]
+    return {
+        "format": CARD_FORMAT,
+        "model": job.name,
+        "model_args": job.args,
+        "dataset": info.name,
+        "classes": list(info.classes),
+        "input": contract.describe(INPUT_NAME),
+        "output": {"name": OUTPUT_NAME, "shape": [None, len(info.classes)],
+                   "meaning": "logits; the runtime applies softmax for probabilities"},
+        "params": count_params(job.model),
+        "test_images": len(measured.labels),
+        "test_accuracy": measured.accuracy,
+        "fp32_max_abs_logit_diff_vs_torch": float(np.abs(logits["fp32"] - logits["torch"]).max()),
+        "int8_agrees_with_fp32": float((logits["int8"].argmax(1) == logits["fp32"].argmax(1)).mean()),
+        "quantization": {"method": "onnxruntime static post-training quantization", "format": cfg.quant_format,
+                         "weights": "int8 per channel" if cfg.per_channel else "int8 per tensor",
+                         "activations": "int8, MinMax ranges",
+                         "calibration": f"{cfg.calibration_images} {info.name} training images "
+                                        f"(seed {cfg.calibration_seed}), never test images"},
+        "layers": job.layers,
+        "files": {p.name: {"bytes": p.stat().st_size, "sha256": runtime.sha256_file(p)} for p in files},
+        "versions": versions(),
+        "opset": OPSET,
+        "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "source": source or {},
+    }
 
 
 def export_model(model: nn.Module, model_name: str, model_args: dict, out_dir: str | Path,
@@ -278,72 +403,13 @@ def export_model(model: nn.Module, model_name: str, model_args: dict, out_dir: s
     """
     cfg = cfg or ExportConfig()
     log = log or (lambda message: None)
-    out_dir = Path(out_dir)
-    info = data.dataset_info(cfg.dataset)
-    deploy = deployable(model)
-    layers, arrays = numpy_layers(deploy)
-    input_spec = contract.describe(INPUT_NAME)
-    metadata = {"description": f"digitpi {model_name}: {info.name} digits, logits (N, {contract.NUM_CLASSES})",
-                "digitpi.model": model_name, "digitpi.model_args": json.dumps(model_args),
-                "digitpi.input": json.dumps(input_spec), "digitpi.classes": json.dumps(list(info.classes))}
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / runtime.CARD).unlink(missing_ok=True)  # a half-replaced folder must not look complete
+    job = prepare(model, model_name, model_args, Path(out_dir), cfg)
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    (job.out_dir / CARD).unlink(missing_ok=True)  # a half-replaced folder must not look complete
     test_x, test_y = data.load_split(cfg.dataset, "test", cfg.data_dir)
-    x = contract.to_model_input(test_x)
-    reference = torch_logits(model, x)
-
-    start = time.perf_counter()
-    fp32, int8, npz = (out_dir / runtime.FILES[k] for k in ("fp32", "int8", "numpy"))
-    export_onnx(deploy, fp32, metadata)
-    log(f"{fp32.name}: {fp32.stat().st_size / 1024:.1f} KB in {time.perf_counter() - start:.1f} s")
-
-    start = time.perf_counter()
-    train_x, _ = data.load_split(cfg.dataset, "train", cfg.data_dir)
-    quantize_int8(fp32, int8, TrainingImages(train_x, cfg.calibration_images, cfg.calibration_seed), cfg)
-    log(f"{int8.name}: {int8.stat().st_size / 1024:.1f} KB in {time.perf_counter() - start:.1f} s "
-        f"({cfg.calibration_images} training images for calibration)")
-
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    data.write_atomic(npz, buffer.getvalue())
-    log(f"{npz.name}: {npz.stat().st_size / 1024:.1f} KB")
-
-    start = time.perf_counter()
-    fp32_logits = onnx_logits(fp32, x)
-    outputs = {"torch": reference, "fp32": fp32_logits, "int8": onnx_logits(int8, x),
-               "numpy": runtime.NumpyBackend(npz, layers).logits(x)}
-    accuracy = {k: float((v.argmax(1) == test_y).mean()) for k, v in outputs.items()}
-    log("test accuracy " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in accuracy.items())
-        + f" ({time.perf_counter() - start:.1f} s)")
-
-    card = {
-        "format": runtime.CARD_FORMAT,
-        "model": model_name,
-        "model_args": model_args,
-        "dataset": info.name,
-        "classes": list(info.classes),
-        "input": input_spec,
-        "output": {"name": OUTPUT_NAME, "shape": [None, len(info.classes)],
-                   "meaning": "logits; the runtime applies softmax for probabilities"},
-        "params": count_params(model),
-        "test_images": len(test_y),
-        "test_accuracy": accuracy,
-        "fp32_max_abs_logit_diff_vs_torch": float(np.abs(fp32_logits - reference).max()),
-        "int8_agrees_with_fp32": float((outputs["int8"].argmax(1) == fp32_logits.argmax(1)).mean()),
-        "quantization": {"method": "onnxruntime static post-training quantization", "format": cfg.quant_format,
-                         "weights": "int8 per channel" if cfg.per_channel else "int8 per tensor",
-                         "activations": "int8, MinMax ranges",
-                         "calibration": f"{cfg.calibration_images} {info.name} training images "
-                                        f"(seed {cfg.calibration_seed}), never test images"},
-        "layers": layers,
-        "files": {p.name: {"bytes": p.stat().st_size, "sha256": runtime.sha256_file(p)} for p in (fp32, int8, npz)},
-        "versions": versions(),
-        "opset": OPSET,
-        "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "source": source or {},
-    }
-    data.write_atomic(out_dir / runtime.CARD, (json.dumps(card, indent=2) + "\n").encode())
+    write_variants(job, log)
+    card = model_card(job, measure(job, test_x, test_y, log), source)
+    data.write_atomic(job.out_dir / CARD, (json.dumps(card, indent=2) + "\n").encode())
     return card
 
 

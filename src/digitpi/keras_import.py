@@ -32,6 +32,8 @@ from torch import nn
 
 from digitpi import UserError
 from digitpi.contract import IMAGE_SIZE, NUM_CLASSES, PIXEL_SCALE, WHITE
+from digitpi.export import ExportConfig, export_model
+from digitpi.models import MODELS
 
 SUPPORTED = ("InputLayer", "Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dropout", "Activation", "ReLU",
              "BatchNormalization")
@@ -260,8 +262,6 @@ class Converter:
 
 def zoo_match(model: nn.Sequential) -> str | None:
     """The zoo model this is the same network as (same layer types and shapes), if any."""
-    from digitpi.models import MODELS
-
     def layout(m: nn.Module) -> list:
         return [(type(x).__name__, tuple((k, tuple(v.shape)) for k, v in x.state_dict().items()))
                 for x in m.modules() if not list(x.children())]
@@ -320,8 +320,6 @@ def import_to_folder(path: str | Path, out_dir: str | Path | None = None, data_d
 
     Nothing is written when the file cannot be converted: conversion finishes before export starts.
     """
-    from digitpi.export import ExportConfig, export_model
-
     path = Path(path)
     imported = import_keras(path)
     name = f"keras:{imported.zoo_name or imported.name}"

@@ -1,9 +1,9 @@
 """Read digits with an exported model: the Raspberry Pi side, without torch.
 
 Imports only numpy at the top; onnxruntime is imported when a session is created, so the pure-NumPy
-backend still works on a machine where onnxruntime is missing. An export folder (`digitpi export`)
-holds `model.onnx` (fp32), `model.int8.onnx`, `weights.npz` and the card `model.json`; the card
-says how pixels become model input, and its SHA-256 sums are checked before a file is used, so a
+backend still works on a machine where onnxruntime is missing. An export folder (`digitpi export`,
+laid out in `exportdir`) holds one file per variant and the card `model.json`; the card says how
+pixels become model input, and its SHA-256 sums are checked before a file is used, so a
 half-copied or edited file is refused instead of giving quietly wrong answers.
 """
 
@@ -18,12 +18,8 @@ import numpy as np
 
 from digitpi import UserError
 from digitpi.contract import to_model_input
+from digitpi.exportdir import BACKENDS, CARD, CARD_FORMAT, DEFAULT_PRECISION, PRECISIONS, variant
 
-CARD = "model.json"
-CARD_FORMAT = "digitpi-export/1"
-FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "numpy": "weights.npz"}
-PRECISIONS = ("int8", "fp32")
-BACKENDS = ("auto", "onnxruntime", "numpy")
 NUMPY_CHUNK = 128  # images per NumPy forward pass: bounds the im2col buffers to a few MB
 
 
@@ -186,10 +182,6 @@ class OnnxBackend:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
-    @property
-    def input_shape(self) -> tuple:
-        return tuple(self.session.get_inputs()[0].shape)
-
     def logits(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: x})[0]
 
@@ -219,7 +211,7 @@ class Classifier:
         self.classes = list(card["classes"])
 
     @classmethod
-    def load(cls, folder: str | Path, precision: str = "int8", backend: str = "auto",
+    def load(cls, folder: str | Path, precision: str = DEFAULT_PRECISION, backend: str = "auto",
              threads: int = 1) -> Classifier:
         """Load an export folder after checking the card's SHA-256 of the file that will run.
 
@@ -236,13 +228,13 @@ class Classifier:
         card = read_card(folder)
         if backend == "auto":
             backend = "onnxruntime" if onnxruntime_available() else "numpy"
-        if backend == "numpy":
-            path = verified_file(folder, card, FILES["numpy"])
-            return cls(card, NumpyBackend(path, card["layers"]), "fp32", "numpy")
-        if not onnxruntime_available():
+        if backend == "onnxruntime" and not onnxruntime_available():
             raise UserError("onnxruntime is not installed: `pip install onnxruntime`, or use backend='numpy'")
-        path = verified_file(folder, card, FILES[precision])
-        return cls(card, OnnxBackend(path, threads), precision, "onnxruntime")
+        chosen = variant(precision, backend)
+        path = verified_file(folder, card, chosen.file)
+        if chosen.backend == "numpy":
+            return cls(card, NumpyBackend(path, card["layers"]), chosen.precision, chosen.backend)
+        return cls(card, OnnxBackend(path, threads), chosen.precision, chosen.backend)
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         """Raw scores (N, 10) for images as `predict` takes them."""

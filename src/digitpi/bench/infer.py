@@ -24,17 +24,23 @@ from pathlib import Path
 
 from digitpi import UserError, rundir
 from digitpi.bench import cpu_name
+from digitpi.exportdir import CARD, VARIANTS, Variant
 
-BACKENDS = ("torch", "onnx-fp32", "onnx-int8", "numpy")
+
+def backend_name(variant: Variant) -> str:
+    """A variant as this benchmark's tables name it: onnx-fp32, onnx-int8, numpy."""
+    return f"onnx-{variant.name}" if variant.backend == "onnxruntime" else variant.backend
+
+
+VARIANT_OF = {backend_name(v): v for v in VARIANTS}
+BACKENDS = ("torch", *VARIANT_OF)  # torch: the PC-side reference, the run's own weights
 BATCH = 256  # images per throughput call
-ACCURACY_KEY = {"torch": "torch", "onnx-fp32": "fp32", "onnx-int8": "int8", "numpy": "numpy"}
-FILE_OF = {"onnx-fp32": "model.onnx", "onnx-int8": "model.int8.onnx", "numpy": "weights.npz"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of this benchmark (besides --json)."""
     parser.add_argument("dirs", nargs="*", metavar="DIR",
-                        help="export folders (default: every runs/*/export holding a model.json)")
+                        help=f"export folders (default: every runs/*/export holding a {CARD})")
     parser.add_argument("--backends", default=",".join(BACKENDS),
                         help=f"comma-separated subset of {','.join(BACKENDS)} (default: all)")
     parser.add_argument("--calls", type=int, default=2000, help="batch-1 calls timed per backend (default: 2000)")
@@ -64,11 +70,8 @@ def make_predictor(folder: str, backend: str, threads: int):
         return predict
     from digitpi.runtime import Classifier
 
-    if backend == "numpy":
-        classifier = Classifier.load(folder, backend="numpy")
-    else:
-        classifier = Classifier.load(folder, precision=backend.removeprefix("onnx-"), backend="onnxruntime",
-                                     threads=threads)
+    variant = VARIANT_OF[backend]
+    classifier = Classifier.load(folder, precision=variant.precision, backend=variant.backend, threads=threads)
     return lambda images: classifier.predict(images).probabilities
 
 
@@ -139,12 +142,12 @@ def run_python(script: str, *args: str, threads: int = 1) -> str:
 
 
 def export_dirs(dirs: list[str]) -> list[Path]:
-    folders = [Path(d) for d in dirs] or sorted(p.parent for p in Path("runs").glob("*/export/model.json"))
+    folders = [Path(d) for d in dirs] or sorted(p.parent for p in Path("runs").glob(f"*/export/{CARD}"))
     if not folders:
         raise UserError("no export folders found under runs/: pass DIRS or run `digitpi export RUN_DIR` first")
     for folder in folders:
-        if not (folder / "model.json").is_file():
-            raise UserError(f"{folder} is not an export folder (no model.json): run `digitpi export RUN_DIR`")
+        if not (folder / CARD).is_file():
+            raise UserError(f"{folder} is not an export folder (no {CARD}): run `digitpi export RUN_DIR`")
     return folders
 
 
@@ -165,11 +168,11 @@ def bench_folder(folder: Path, backends: list[str], images_path: str, calls: int
             weights = run / rundir.CHECKPOINT
             if not weights.is_file() or importlib.util.find_spec("torch") is None:
                 continue  # torch is the PC-side reference: needs torch and the source run
-            size = weights.stat().st_size
+            size, accuracy_key = weights.stat().st_size, "torch"
         else:
-            size = (folder / FILE_OF[backend]).stat().st_size
+            size, accuracy_key = (folder / VARIANT_OF[backend].file).stat().st_size, VARIANT_OF[backend].name
         row = {"model": card["model"], "epochs": run_epochs(card), "folder": str(folder), "backend": backend,
-               "test_accuracy": card["test_accuracy"].get(ACCURACY_KEY[backend]), "file_bytes": size}
+               "test_accuracy": card["test_accuracy"].get(accuracy_key), "file_bytes": size}
         for threads in (1, 2):
             args = json.dumps([str(folder), backend, threads, images_path, calls, seconds])
             row |= json.loads(run_python(WORKER_SCRIPT, args, threads=threads))

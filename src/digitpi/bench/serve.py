@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from digitpi import UserError
+from digitpi.exportdir import PRECISIONS
 
 MAX_REQUESTS = 100_000  # bound on -n
 MAX_CONCURRENCY = 256  # bound on -c
@@ -42,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--url", help="a running server on this machine, e.g. http://127.0.0.1:8000")
     target.add_argument("--model", metavar="DIR", help="start `digitpi serve` on this exported model for the run")
-    parser.add_argument("--precision", choices=["int8", "fp32"], help="with --model: which model to serve")
+    parser.add_argument("--precision", choices=PRECISIONS, help="with --model: which model to serve")
     parser.add_argument("-n", "--requests", type=int, default=2000, help="requests to send (default: 2000)")
     parser.add_argument("-c", "--concurrency", type=int, default=16, help="requests in flight (default: 16)")
     parser.add_argument("--image", metavar="FILE", help="send this image every time (default: MNIST test digits)")

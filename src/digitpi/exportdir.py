@@ -1,0 +1,45 @@
+"""The export folder that `digitpi export` writes, in one place: the card's name and one row per variant.
+
+    DIR/model.onnx        fp32, run by onnxruntime
+    DIR/model.int8.onnx   int8 (quantized from model.onnx), run by onnxruntime
+    DIR/weights.npz       the fp32 weights, run by the NumPy backend where onnxruntime is missing
+    DIR/model.json        the model card, written last: input, classes, test accuracy, SHA-256 per file
+
+`VARIANTS` drives export (one writer and one measurement per row, in `export`), `Classifier.load`,
+the CLI's `--precision`/`--backend` choices and `digitpi bench infer`: a new format is one row
+here plus one writer there. No imports beyond the standard library: the CLI reads this table
+while it builds its parser.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CARD = "model.json"
+CARD_FORMAT = "digitpi-export/1"
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str  # its key in the card's test_accuracy, and in export.WRITERS
+    file: str  # its file in the export folder
+    precision: str  # of the weights as they run: fp32 | int8
+    backend: str  # what runs it: onnxruntime | numpy
+
+
+# In the order export writes them: int8 is quantized from the fp32 file.
+VARIANTS = (
+    Variant("fp32", "model.onnx", "fp32", "onnxruntime"),
+    Variant("int8", "model.int8.onnx", "int8", "onnxruntime"),
+    Variant("numpy", "weights.npz", "fp32", "numpy"),
+)
+DEFAULT_PRECISION = "int8"  # what `Classifier.load` runs unless told: a third of the size, as accurate
+PRECISIONS = tuple(sorted(dict.fromkeys(v.precision for v in VARIANTS), key=lambda p: p != DEFAULT_PRECISION))
+BACKENDS = ("auto", *dict.fromkeys(v.backend for v in VARIANTS))  # auto: onnxruntime when installed, else numpy
+
+
+def variant(precision: str, backend: str) -> Variant:
+    """The row that runs `precision` on `backend`. The NumPy backend has fp32 weights only and
+    runs them whatever `precision` says (it has no int8 kernels)."""
+    rows = [v for v in VARIANTS if v.backend == backend]
+    return next((v for v in rows if v.precision == precision), rows[0])
