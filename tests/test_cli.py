@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from digitpi.cli import build_parser, main
@@ -21,3 +24,31 @@ def test_help(command: str, capsys) -> None:
         main([*command.split(), "--help"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: digitpi {command}")
+
+
+STARTUP = """
+import sys
+from digitpi import cli
+cli.build_parser(["predict", "--model", "DIR", "a.png"])
+try:
+    cli.main(["--help"])
+except SystemExit:
+    pass
+heavy = ("torch", "PIL", "numpy", "matplotlib", "onnxruntime", "safetensors", "fastapi")
+print(sorted(m for m in sys.modules if m.split(".")[0] in heavy or m.startswith("digitpi.bench.")
+             or m in ("digitpi.preprocess", "digitpi.runtime", "digitpi.data")))
+"""
+
+
+def test_building_the_parser_imports_nothing_heavy() -> None:
+    """`digitpi --help`, and the parser `digitpi predict` builds, import no benchmark, torch, numpy or Pillow:
+    a Pi starts Python slowly, and each command imports what it needs itself."""
+    done = subprocess.run([sys.executable, "-c", STARTUP], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("\n[]")  # after the help text
+
+
+def test_a_benchmarks_flags_come_with_it(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["bench", "infer", "--help"])
+    assert "--backends" in capsys.readouterr().out

@@ -1,21 +1,25 @@
 """The `digitpi` command: thin wrappers that parse flags, call library functions and print.
 
-Training modules (torch) are imported inside the commands that need them, so `digitpi predict`
-and `digitpi serve` run on a Raspberry Pi that has only the core install.
+Each command imports what it needs inside its function, and building the parser imports none of
+it (no torch, numpy, Pillow or benchmark): `digitpi predict` and `digitpi serve` start quickly on
+a Raspberry Pi that has only the core install.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import inspect
 import json
 import os
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from digitpi import UserError
+from digitpi.bench import BENCHMARKS
 from digitpi.exportdir import BACKENDS, PRECISIONS
 
 DEFAULT_RUN_DIR = "runs"
@@ -227,15 +231,15 @@ def cmd_import_keras(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    import importlib
-
     importlib.import_module(f"digitpi.bench.{args.benchmark}").run(args)
 
 
 # ---------------------------------------------------------------- the parser
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """Every command and its flags. A benchmark's own flags are declared by its module, which is
+    imported only when `argv` chooses that benchmark (`bench NAME ...`)."""
     parser = argparse.ArgumentParser(prog="digitpi", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -307,22 +311,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="folder holding the four IDX files (int8 calibration, test accuracy)")
     p.set_defaults(func=cmd_import_keras)
 
-    import importlib
-
-    from digitpi.bench import BENCHMARKS
-
     p = sub.add_parser("bench", help="benchmarks: " + ", ".join(BENCHMARKS))
     bench = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     for name, description in BENCHMARKS.items():
         b = bench.add_parser(name, help=description)
         b.add_argument("--json", action="store_true", help="print results as JSON")
-        importlib.import_module(f"digitpi.bench.{name}").add_arguments(b)  # torch-free imports only
+        if list(argv[:2]) == ["bench", name]:
+            importlib.import_module(f"digitpi.bench.{name}").add_arguments(b)
         b.set_defaults(func=cmd_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     try:
         args.func(args)
     except UserError as e:

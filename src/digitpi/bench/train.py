@@ -3,7 +3,7 @@ two references re-implemented in the zoo and measured in the same run on the sam
 
 Time is wall clock from reading the IDX files to the end of the epoch that first reaches the
 target; the test set is measured after each epoch outside the clock (it is not part of training).
-Top-level imports stay torch-free: the CLI imports this module to build its parser.
+Top-level imports stay torch-free: the CLI imports this module to build `bench train`'s flags.
 """
 
 from __future__ import annotations
