@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from digitpi import serve
+from digitpi.bench.server import launch
 
 CHROMIUM = os.environ.get("DIGITPI_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -28,7 +28,7 @@ SETTLED = "() => !inFlight && !dirty && !timer && !document.getElementById('digi
 
 @pytest.fixture(scope="module")
 def server(exported_dir):
-    with serve.launch(exported_dir) as launched:
+    with launch(exported_dir) as launched:
         yield launched.url
 
 

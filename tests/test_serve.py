@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from digitpi import serve
+from digitpi.bench.server import launch
 
 PICKS = np.arange(0, 10_000, 157)  # 64 test digits spread over the whole test set
 
@@ -37,7 +38,7 @@ def decode_data_url(url: str) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def server(exported_dir):
-    with serve.launch(exported_dir) as url:
+    with launch(exported_dir) as url:
         yield url
 
 

@@ -11,15 +11,10 @@ Errors are always JSON `{"error": "..."}` with a 4xx status, and never stop the 
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
-import os
 import socket
-import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -33,11 +28,12 @@ from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from digitpi import UserError
+from digitpi import UserError, preprocess
+from digitpi.runtime import Classifier
 
+API_VERSION = "1"  # of the HTTP API below (OpenAPI info.version): changes when a route or a field does
 MAX_BODY_BYTES = 2 * 1024 * 1024  # larger uploads get 413: a 28x28 digit never needs more
 RAW_TYPES = ("image/", "application/octet-stream")  # Content-Type prefixes read as raw image bytes
-STARTUP_TIMEOUT = 60.0  # seconds `launch` waits for a new server to answer /health
 
 
 @dataclass(frozen=True)
@@ -94,8 +90,6 @@ class ErrorBody(BaseModel):
 def load_classifier(model_dir: str | Path, precision: str | None = None, backend: str | None = None):
     """The runtime classifier, loaded once (a missing or altered export is a UserError); options left
     None keep the runtime's defaults. One onnxruntime thread per request: requests run side by side."""
-    from digitpi.runtime import Classifier
-
     options = {k: v for k, v in {"precision": precision, "backend": backend}.items() if v is not None}
     return Classifier.load(model_dir, **options)
 
@@ -110,8 +104,6 @@ def png_data_url(image: np.ndarray) -> str:
 def read_images(data: bytes, multi: bool) -> list[np.ndarray]:
     """Decode an upload into the 28x28 uint8 array(s) the model sees; bad images become ApiErrors:
     422 when the picture is readable but holds no digit, 415 when it is not a picture at all."""
-    from digitpi import preprocess
-
     try:
         image = preprocess.load_image(data)
         return preprocess.split_digits(image) if multi else [preprocess.to_mnist(image)]
@@ -222,7 +214,7 @@ async def read_upload(request: Request) -> bytes:
 def create_app(classifier, limit: int = MAX_BODY_BYTES) -> FastAPI:
     """The page and the API around one loaded classifier (anything with `.predict` and `.card`)."""
     card = dict(classifier.card)
-    app = FastAPI(title="digitpi", version=card.get("version", "1"),
+    app = FastAPI(title="digitpi", version=API_VERSION,
                   description="Reads handwritten digits with a model exported by `digitpi export`.")
 
     @app.exception_handler(ApiError)
@@ -292,55 +284,3 @@ def serve(cfg: ServeConfig, log_level: str = "info") -> None:
         raise UserError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror}") from None
     print(f"digitpi: serving {cfg.model_dir} on http://{cfg.host}:{cfg.port}/", file=sys.stderr, flush=True)
     uvicorn.run(create_app(classifier), host=cfg.host, port=cfg.port, log_level=log_level, access_log=False)
-
-
-# ---------------------------------------------------------------- a server in a child process (tests, bench)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, process: subprocess.Popen | None = None, timeout: float = STARTUP_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"server exited with code {process.returncode} before answering {url}/health")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"server at {url} did not answer /health within {timeout:.0f} s")
-
-
-@dataclass(frozen=True)
-class Launched:
-    url: str  # base URL, e.g. http://127.0.0.1:40123
-    pid: int  # the server's process id
-
-
-@contextlib.contextmanager
-def launch(model_dir: str | Path, precision: str | None = None, log_level: str = "warning",
-           env: dict[str, str] | None = None) -> Iterator[Launched]:
-    """Run `digitpi serve` in a child process on a free loopback port until the block ends."""
-    port = free_port()
-    command = [sys.executable, "-m", "digitpi.cli", "serve", "--model", str(model_dir), "--port", str(port),
-               "--log-level", log_level]
-    if precision:
-        command += ["--precision", precision]
-    process = subprocess.Popen(command, env={**os.environ, **(env or {})})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, process)
-        yield Launched(url, process.pid)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()

@@ -4,7 +4,7 @@ Sends N POST /predict requests, C at a time, each from its own keep-alive connec
 http.client in threads: nothing to install on the Pi), with real MNIST test digits as PNG bodies.
 Either against a running server (--url, loopback only: this is a load generator) or against one it
 starts itself from --model. Every request must succeed; the count and the wall time are bounded.
-Top-level imports stay light: the web stack is imported only when a server is started here.
+Top-level imports stay light: the web stack is imported only by a server started here (`bench.server`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from digitpi import UserError
+from digitpi.bench.server import launch
 from digitpi.exportdir import PRECISIONS
 
 MAX_REQUESTS = 100_000  # bound on -n
@@ -193,10 +194,8 @@ def run(args: argparse.Namespace) -> None:
     if args.url:
         result = measure(args.url.rstrip("/"))
     else:
-        from digitpi import serve
-
         try:
-            with serve.launch(args.model, precision=args.precision) as server:
+            with launch(args.model, precision=args.precision) as server:
                 result = measure(server.url)
         except RuntimeError as e:
             raise UserError(f"could not start a server for --model {args.model}: {e}") from None

@@ -1,0 +1,68 @@
+"""A real `digitpi serve` in a child process on a free loopback port: for `digitpi bench serve` and the tests.
+
+Standard library only; the server process itself imports the web stack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+STARTUP_TIMEOUT = 60.0  # seconds `launch` waits for a new server to answer /health
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, process: subprocess.Popen | None = None, timeout: float = STARTUP_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with code {process.returncode} before answering {url}/health")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"server at {url} did not answer /health within {timeout:.0f} s")
+
+
+@dataclass(frozen=True)
+class Launched:
+    url: str  # base URL, e.g. http://127.0.0.1:40123
+    pid: int  # the server's process id
+
+
+@contextlib.contextmanager
+def launch(model_dir: str | Path, precision: str | None = None, log_level: str = "warning",
+           env: dict[str, str] | None = None) -> Iterator[Launched]:
+    """Run `digitpi serve` in a child process on a free loopback port until the block ends."""
+    port = free_port()
+    command = [sys.executable, "-m", "digitpi.cli", "serve", "--model", str(model_dir), "--port", str(port),
+               "--log-level", log_level]
+    if precision:
+        command += ["--precision", precision]
+    process = subprocess.Popen(command, env={**os.environ, **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process)
+        yield Launched(url, process.pid)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
