@@ -174,6 +174,19 @@ def test_unreadable_input(payload: bytes, message: str) -> None:
     assert "\n" not in str(err.value) and isinstance(err.value, UserError)
 
 
+def test_messages_name_what_the_caller_names(tmp_path) -> None:
+    """A path names itself; bytes are named by the caller (`digitpi predict -`: standard input) or not at all."""
+    blank = tmp_path / "blank.png"
+    Image.new("L", (40, 30), 255).save(blank)
+    for source, name, start in ((b"", None, "empty file"), (b"", "standard input", "standard input: empty file"),
+                                (blank, None, f"{blank}: no digit found"),
+                                (blank.read_bytes(), "upload", "upload: no digit found")):
+        for read in (preprocess.to_mnist, preprocess.split_digits):
+            with pytest.raises(preprocess.ImageError) as err:
+                read(source, name=name)
+            assert str(err.value).startswith(start)
+
+
 def test_truncated_png(mnist_test) -> None:
     png = paper_png(mnist_test[0][0])
     with pytest.raises(preprocess.ImageError, match="cannot decode|not an image"):

@@ -23,6 +23,7 @@ from digitpi.bench import BENCHMARKS
 from digitpi.exportdir import BACKENDS, PRECISIONS
 
 DEFAULT_RUN_DIR = "runs"
+STDIN = "standard input"  # what messages call the image `-` reads
 DESCRIPTION = "Train a handwritten-digit classifier on a PC; read digits with it on a Raspberry Pi."
 
 
@@ -174,10 +175,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if args.top < 1:
         fail(f"--top must be at least 1, got {args.top}")
     if args.images.count("-") > 1:
-        fail("standard input (-) can be read only once")
+        fail(f"{STDIN} (-) can be read only once")
     classifier = runtime.Classifier.load(args.model, **({"precision": args.precision} if args.precision else {}))
-    read = preprocess.split_digits if args.multi else (lambda source: [preprocess.to_mnist(source)])
-    inputs = [read(sys.stdin.buffer.read() if name == "-" else name) for name in args.images]  # all, before any output
+
+    def read(image: str) -> list[np.ndarray]:
+        source, name = (sys.stdin.buffer.read(), STDIN) if image == "-" else (image, None)
+        return preprocess.split_digits(source, name=name) if args.multi else [preprocess.to_mnist(source, name=name)]
+
+    inputs = [read(image) for image in args.images]  # all, before any output
     labels, probabilities = classifier.predict(np.stack([digit for digits in inputs for digit in digits]))
     top = min(args.top, probabilities.shape[1])
     results, i = [], 0

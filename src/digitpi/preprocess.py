@@ -11,7 +11,8 @@ Public API, used by `digitpi predict`, the runtime user and `digitpi serve`:
     to_mnist(source) -> uint8 (28, 28)       one digit, ready for `Classifier.predict`
     split_digits(source) -> [uint8 (28, 28)] a row of digits, left to right
 Every failure is an `ImageError` (a `UserError`) with a one-line message; a blank page is a
-`NoDigitError`.
+`NoDigitError`. Messages start with the file's path, or with the `name` the caller gives the
+source (`digitpi predict -` says "standard input"); other sources go unnamed.
 """
 
 from __future__ import annotations
@@ -62,40 +63,46 @@ class NoDigitError(ImageError):
 # ---------------------------------------------------------------- reading files
 
 
-def describe(source: Source) -> str:
-    if isinstance(source, (str, os.PathLike)):
-        return str(source)
-    return "standard input" if isinstance(source, (bytes, bytearray, memoryview)) else "image"
+def source_name(source: Source, name: str | None = None) -> str | None:
+    """What messages call `source`: the caller's `name` if given, else a path as written, else nothing."""
+    if name is not None:
+        return name
+    return str(source) if isinstance(source, (str, os.PathLike)) else None
 
 
-def open_image(source: Source, s: Settings = SETTINGS) -> Image.Image:
+def about(name: str | None, message: str) -> str:
+    """`message` about the source called `name` ("photo.jpg: not an image ..."), or plain if it has no name."""
+    return f"{name}: {message}" if name else message
+
+
+def open_image(source: Source, s: Settings = SETTINGS, name: str | None = None) -> Image.Image:
     """Image.open with every Pillow failure (and any image over `max_pixels`) turned into ImageError."""
-    name = describe(source)
+    name = source_name(source, name)
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
-            raise ImageError(f"{name}: empty file, not an image")
+            raise ImageError(about(name, "empty file, not an image"))
         source = io.BytesIO(bytes(source))
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
-            raise ImageError(f"{name}: no such file")
+            raise ImageError(about(name, "no such file"))
         if path.stat().st_size == 0:
-            raise ImageError(f"{name}: empty file, not an image")
+            raise ImageError(about(name, "empty file, not an image"))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(source)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"{name}: image too large (decompression bomb?)") from None
+        raise ImageError(about(name, "image too large (decompression bomb?)")) from None
     except UnidentifiedImageError:
-        raise ImageError(f"{name}: not an image (no known image format)") from None
+        raise ImageError(about(name, "not an image (no known image format)")) from None
     except Exception as e:  # Pillow raises many types on foreign or corrupt bytes
-        raise ImageError(f"{name}: not an image ({reason(e)})") from None
+        raise ImageError(about(name, f"not an image ({reason(e)})")) from None
     width, height = image.size
     if width * height > s.max_pixels:
-        raise ImageError(f"{name}: image too large ({width}x{height} px; the limit is {s.max_pixels:,} pixels)")
+        raise ImageError(about(name, f"image too large ({width}x{height} px; the limit is {s.max_pixels:,} pixels)"))
     if width == 0 or height == 0:
-        raise ImageError(f"{name}: image has no pixels ({width}x{height})")
+        raise ImageError(about(name, f"image has no pixels ({width}x{height})"))
     return image
 
 
@@ -104,7 +111,8 @@ def reason(e: BaseException) -> str:
     return text if len(text) <= 100 else text[:97] + "..."
 
 
-def load_image(source: Source, s: Settings = SETTINGS, side: int | None = None) -> Image.Image:
+def load_image(source: Source, s: Settings = SETTINGS, side: int | None = None,
+               name: str | None = None) -> Image.Image:
     """Read `source` into an upright, fully decoded grey image whose longer side is at most `side`
     (default `s.load_side`; larger images are shrunk by a whole factor, box-filtered).
 
@@ -114,8 +122,8 @@ def load_image(source: Source, s: Settings = SETTINGS, side: int | None = None) 
     side = side or s.load_side
     if isinstance(source, np.ndarray):
         return shrink(array_image(source), side)
-    image = source if isinstance(source, Image.Image) else open_image(source, s)
-    name = describe(source)
+    image = source if isinstance(source, Image.Image) else open_image(source, s, name)
+    name = source_name(source, name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -126,7 +134,7 @@ def load_image(source: Source, s: Settings = SETTINGS, side: int | None = None) 
     except ImageError:
         raise
     except Exception as e:  # truncated data, broken EXIF, a mode Pillow cannot convert...
-        raise ImageError(f"{name}: cannot decode image ({reason(e)})") from None
+        raise ImageError(about(name, f"cannot decode image ({reason(e)})")) from None
     return image
 
 
@@ -392,36 +400,29 @@ def digit_ink(ink: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
     return np.where(blobs.mask(keep, ink.shape), ink, 0.0)
 
 
-def to_mnist(source: Source, s: Settings = SETTINGS) -> np.ndarray:
+def to_mnist(source: Source, s: Settings = SETTINGS, name: str | None = None) -> np.ndarray:
     """One digit in any picture -> uint8 (28, 28), white ink on black, framed as MNIST digits are."""
-    image = load_image(source, s, s.digit_side)
+    image = load_image(source, s, s.digit_side, name)
     try:
         return frame(digit_ink(ink_map(gray_array(image, s.digit_side), s), s))
     except NoDigitError as e:
-        raise named(e, source) from None
+        raise NoDigitError(about(source_name(source, name), str(e))) from None
 
 
 # ---------------------------------------------------------------- several digits in a row
 
 
-def split_digits(source: Source, s: Settings = SETTINGS) -> list[np.ndarray]:
+def split_digits(source: Source, s: Settings = SETTINGS, name: str | None = None) -> list[np.ndarray]:
     """A row of digits (a house number, a year) -> one uint8 (28, 28) image per digit, left to right.
 
     Blobs that overlap horizontally belong to one digit (the detached bar of a 5); a blob much wider
     than tall is several touching digits, cut where the ink is thinnest; specks and dashes are dropped.
     """
-    image = load_image(source, s)
+    image = load_image(source, s, name=name)
     try:
         return row_digits(ink_map(gray_array(image, s.load_side), s), s)
     except NoDigitError as e:
-        raise named(e, source) from None
-
-
-def named(error: NoDigitError, source: Source) -> NoDigitError:
-    """The error with the file (or standard input) it is about in front, as ImageErrors have."""
-    if isinstance(source, (Image.Image, np.ndarray)):
-        return error
-    return NoDigitError(f"{describe(source)}: {error}")
+        raise NoDigitError(about(source_name(source, name), str(e))) from None
 
 
 def row_digits(ink: np.ndarray, s: Settings = SETTINGS) -> list[np.ndarray]:

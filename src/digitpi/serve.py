@@ -107,9 +107,8 @@ def read_images(data: bytes, multi: bool) -> list[np.ndarray]:
     try:
         image = preprocess.load_image(data)
         return preprocess.split_digits(image) if multi else [preprocess.to_mnist(image)]
-    except preprocess.ImageError as e:
-        message = str(e).removeprefix("standard input: ")  # preprocess names bytes after the CLI's stdin
-        raise ApiError(422 if isinstance(e, preprocess.NoDigitError) else 415, message) from None
+    except preprocess.ImageError as e:  # unnamed: the upload is the only picture of its request
+        raise ApiError(422 if isinstance(e, preprocess.NoDigitError) else 415, str(e)) from None
 
 
 def readings(classifier, images: list[np.ndarray]) -> list[Reading]:
