@@ -1,6 +1,6 @@
 """Accuracy of preprocessing + model on real-looking pictures of the whole MNIST test set, per variant,
 and on rows of 2-6 digits: the README's table. It measures with the same functions, on the same
-pictures, as the tests that assert thresholds on them (tests/realistic.py), only over more rows.
+pictures, as the tests that assert thresholds on them (digitpi.bench.realistic), only over more rows.
 
     python benchmarks/preprocess_accuracy.py EXPORT_DIR [ROWS]   (needs DIGITPI_DATA_DIR or the cache)
 """
@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from realistic import VARIANTS, read_rows, variant_accuracy  # noqa: E402
-
-from digitpi import data, runtime  # noqa: E402
+from digitpi import data, runtime
+from digitpi.bench.realistic import VARIANTS, read_rows, variant_accuracy
 
 
 def main() -> None:

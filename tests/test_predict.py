@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from realistic import Variant, render, row_of
 
 from digitpi import preprocess
+from digitpi.bench.realistic import Variant, render, row_of
 from digitpi.cli import main
 
 

@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from realistic import ROW, VARIANTS, read_rows, render, row_of, variant_accuracy
 
 from digitpi import UserError, preprocess
+from digitpi.bench.realistic import ROW, VARIANTS, read_rows, render, row_of, variant_accuracy
 
 
 @pytest.fixture(scope="module")

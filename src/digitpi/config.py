@@ -19,7 +19,7 @@ RECIPES: dict[str, dict] = {
     # The default, and `Config`'s defaults: fast_cnn trained to read pictures, not only MNIST arrays.
     # Augmentation makes it robust to the small shifts, tilts and zoom a photo brings. On the 54k/6k
     # split, 6-12 epochs all read 99.3-99.5 % of validation digits; on rows of validation digits
-    # (tests/realistic.py) 6 epochs read 95.7 %, 8, 10 and 12 epochs 96.5 %: 8 is the shortest at the top.
+    # (digitpi.bench.realistic) 6 epochs read 95.7 %, 8, 10 and 12 epochs 96.5 %: 8 is the shortest at the top.
     "standard": dict(model="fast_cnn", epochs=8, batch_size=128, optimizer="sgd", lr=0.1, schedule="onecycle",
                      label_smoothing=0.1, translate=2.0, rotate=10.0, scale=0.1, val_split=0.1),
     # ~99.1 % in a few seconds on a 2-core CPU: the same small CNN, two epochs, no augmentation.

@@ -5,6 +5,7 @@ off-centre with wide margins, slightly rotated, on grey or unevenly lit paper (a
 soft shadow edge), with sensor noise, then JPEG-compressed. The preprocessing has to undo all
 of it to get back an MNIST-framed 28x28 image. `variant_accuracy` and `read_rows` measure that,
 for the tests' thresholds and for benchmarks/preprocess_accuracy.py (the README's numbers) alike.
+Measurement code, not a benchmark command: `digitpi bench` lists only the modules in BENCHMARKS.
 """
 
 from __future__ import annotations
