@@ -1,4 +1,10 @@
-"""Shared fixtures: the real MNIST data and one model trained on it once per test session."""
+"""Shared fixtures: the real MNIST data and two models trained on it once per test session.
+
+The default model (`trained_run`, `exported_dir`) is what `make main` trains: about a minute on the
+full training set, so every test that uses it is marked `slow`. Tests that need *a* trained and
+exported fast_cnn, but not the default one, take `fast_run` / `fast_export`: the `fast` recipe
+(two epochs, no augmentation, ~99.3 %), a few seconds. `pytest -m "not slow"` runs those only.
+"""
 
 from __future__ import annotations
 
@@ -56,4 +62,38 @@ def exported_dir(trained_run, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("export") / "standard"
     export.export_run(trained_run, out)
+    return out
+
+
+DEFAULT_MODEL = {"trained_output", "trained_run", "exported_dir"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Mark `slow` every test that needs the default model, however indirectly (through another fixture)."""
+    for item in items:
+        if DEFAULT_MODEL & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def fast_run(mnist_dir, tmp_path_factory) -> Path:
+    """`digitpi train --recipe fast` (fast_cnn, two epochs, no augmentation) on the full real training set."""
+    import contextlib
+    import io
+
+    from digitpi import cli
+
+    out = tmp_path_factory.mktemp("run") / "fast"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(["train", "--recipe", "fast", "--quiet", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def fast_export(fast_run, tmp_path_factory) -> Path:
+    """`fast_run` exported once: model.onnx, model.int8.onnx, weights.npz, model.json."""
+    from digitpi import export
+
+    out = tmp_path_factory.mktemp("export") / "fast"
+    export.export_run(fast_run, out)
     return out

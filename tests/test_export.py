@@ -22,54 +22,54 @@ def as_input(images: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def torch_logits(trained_run, mnist_test) -> np.ndarray:
-    model, _ = rundir.load_checkpoint(trained_run)
+def torch_logits(fast_run, mnist_test) -> np.ndarray:
+    model, _ = rundir.load_checkpoint(fast_run)
     return export.torch_logits(model, as_input(mnist_test[0]))
 
 
-def test_onnx_fp32_logits_match_torch_on_full_test_set(exported_dir, mnist_test, torch_logits):
-    fp32 = runtime.Classifier.load(exported_dir, precision="fp32", backend="onnxruntime")
+def test_onnx_fp32_logits_match_torch_on_full_test_set(fast_export, mnist_test, torch_logits):
+    fp32 = runtime.Classifier.load(fast_export, precision="fp32", backend="onnxruntime")
     logits = fp32.logits(mnist_test[0])
     assert logits.shape == (10_000, 10)
     assert np.abs(logits - torch_logits).max() < 1e-4
 
 
-def test_int8_is_small_and_as_accurate_as_fp32(exported_dir, mnist_test):
+def test_int8_is_small_and_as_accurate_as_fp32(fast_export, mnist_test):
     images, labels = mnist_test
-    accuracy = {p: (runtime.Classifier.load(exported_dir, precision=p).predict(images).labels == labels).mean()
+    accuracy = {p: (runtime.Classifier.load(fast_export, precision=p).predict(images).labels == labels).mean()
                 for p in ("fp32", "int8")}
     assert abs(accuracy["int8"] - accuracy["fp32"]) <= 0.001  # within 0.1 percentage point
     assert accuracy["int8"] >= 0.99
-    assert (exported_dir / "model.int8.onnx").stat().st_size <= 50 * 1024
-    card = json.loads((exported_dir / "model.json").read_text())
+    assert (fast_export / "model.int8.onnx").stat().st_size <= 50 * 1024
+    card = json.loads((fast_export / "model.json").read_text())
     assert card["test_accuracy"]["int8"] == pytest.approx(accuracy["int8"])  # the card reports what runs
     assert card["test_accuracy"]["fp32"] == pytest.approx(accuracy["fp32"])
 
 
-def test_numpy_backend_predicts_the_labels_of_onnx_fp32(exported_dir, mnist_test):
+def test_numpy_backend_predicts_the_labels_of_onnx_fp32(fast_export, mnist_test):
     images = mnist_test[0]
-    numpy_run = runtime.Classifier.load(exported_dir, backend="numpy")
-    onnx_run = runtime.Classifier.load(exported_dir, precision="fp32", backend="onnxruntime")
+    numpy_run = runtime.Classifier.load(fast_export, backend="numpy")
+    onnx_run = runtime.Classifier.load(fast_export, precision="fp32", backend="onnxruntime")
     assert numpy_run.precision == "fp32" and numpy_run.backend_name == "numpy"
     np.testing.assert_array_equal(numpy_run.predict(images).labels, onnx_run.predict(images).labels)
     np.testing.assert_allclose(numpy_run.logits(images[:500]), onnx_run.logits(images[:500]), atol=1e-4)
 
 
-def test_card_describes_the_files_and_the_input(exported_dir, trained_run):
-    card = json.loads((exported_dir / "model.json").read_text())
+def test_card_describes_the_files_and_the_input(fast_export, fast_run):
+    card = json.loads((fast_export / "model.json").read_text())
     assert set(card["files"]) == {"model.onnx", "model.int8.onnx", "weights.npz"}
     for name, entry in card["files"].items():
-        assert entry["bytes"] == (exported_dir / name).stat().st_size
-        assert entry["sha256"] == runtime.sha256_file(exported_dir / name)
+        assert entry["bytes"] == (fast_export / name).stat().st_size
+        assert entry["sha256"] == runtime.sha256_file(fast_export / name)
     assert card["model"] == "fast_cnn" and card["classes"] == [str(d) for d in range(10)]
     assert card["input"]["scale"] == PIXEL_SCALE and card["input"]["shape"] == [None, 1, 28, 28]
     assert "white" in card["input"]["polarity"]
     assert "training images" in card["quantization"]["calibration"]
-    assert card["params"] == json.loads((trained_run / "metrics.json").read_text())["params"]
+    assert card["params"] == json.loads((fast_run / "metrics.json").read_text())["params"]
     assert {"digitpi", "torch", "onnx", "onnxruntime"} <= set(card["versions"])
-    assert card["source"]["run"] == str(trained_run.resolve())
+    assert card["source"]["run"] == str(fast_run.resolve())
 
-    proto = onnx.load(str(exported_dir / "model.onnx"))
+    proto = onnx.load(str(fast_export / "model.onnx"))
     props = {p.key: p.value for p in proto.metadata_props}
     assert props["digitpi.model"] == "fast_cnn"
     assert json.loads(props["digitpi.input"])["scale"] == PIXEL_SCALE
@@ -78,8 +78,8 @@ def test_card_describes_the_files_and_the_input(exported_dir, trained_run):
     assert not any(n.op_type == "BatchNormalization" for n in proto.graph.node)  # folded into the convs
 
 
-def test_weights_file_loads_without_pickle(exported_dir):
-    with np.load(exported_dir / "weights.npz", allow_pickle=False) as archive:
+def test_weights_file_loads_without_pickle(fast_export):
+    with np.load(fast_export / "weights.npz", allow_pickle=False) as archive:
         assert all(archive[k].dtype == np.float32 for k in archive.files)
 
 
@@ -95,8 +95,8 @@ def test_every_variant_has_a_writer_and_a_measurer():
 # ---------------------------------------------------------------- folding and the NumPy ops
 
 
-def test_folding_keeps_the_trained_model_exact(trained_run, mnist_test):
-    model, _ = rundir.load_checkpoint(trained_run)
+def test_folding_keeps_the_trained_model_exact(fast_run, mnist_test):
+    model, _ = rundir.load_checkpoint(fast_run)
     deploy = export.deployable(model)
     assert not any(isinstance(m, nn.BatchNorm2d | nn.Dropout) for m in deploy)
     x = torch.from_numpy(as_input(mnist_test[0][:1000]))
@@ -104,9 +104,9 @@ def test_folding_keeps_the_trained_model_exact(trained_run, mnist_test):
         torch.testing.assert_close(deploy(x), model(x), atol=1e-4, rtol=1e-4)
 
 
-def test_batchnorm_with_a_negative_scale_behind_a_pool_is_not_folded(trained_run, mnist_test):
+def test_batchnorm_with_a_negative_scale_behind_a_pool_is_not_folded(fast_run, mnist_test):
     """max(s * x) != s * max(x) for s < 0: such a BN must stay a layer of its own."""
-    model, _ = rundir.load_checkpoint(trained_run)
+    model, _ = rundir.load_checkpoint(fast_run)
     bn = next(m for m in model if isinstance(m, nn.BatchNorm2d))
     with torch.no_grad():
         bn.weight[0] = -bn.weight[0].abs() - 0.5

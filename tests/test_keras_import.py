@@ -198,6 +198,7 @@ def test_keras2_file_layout_gives_the_same_model(old_list_layout, saved, test_im
     assert np.abs(ours - keras_logits).max() < TOLERANCE
 
 
+@pytest.mark.slow
 def test_trained_keras_model_keeps_its_accuracy_on_the_pi(mnist_dir, mnist_test, tmp_path, capsys):
     """Train a small CNN in Keras on real digits, import it with the CLI, read the test set on the
     Pi runtime: same accuracy as Keras's own model.evaluate, image for image."""

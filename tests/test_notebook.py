@@ -31,6 +31,7 @@ def outputs_text(notebook) -> str:
     return "\n".join(parts)
 
 
+@pytest.mark.slow
 def test_notebook_runs_top_to_bottom(mnist_dir, tmp_path, monkeypatch):
     # one epoch on a slice of the training set: this proves every cell runs, not what 30 epochs reach
     monkeypatch.setenv("DIGITPI_NOTEBOOK_EPOCHS", "1")

@@ -105,10 +105,10 @@ def truncated_png(tmp_path: Path, mnist_test) -> Path:
      "no digit found"),
     (lambda tmp, mnist: tmp / "missing.png", "no such file"),
 ])
-def test_bad_input_is_one_line_error(make, message, exported_dir, mnist_test, tmp_path, capsys):
+def test_bad_input_is_one_line_error(make, message, fast_export, mnist_test, tmp_path, capsys):
     path = make(tmp_path, mnist_test)
     saved = tmp_path / "seen.png"
-    assert main(["predict", "--model", str(exported_dir), str(path), "--save-input", str(saved)]) == 2
+    assert main(["predict", "--model", str(fast_export), str(path), "--save-input", str(saved)]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and not saved.exists()
     err = captured.err.strip()
@@ -116,18 +116,18 @@ def test_bad_input_is_one_line_error(make, message, exported_dir, mnist_test, tm
     assert re.search(message, err)
 
 
-def test_no_traceback_from_the_real_command(exported_dir, mnist_test, tmp_path):
+def test_no_traceback_from_the_real_command(fast_export, mnist_test, tmp_path):
     cut = truncated_png(tmp_path, mnist_test)
-    done = subprocess.run([sys.executable, "-m", "digitpi.cli", "predict", "--model", str(exported_dir), "-"],
+    done = subprocess.run([sys.executable, "-m", "digitpi.cli", "predict", "--model", str(fast_export), "-"],
                           input=cut.read_bytes(), capture_output=True)
     assert done.returncode == 2 and done.stdout == b""
     assert done.stderr.decode().count("\n") == 1 and b"Traceback" not in done.stderr
     assert done.stderr.startswith(b"digitpi: error: standard input: ")
 
 
-def test_bad_flags(exported_dir, tmp_path, capsys):
-    assert main(["predict", "--model", str(exported_dir), "a.png", "--top", "0"]) == 2
+def test_bad_flags(fast_export, tmp_path, capsys):
+    assert main(["predict", "--model", str(fast_export), "a.png", "--top", "0"]) == 2
     assert main(["predict", "--model", str(tmp_path / "nope"), "a.png"]) == 2
-    assert main(["predict", "--model", str(exported_dir), "-", "-"]) == 2
+    assert main(["predict", "--model", str(fast_export), "-", "-"]) == 2
     errors = capsys.readouterr().err.splitlines()
     assert len(errors) == 3 and all(e.startswith("digitpi: error: ") for e in errors)

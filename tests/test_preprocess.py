@@ -24,10 +24,19 @@ from digitpi.bench.realistic import ROW, VARIANTS, read_rows, render, row_of, va
 
 
 @pytest.fixture(scope="module")
-def classifier(exported_dir):
+def classifier(fast_export):
+    """A good model (99.3 %): pictures that come out of preprocessing right are read right."""
     from digitpi import runtime
 
-    return runtime.Classifier.load(exported_dir)  # what `digitpi predict` runs by default
+    return runtime.Classifier.load(fast_export)
+
+
+@pytest.fixture(scope="module")
+def default_classifier(exported_dir):
+    """The default model, what `digitpi predict` runs: the accuracy thresholds below were measured with it."""
+    from digitpi import runtime
+
+    return runtime.Classifier.load(exported_dir)
 
 
 def paper_png(digit: np.ndarray, scale: int = 8, margin: int = 60) -> bytes:
@@ -103,8 +112,9 @@ def test_large_photo_is_read(mnist_test, classifier) -> None:
 
 
 @pytest.mark.parametrize("look", list(VARIANTS))
-def test_accuracy_on_realistic_pictures(look: str, mnist_test, classifier) -> None:
+def test_accuracy_on_realistic_pictures(look: str, mnist_test, default_classifier) -> None:
     """Every test digit as a photo/scan of dark ink on paper still reads at >= 98.5 % accuracy."""
+    classifier = default_classifier
     images, labels = mnist_test
     start = time.perf_counter()
     accuracy, unread = variant_accuracy(classifier, images, labels, VARIANTS[look], np.random.default_rng(0))
@@ -132,8 +142,9 @@ def test_small_digit_in_a_row_is_a_digit(mnist_test, classifier) -> None:
 ROWS = 1000
 
 
-def test_rows_of_digits(mnist_test, classifier) -> None:
+def test_rows_of_digits(mnist_test, default_classifier) -> None:
     """Rows of 2-6 test digits, 1-8 px apart at 28-px scale (written apart, not touching), read left to right."""
+    classifier = default_classifier
     images, labels = mnist_test
     rows = read_rows(classifier, images, labels, ROWS, np.random.default_rng(1))
     count_ok, string_ok, model_ok = rows["split_right"], rows["read_exactly"], rows["as_clean"]

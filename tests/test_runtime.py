@@ -15,8 +15,8 @@ from digitpi.runtime import Classifier, ModelFileError
 
 
 @pytest.fixture(scope="module")
-def classifier(exported_dir) -> Classifier:
-    return Classifier.load(exported_dir)
+def classifier(fast_export) -> Classifier:
+    return Classifier.load(fast_export)
 
 
 def test_predicts_real_digits_from_uint8_and_float(classifier, mnist_test):
@@ -48,9 +48,9 @@ def test_bad_input_is_a_user_error(classifier, bad, message):
         classifier.predict(bad)
 
 
-def copy_of(exported_dir, tmp_path):
+def copy_of(fast_export, tmp_path):
     folder = tmp_path / "export"
-    shutil.copytree(exported_dir, folder)
+    shutil.copytree(fast_export, folder)
     return folder
 
 
@@ -59,8 +59,8 @@ def copy_of(exported_dir, tmp_path):
     ("model.onnx", "fp32", "onnxruntime"),
     ("weights.npz", "fp32", "numpy"),
 ])
-def test_tampered_file_is_refused(exported_dir, tmp_path, name, precision, backend):
-    folder = copy_of(exported_dir, tmp_path)
+def test_tampered_file_is_refused(fast_export, tmp_path, name, precision, backend):
+    folder = copy_of(fast_export, tmp_path)
     raw = bytearray((folder / name).read_bytes())
     raw[len(raw) // 2] ^= 0x01  # one flipped bit, e.g. a weight changed on purpose or by a bad copy
     (folder / name).write_bytes(bytes(raw))
@@ -69,8 +69,8 @@ def test_tampered_file_is_refused(exported_dir, tmp_path, name, precision, backe
     assert name in str(info.value) and "\n" not in str(info.value)
 
 
-def test_missing_files_and_cards_are_refused(exported_dir, tmp_path):
-    folder = copy_of(exported_dir, tmp_path)
+def test_missing_files_and_cards_are_refused(fast_export, tmp_path):
+    folder = copy_of(fast_export, tmp_path)
     (folder / "model.int8.onnx").unlink()
     with pytest.raises(ModelFileError, match="model.int8.onnx is missing"):
         Classifier.load(folder)
@@ -85,15 +85,15 @@ def test_missing_files_and_cards_are_refused(exported_dir, tmp_path):
         Classifier.load(tmp_path / "nowhere")
 
 
-def test_options_are_checked(exported_dir):
+def test_options_are_checked(fast_export):
     with pytest.raises(UserError, match="precision"):
-        Classifier.load(exported_dir, precision="fp16")
+        Classifier.load(fast_export, precision="fp16")
     with pytest.raises(UserError, match="backend"):
-        Classifier.load(exported_dir, backend="tensorflow")
+        Classifier.load(fast_export, backend="tensorflow")
 
 
-def test_card_is_exposed(classifier, exported_dir):
-    assert classifier.card == json.loads((exported_dir / "model.json").read_text())
+def test_card_is_exposed(classifier, fast_export):
+    assert classifier.card == json.loads((fast_export / "model.json").read_text())
     assert classifier.classes == [str(d) for d in range(10)]
 
 
@@ -119,12 +119,12 @@ assert not heavy, heavy
     # a Pi without onnxruntime: `auto` falls back to NumPy
     ("sys.modules['onnxruntime'] = None", [("int8", "auto")], {"numpy"}),
 ])
-def test_runtime_never_imports_torch(exported_dir, mnist_test, tmp_path, block, variants, backends):
+def test_runtime_never_imports_torch(fast_export, mnist_test, tmp_path, block, variants, backends):
     images, labels = mnist_test
     np.save(tmp_path / "images.npy", images[:300])
     np.save(tmp_path / "labels.npy", labels[:300])
     script = PI_SCRIPT.format(block=block, variants=variants)
-    done = subprocess.run([sys.executable, "-c", script, str(exported_dir), str(tmp_path / "images.npy"),
+    done = subprocess.run([sys.executable, "-c", script, str(fast_export), str(tmp_path / "images.npy"),
                            str(tmp_path / "labels.npy")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert {line.split()[0] for line in done.stdout.splitlines()} == backends

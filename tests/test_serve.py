@@ -37,8 +37,8 @@ def decode_data_url(url: str) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def server(exported_dir):
-    with launch(exported_dir) as url:
+def server(fast_export):
+    with launch(fast_export) as url:
         yield url
 
 
@@ -49,10 +49,10 @@ def client(server):
 
 
 @pytest.fixture(scope="module")
-def classifier(exported_dir):
+def classifier(fast_export):
     from digitpi.runtime import Classifier
 
-    return Classifier.load(exported_dir)
+    return Classifier.load(fast_export)
 
 
 def runtime_reading(classifier, data: bytes) -> tuple[np.ndarray, int, np.ndarray]:
@@ -167,13 +167,13 @@ def test_unknown_paths_and_methods_answer_json(client, mnist_test):
     assert_still_serving(client, mnist_test)
 
 
-def test_serve_module_never_imports_torch(exported_dir, mnist_test):
+def test_serve_module_never_imports_torch(fast_export, mnist_test):
     body = png(mnist_test[0][0])
     code = (
         "import sys\n"
         "from starlette.testclient import TestClient\n"
         "from digitpi import serve\n"
-        f"app = serve.create_app(serve.load_classifier({str(exported_dir)!r}))\n"
+        f"app = serve.create_app(serve.load_classifier({str(fast_export)!r}))\n"
         f"r = TestClient(app).post('/predict', content={body!r}, headers={{'Content-Type': 'image/png'}})\n"
         "assert r.status_code == 200, r.text\n"
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]\n"
@@ -196,14 +196,14 @@ def run_cli(*argv: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
 
-def test_cli_mistakes_are_one_line_errors(tmp_path, exported_dir):
+def test_cli_mistakes_are_one_line_errors(tmp_path, fast_export):
     missing = run_cli("serve", "--model", str(tmp_path / "nothing-here"))
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert missing.stderr.startswith("digitpi: error:") and len(missing.stderr.strip().splitlines()) == 1
 
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
-        taken = run_cli("serve", "--model", str(exported_dir), "--port", str(port))
+        taken = run_cli("serve", "--model", str(fast_export), "--port", str(port))
     assert taken.returncode == 2 and "Traceback" not in taken.stderr
     assert taken.stderr.startswith("digitpi: error: cannot listen on")
 

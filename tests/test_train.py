@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -106,11 +107,11 @@ def test_cli_bad_input_is_one_line(args: list[str], message: str, mnist_dir) -> 
     assert "Traceback" not in result.stderr
 
 
-def test_cli_evaluate_and_data(trained_run: Path, tmp_path: Path) -> None:
-    evaluated = run_cli("evaluate", str(trained_run), "--json")
+def test_cli_evaluate_and_data(fast_run: Path, tmp_path: Path) -> None:
+    evaluated = run_cli("evaluate", str(fast_run), "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     result = json.loads(evaluated.stdout)
-    metrics = json.loads((trained_run / "metrics.json").read_text())
+    metrics = json.loads((fast_run / "metrics.json").read_text())
     assert result["test_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-9)
     assert sum(map(sum, result["confusion"])) == 10_000 and len(result["per_class_accuracy"]) == 10
     shown = run_cli("data", "--grid", str(tmp_path / "grid.png"))
@@ -119,6 +120,7 @@ def test_cli_evaluate_and_data(trained_run: Path, tmp_path: Path) -> None:
     assert (tmp_path / "grid.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_bench_train_measures_and_saves_runs(tmp_path: Path, mnist_test, capsys) -> None:
     """`digitpi bench train` on the fast recipe: one seed, no references; the saved run is the measured model."""
     from digitpi.cli import main
@@ -134,6 +136,21 @@ def test_bench_train_measures_and_saves_runs(tmp_path: Path, mnist_test, capsys)
     assert accuracy == row["test_accuracy_mean"]
 
 
+def test_cli_compare_reuses_a_complete_run(fast_run: Path, tmp_path: Path, capsys) -> None:
+    """A complete run in the report folder is reused, not trained again; report.md is written from its files."""
+    from digitpi.cli import main
+
+    out = tmp_path / "compare"
+    shutil.copytree(fast_run, out / "fast_cnn")
+    before = (out / "fast_cnn" / "model.safetensors").stat().st_mtime_ns
+    assert main(["compare", "fast_cnn", "--out", str(out), "--quiet"]) == 0
+    accuracy = json.loads((out / "fast_cnn" / "metrics.json").read_text())["test_accuracy"]
+    assert f"| fast_cnn | 29,178 | {100 * accuracy:.2f} % |" in (out / "report.md").read_text()
+    assert (out / "fast_cnn" / "model.safetensors").stat().st_mtime_ns == before
+    capsys.readouterr()
+
+
+@pytest.mark.slow
 def test_cli_compare_writes_the_conclusion_table(tmp_path: Path, capsys) -> None:
     """`digitpi compare` trains each model with its own recipe on the real data, then reuses the runs.
 
