@@ -249,6 +249,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, reader: TrainingImages, cfg:
 @dataclass(frozen=True)
 class Job:
     """What the writers, the measurements and the card of one export share, prepared before any file."""
+
     model: nn.Module  # as trained: the reference every variant is measured against
     name: str  # the card's model name, e.g. "fast_cnn" or "keras:sequential"
     args: dict  # the model's builder arguments, as recorded in the card
