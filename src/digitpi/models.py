@@ -1,7 +1,8 @@
 """The model zoo: a dict of named builder functions and `create_model(name)`.
 
 Every model takes float32 images of shape (N, 1, 28, 28) scaled to [0, 1] (white ink on
-black, as MNIST: `digitpi.contract`) and returns logits (N, 10). Builders only build: no device, dtype or printing.
+black, as MNIST: `digitpi.contract`) and returns logits (N, 10). Builders only build: no device,
+dtype or printing.
 """
 
 from __future__ import annotations
