@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from digitpi import UserError, preprocess
+from digitpi import UserError, layout, preprocess
 from digitpi.bench.realistic import ROW, VARIANTS, read_rows, render, row_of, variant_accuracy
 
 
@@ -65,7 +65,8 @@ def test_mnist_digits_come_back_as_they_were(mnist_test) -> None:
     mass = out.astype(float).sum((1, 2))
     rows = (out.sum(2) * np.arange(28)).sum(1) / mass
     cols = (out.sum(1) * np.arange(28)).sum(1) / mass
-    assert np.abs(rows - 14).max() <= 0.5 and np.abs(cols - 14).max() <= 0.5
+    # placed on whole pixels, the centre is within half a pixel; grey levels rounded to uint8 move it a hundredth
+    assert np.abs(rows - 14).max() <= 0.51 and np.abs(cols - 14).max() <= 0.51
 
 
 def test_dark_ink_on_paper_is_framed_like_mnist(mnist_test) -> None:
@@ -134,7 +135,7 @@ def test_small_digit_in_a_row_is_a_digit(mnist_test, classifier) -> None:
         half = np.zeros_like(images[small])
         half[13:] = flat  # sitting on the line, as written
         strip = row_of(np.stack([images[left], half, images[right]]), rng, gap=(1, 1))
-        digits = preprocess.split_digits(next(render(strip[None], ROW, rng)))
+        digits = layout.split_digits(next(render(strip[None], ROW, rng)))
         assert len(digits) == 3
         assert (classifier.predict(np.stack(digits)).labels == labels[[left, small, right]]).all()
 
@@ -192,7 +193,7 @@ def test_messages_name_what_the_caller_names(tmp_path) -> None:
     for source, name, start in ((b"", None, "empty file"), (b"", "standard input", "standard input: empty file"),
                                 (blank, None, f"{blank}: no digit found"),
                                 (blank.read_bytes(), "upload", "upload: no digit found")):
-        for read in (preprocess.to_mnist, preprocess.split_digits):
+        for read in (preprocess.to_mnist, layout.split_digits):
             with pytest.raises(preprocess.ImageError) as err:
                 read(source, name=name)
             assert str(err.value).startswith(start)
@@ -219,7 +220,7 @@ def test_missing_file(tmp_path) -> None:
 def test_blank_pages_have_no_digit(make) -> None:
     buffer = io.BytesIO()
     Image.fromarray(make()).save(buffer, format="PNG")
-    for read in (preprocess.to_mnist, preprocess.split_digits):
+    for read in (preprocess.to_mnist, layout.split_digits):
         with pytest.raises(preprocess.NoDigitError, match="no digit found"):
             read(buffer.getvalue())
 
@@ -279,7 +280,7 @@ def test_any_image_ends_in_28x28_or_a_clear_error(mode, width, height, kind, fmt
             fmt = None
         source = buffer.getvalue() if fmt else image
     try:
-        out = preprocess.split_digits(source) if multi else [preprocess.to_mnist(source)]
+        out = layout.split_digits(source) if multi else [preprocess.to_mnist(source)]
     except preprocess.ImageError as e:
         event(f"{type(e).__name__}")
         assert "\n" not in str(e) and str(e)

@@ -170,7 +170,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     import numpy as np
     from PIL import Image
 
-    from digitpi import data, preprocess, runtime
+    from digitpi import data, layout, preprocess, runtime
 
     if args.top < 1:
         fail(f"--top must be at least 1, got {args.top}")
@@ -180,7 +180,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     def read(image: str) -> list[np.ndarray]:
         source, name = (sys.stdin.buffer.read(), STDIN) if image == "-" else (image, None)
-        return preprocess.split_digits(source, name=name) if args.multi else [preprocess.to_mnist(source, name=name)]
+        return layout.split_digits(source, name=name) if args.multi else [preprocess.to_mnist(source, name=name)]
 
     inputs = [read(image) for image in args.images]  # all, before any output
     labels, probabilities = classifier.predict(np.stack([digit for digits in inputs for digit in digits]))

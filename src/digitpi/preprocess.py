@@ -1,23 +1,23 @@
 """Turn any picture of a digit (photo, scan, canvas drawing) into the 28x28 image an MNIST model expects.
 
 MNIST digits are white ink on black, size-normalized so the longer side of the ink is 20 px (aspect
-ratio kept, anti-aliased) and pasted into 28x28 with the centre of mass at the centre (the numbers
-are `digitpi.contract`'s). A phone photo
-of dark ink on paper with a shadow across it is none of that; this module bridges the gap, with
-numpy and Pillow only (it runs on the Raspberry Pi, beside the runtime).
+ratio kept, anti-aliased), 2-3 px thick strokes, pasted into 28x28 with the centre of mass at the
+centre (the numbers are `digitpi.contract`'s). A phone photo of dark ink on paper with a shadow
+across it, or a thin pen on a large canvas, is none of that; this module bridges the gap, with
+numpy and Pillow only (it runs on the Raspberry Pi, beside the runtime). Where the digits of a
+whole page are is `digitpi.layout`'s job.
 
 Public API, used by `digitpi predict`, the runtime user and `digitpi serve`:
     load_image(source) -> PIL.Image          path, bytes, file object, PIL image or array; upright, size-capped
     to_mnist(source) -> uint8 (28, 28)       one digit, ready for `Classifier.predict`
-    split_digits(source) -> [uint8 (28, 28)] a row of digits, left to right
 Every failure is an `ImageError` (a `UserError`) with a one-line message; a blank page is a
 `NoDigitError`. Messages start with the file's path, or with the `name` the caller gives the
-source (`digitpi predict -` says "standard input"); other sources go unnamed.
-"""
+source (`digitpi predict -` says "standard input"); other sources go unnamed."""
 
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from digitpi import UserError
 from digitpi.contract import BOX_SIZE, CENTRE, IMAGE_SIZE, WHITE
 
+EXIF_ORIENTATION = 0x0112  # the EXIF tag that says how the stored pixels are turned
 Source = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray
 
 
@@ -47,6 +48,8 @@ class Settings:
     strong_ink: float = 0.6  # a blob's size is its pixels at least this dark: shadow edges have few
     min_piece: float = 0.05  # ink blobs smaller than this fraction of the largest one are specks, not digit
     min_digit: float = 0.015  # the digit's longer side must be at least this fraction of the image's
+    stroke: float = 2.0  # px at 28x28: thinner strokes are thickened to this (MNIST training digits' median: 2.1)
+    fine: int = 4  # stroke width is measured and mended at this many times the 20-px box
 
 
 SETTINGS = Settings()
@@ -119,14 +122,25 @@ def load_image(source: Source, s: Settings = SETTINGS, side: int | None = None,
     JPEGs are decoded at a reduced scale (`draft`), so a 12-MP photo costs a few milliseconds, not a
     hundred. Arrays are taken as grey levels (or RGB/RGBA) as they are.
     """
+    return load_upright(source, s, side, name)[0]
+
+
+def load_upright(source: Source, s: Settings = SETTINGS, side: int | None = None,
+                 name: str | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """`load_image`'s image, and the (width, height) of the picture as its viewer sees it (full size,
+    EXIF orientation applied): what positions on the page are measured in."""
     side = side or s.load_side
     if isinstance(source, np.ndarray):
-        return shrink(array_image(source), side)
+        image = array_image(source)
+        return shrink(image, side), image.size
     image = source if isinstance(source, Image.Image) else open_image(source, s, name)
     name = source_name(source, name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            width, height = image.size
+            if image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # stored turned by 90 degrees
+                width, height = height, width
             if image.format == "JPEG" and image.mode in ("RGB", "L"):
                 image.draft("L", (side, side))  # DCT scaling: decode only 1/2, 1/4 or 1/8 of it
             image.load()
@@ -135,7 +149,7 @@ def load_image(source: Source, s: Settings = SETTINGS, side: int | None = None,
         raise
     except Exception as e:  # truncated data, broken EXIF, a mode Pillow cannot convert...
         raise ImageError(about(name, f"cannot decode image ({reason(e)})")) from None
-    return image
+    return image, (width, height)
 
 
 def shrink(image: Image.Image, side: int) -> Image.Image:
@@ -193,12 +207,43 @@ def thin(values: np.ndarray, count: int = 4096) -> np.ndarray:
     return values[::step, ::step]
 
 
-def border_median(gray: np.ndarray) -> float:
-    """The grey level of the paper: the median of a ring 1/16 of the image wide along its edges."""
+def extremes(gray: np.ndarray, count: int = 4096) -> tuple[float, float]:
+    """The darkest and lightest grey levels of `gray` that are not outliers: the 0.5 and 99.5
+    percentiles of the minima and maxima of about `count` blocks. A 1-px pen line covers far less
+    than 0.5 % of a page, but it darkens the minimum of every block it crosses."""
+    k = max(1, round((gray.size / count) ** 0.5))
+    h, w = (gray.shape[0] // k) * k, (gray.shape[1] // k) * k
+    blocks = gray[:h, :w].reshape(h // k, k, w // k, k) if h and w else gray[None, :, None, :]
+    return float(np.percentile(blocks.min(axis=(1, 3)), 0.5)), float(np.percentile(blocks.max(axis=(1, 3)), 99.5))
+
+
+def ring(gray: np.ndarray) -> np.ndarray:
+    """The pixels of a ring 1/16 of the image wide along its edges: where the paper shows."""
     h, w = gray.shape
     bh, bw = max(1, h // 16), max(1, w // 16)
-    ring = np.concatenate([gray[:bh].ravel(), gray[-bh:].ravel(), gray[:, :bw].ravel(), gray[:, -bw:].ravel()])
-    return float(np.median(ring[::max(1, ring.size // 2048)]))
+    return np.concatenate([gray[:bh].ravel(), gray[-bh:].ravel(), gray[:, :bw].ravel(), gray[:, -bw:].ravel()])
+
+
+def border_median(gray: np.ndarray) -> float:
+    """The grey level of the paper: the median of the border ring."""
+    edge = ring(gray)
+    return float(np.median(edge[::max(1, edge.size // 2048)]))
+
+
+def dark_ink(gray: np.ndarray, low: float, high: float) -> bool:
+    """Whether the ink is darker than the paper. The border ring is the paper, unless the digit fills
+    the picture to its edges (a 16x16 scan) and the ring holds ink and paper alike: then the ink is
+    the class whose pixels lie clearly nearer their edge (strokes are thin, paper is wide)."""
+    edge = ring(gray)
+    quarter = 0.25 * (high - low)
+    if min((edge <= low + quarter).mean(), (edge >= high - quarter).mean()) >= 0.2:  # ink reaches the edges
+        threshold = otsu(np.maximum(thin(gray) - low, 0)) + low
+        dark = np.asarray(shrink(Image.fromarray(gray.astype(np.float32), "F"), 128)) < threshold
+        depth_dark, depth_light = mean_depth(dark, limit=8), mean_depth(~dark, limit=8)
+        if max(depth_dark, depth_light) > 1.25 * min(depth_dark, depth_light):  # one class is clearly strokes
+            return depth_dark < depth_light
+    paper = border_median(gray)
+    return (paper - low) > (high - paper)
 
 
 def block_background(ink: np.ndarray, blocks: int) -> np.ndarray:
@@ -211,10 +256,30 @@ def block_background(ink: np.ndarray, blocks: int) -> np.ndarray:
     # take each block's median of 16 cells: cheap, and robust to strokes crossing the block
     cells = np.asarray(Image.fromarray(ink, "F").resize((4 * gw, 4 * gh), Image.BOX))
     grid = np.median(cells.reshape(gh, 4, gw, 4).transpose(0, 2, 1, 3).reshape(gh, gw, 16), axis=2)
-    if max(gh, gw) <= 4:  # too few blocks to open: one level, the cleanest block's
-        return np.full_like(ink, grid.min())
-    grid = neighbourhood(neighbourhood(grid, np.minimum), np.maximum)  # grey-level opening over 3x3 blocks
-    return np.asarray(Image.fromarray(grid.astype(np.float32), "F").resize((w, h), Image.BILINEAR))
+    if max(gh, gw) <= 4:  # too few blocks to open (a small image): one level, the paper's side of Otsu's split
+        sample = thin(ink) - ink.min()
+        return np.full_like(ink, np.median(sample[sample <= otsu(sample)]) + ink.min())
+    # grey-level opening over 3x3 blocks, on the grid extended by two blocks that continue its slope:
+    # at the edge of a page whose light falls across it, the opening would otherwise cut a step
+    extended = np.pad(grid, [(2, 2) if n >= 3 else (0, 0) for n in grid.shape], mode="reflect", reflect_type="odd")
+    opened = neighbourhood(neighbourhood(extended, np.minimum), np.maximum)
+    grid = opened[2:-2] if gh >= 3 else opened
+    grid = grid[:, 2:-2] if gw >= 3 else grid
+    return stretch(grid.astype(np.float32), (h, w))
+
+
+def stretch(grid: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A grid of block levels interpolated to `shape`, bilinearly between block centres and linearly
+    extrapolated beyond the outer ones: light that falls across the page keeps falling to its edge,
+    where holding the last block's level would leave a band of false ink."""
+    for axis, n in ((1, shape[1]), (0, shape[0])):
+        m = grid.shape[axis]
+        position = (np.arange(n, dtype=np.float32) + 0.5) * (m / n) - 0.5  # in block centres
+        first = np.clip(np.floor(position).astype(np.intp), 0, max(m - 2, 0))
+        weight = position - first if m > 1 else np.zeros(n, np.float32)
+        a, b = np.take(grid, first, axis), np.take(grid, np.minimum(first + 1, m - 1), axis)
+        grid = a + (b - a) * (weight[:, None] if axis == 0 else weight)
+    return grid
 
 
 def neighbourhood(grid: np.ndarray, op) -> np.ndarray:
@@ -250,11 +315,10 @@ def ink_map(gray: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
     (uneven light, shadows, grey paper) is subtracted; what stays is scaled from the noise floor to
     the typical ink level, so faint pencil and black marker end up alike.
     """
-    low, high = np.percentile(thin(gray), [0.5, 99.5])
-    paper = border_median(gray)
+    low, high = extremes(gray)
     if high - low < s.min_contrast:
         raise NoDigitError("no digit found (the image is blank)")
-    if (paper - low) > (high - paper):  # dark ink on light paper: ink is the fraction of light absorbed
+    if dark_ink(gray, low, high):  # dark ink on light paper: ink is the fraction of light absorbed
         ink = 255.0 - gray
         background = block_background(ink, s.blocks)
         ink -= background
@@ -359,15 +423,59 @@ def find_blobs(mask: np.ndarray) -> Blobs:
 # ---------------------------------------------------------------- framing like MNIST
 
 
-def frame(ink: np.ndarray) -> np.ndarray:
-    """Ink cropped to its box -> longer side 20 px, anti-aliased -> 28x28 uint8, centre of mass at the centre."""
+def mean_depth(mask: np.ndarray, limit: int = 64) -> float:
+    """Mean chessboard distance, in px, from a True pixel to the nearest False one: one plus the mean
+    number of 3x3 erosions a pixel survives (at most `limit`). 0 for an empty mask."""
+    pixels = int(mask.sum())
+    if pixels == 0:
+        return 0.0
+    image, total = Image.fromarray(mask.astype(np.uint8) * 255, "L"), pixels
+    for _ in range(limit):
+        image = image.filter(ImageFilter.MinFilter(3))
+        left = int(np.count_nonzero(np.asarray(image)))
+        if left == 0:
+            break
+        total += left
+    return total / pixels
+
+
+def stroke_width(mask: np.ndarray) -> float:
+    """The typical width in px of the strokes in `mask`: a band w px wide has a mean depth of about w / 4 + 1 / 2."""
+    return max(1.0, 4 * (mean_depth(mask) - 0.5))
+
+
+def scaled(ink: np.ndarray, size: tuple[int, int], s: Settings = SETTINGS) -> np.ndarray:
+    """`ink` resized to `size` (the 20-px box), its strokes thickened to `s.stroke` where thinner.
+
+    A thin pen on a large page becomes a faint 1-px line at 20 px, which an MNIST model reads as a
+    "1" whatever was written. So the width is measured at `s.fine` times the box, and a thin stroke
+    is dilated there by the missing width, then box-filtered down: as thick and as bright as MNIST's.
+    """
+    image = Image.fromarray(ink.astype(np.float32), "F")
+    fine = np.asarray(image.resize((size[0] * s.fine, size[1] * s.fine), Image.BILINEAR))
+    peak = float(fine.max())
+    if peak <= 0:
+        return np.asarray(image.resize(size, Image.LANCZOS))
+    core = float(np.percentile(fine[fine > 0.1 * peak], 90))  # resampling dims a thin line: its core is ink
+    fine = np.clip(fine / core, 0.0, 1.0)
+    width = stroke_width(fine > 0.5) / s.fine
+    if width >= s.stroke:
+        return np.asarray(image.resize(size, Image.LANCZOS))
+    thick = Image.fromarray(fine.astype(np.float32), "F")
+    for _ in range(math.ceil((s.stroke - width) * s.fine / 2)):  # a 3x3 dilation adds 2 fine px
+        thick = thick.filter(ImageFilter.MaxFilter(3))
+    return np.asarray(thick.resize(size, Image.BOX))
+
+
+def frame(ink: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
+    """Ink cropped to its box -> longer side 20 px, anti-aliased, strokes at least MNIST-thick ->
+    28x28 uint8, centre of mass at the centre."""
     rows, cols = np.nonzero(ink > 0)
     ink = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
     h, w = ink.shape
     scale = BOX_SIZE / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    small = np.asarray(Image.fromarray(ink.astype(np.float32), "F").resize(size, Image.LANCZOS))
-    small = np.clip(small, 0.0, 1.0)
+    small = np.clip(scaled(ink, size, s), 0.0, 1.0)
     mass = small.sum()
     if mass <= 0:
         raise NoDigitError("no digit found (the ink vanishes at 28x28)")
@@ -404,98 +512,6 @@ def to_mnist(source: Source, s: Settings = SETTINGS, name: str | None = None) ->
     """One digit in any picture -> uint8 (28, 28), white ink on black, framed as MNIST digits are."""
     image = load_image(source, s, s.digit_side, name)
     try:
-        return frame(digit_ink(ink_map(gray_array(image, s.digit_side), s), s))
+        return frame(digit_ink(ink_map(gray_array(image, s.digit_side), s), s), s)
     except NoDigitError as e:
         raise NoDigitError(about(source_name(source, name), str(e))) from None
-
-
-# ---------------------------------------------------------------- several digits in a row
-
-
-def split_digits(source: Source, s: Settings = SETTINGS, name: str | None = None) -> list[np.ndarray]:
-    """A row of digits (a house number, a year) -> one uint8 (28, 28) image per digit, left to right.
-
-    Blobs that overlap horizontally belong to one digit (the detached bar of a 5); a blob much wider
-    than tall is several touching digits, cut where the ink is thinnest; specks and dashes are dropped.
-    """
-    image = load_image(source, s, name=name)
-    try:
-        return row_digits(ink_map(gray_array(image, s.load_side), s), s)
-    except NoDigitError as e:
-        raise NoDigitError(about(source_name(source, name), str(e))) from None
-
-
-def row_digits(ink: np.ndarray, s: Settings = SETTINGS) -> list[np.ndarray]:
-    blobs, kept = ink_blobs(ink, s)
-    area, boxes = blobs.area, blobs.boxes
-    top, bottom = boxes[kept[np.argmax(area[kept])], [0, 2]]  # the row: the band of its biggest blob
-    height = bottom - top
-    inside = np.minimum(boxes[kept, 2], bottom) - np.maximum(boxes[kept, 0], top)
-    kept = kept[inside >= 0.5 * (boxes[kept, 2] - boxes[kept, 0])]  # blobs above or below are not the row
-    groups: list[list[int]] = []
-    for i in kept[np.argsort(boxes[kept, 1], kind="stable")]:
-        if groups:  # a short blob under or over the last group is a piece of its digit (the bar of a 5)
-            group = groups[-1]
-            g_box = [boxes[group, 0].min(), boxes[group, 1].min(), boxes[group, 2].max(), boxes[group, 3].max()]
-            overlap = min(boxes[i, 3], g_box[3]) - max(boxes[i, 1], g_box[1])
-            short = min(boxes[i, 2] - boxes[i, 0], g_box[2] - g_box[0]) < 0.6 * height
-            if short and overlap >= 0.25 * min(boxes[i, 3] - boxes[i, 1], g_box[3] - g_box[1]):
-                group.append(int(i))
-                continue
-        groups.append([int(i)])
-    groups = attach_short(groups, boxes, area, height)
-    group_area = np.array([area[g].sum() for g in groups])
-    group_height = np.array([boxes[g, 2].max() - boxes[g, 0].min() for g in groups])
-    keep = (group_area >= s.min_piece * group_area.max()) & (group_height >= 0.4 * height)
-    if height < max(2, s.min_digit * max(ink.shape)):
-        raise NoDigitError("no digit found (only specks)")
-    digits = []
-    for group in (g for g, ok in zip(groups, keep) if ok):
-        g_top, g_bottom = boxes[group, 0].min(), boxes[group, 2].max()
-        g_left, g_right = boxes[group, 1].min(), boxes[group, 3].max()
-        piece = np.where(blobs.mask(group, ink.shape), ink, 0.0)[g_top:g_bottom, g_left:g_right]
-        digits.extend(frame(part) for part in cut_touching(piece, int(group_height.max())))
-    return digits
-
-
-def attach_short(groups: list[list[int]], boxes: np.ndarray, area: np.ndarray, height: int) -> list[list[int]]:
-    """Loose pieces (under 60 % of the row's height and under half the ink of a typical digit: a
-    stroke that came loose, the bar of a 5) join the nearest group less than a third of a digit
-    height away instead of being read as digits. A small but whole digit (a flat 5) has the ink."""
-    def span(group: list[int]) -> tuple[int, int, int]:
-        return boxes[group, 1].min(), boxes[group, 3].max(), boxes[group, 2].max() - boxes[group, 0].min()
-
-    typical = np.median([area[g].sum() for g in groups])
-    k = 0
-    while k < len(groups) and len(groups) > 1:
-        left, right, tall = span(groups[k])
-        if tall >= 0.6 * height or area[groups[k]].sum() >= typical / 2:
-            k += 1
-            continue
-        gaps = [(left - span(groups[k - 1])[1], k - 1) if k > 0 else (np.inf, -1),
-                (span(groups[k + 1])[0] - right, k + 1) if k + 1 < len(groups) else (np.inf, -1)]
-        gap, other = min(gaps)
-        if gap > height / 3:
-            k += 1
-            continue
-        groups[other].extend(groups.pop(k))
-        k = max(0, min(k, other) - 1) if other < k else k  # the merged group may now be tall: look again
-    return groups
-
-
-def cut_touching(piece: np.ndarray, height: int, wide: float = 1.35, width: float = 0.75) -> list[np.ndarray]:
-    """A blob wider than `wide` x the row's `height` is touching digits: cut it into
-    round(w / (`width` x height)) parts at the columns of least ink near the even cut positions."""
-    w = piece.shape[1]
-    count = round(w / (width * height)) if w > wide * height else 1
-    if count <= 1:
-        return [piece]
-    profile = piece.sum(0)
-    cuts = [0]
-    for k in range(1, count):
-        centre, reach = k * w // count, max(1, w // (3 * count))
-        lo, hi = max(cuts[-1] + 1, centre - reach), min(w - 1, centre + reach)
-        cuts.append(lo + int(np.argmin(profile[lo:hi])) if hi > lo else centre)
-    cuts.append(w)
-    parts = [piece[:, a:b] for a, b in zip(cuts[:-1], cuts[1:])]
-    return [p for p in parts if (p > 0).any()]

@@ -28,7 +28,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from digitpi import UserError, preprocess
+from digitpi import UserError, layout, preprocess
 from digitpi.runtime import Classifier
 
 API_VERSION = "1"  # of the HTTP API below (OpenAPI info.version): changes when a route or a field does
@@ -106,7 +106,7 @@ def read_images(data: bytes, multi: bool) -> list[np.ndarray]:
     422 when the picture is readable but holds no digit, 415 when it is not a picture at all."""
     try:
         image = preprocess.load_image(data)
-        return preprocess.split_digits(image) if multi else [preprocess.to_mnist(image)]
+        return layout.split_digits(image) if multi else [preprocess.to_mnist(image)]
     except preprocess.ImageError as e:  # unnamed: the upload is the only picture of its request
         raise ApiError(422 if isinstance(e, preprocess.NoDigitError) else 415, str(e)) from None
 

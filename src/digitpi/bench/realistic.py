@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from digitpi import preprocess
+from digitpi import layout, preprocess
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ def read_rows(classifier, images: np.ndarray, labels: np.ndarray, count: int, rn
     strips = [row_of(images[p], rng, gap=(1, 8)) for p in picks]
     split_right = read_exactly = as_clean = digits_right = 0
     for pick, strip in zip(picks, strips):
-        digits = preprocess.split_digits(next(render(strip[None], ROW, rng)))
+        digits = layout.split_digits(next(render(strip[None], ROW, rng)))
         if len(digits) != len(pick):
             continue
         split_right += 1

@@ -1,0 +1,186 @@
+"""Read the layout of a page of digits: its written lines top to bottom, each line's digits left to right.
+
+`preprocess` turns a picture into an ink map and one digit into the model's 28x28 input; this module
+decides where the digits of a whole page are. Lines are bands of blobs of ink: the tallest blobs
+found the bands, and every other blob joins the band that holds most of its height. Within a line,
+blobs stacked above one another are one digit (the detached bar of a 5), loose strokes join their
+nearest digit, specks and dashes are dropped, and a blob much wider than tall is cut into touching
+digits where the ink is thinnest. numpy and Pillow only: it runs on the Raspberry Pi.
+
+    read_page(source) -> [[Digit]]          lines of digits, each with its 28x28 image and its box
+    split_digits(source) -> [uint8 (28, 28)] the same digits in reading order, without the layout
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from digitpi.preprocess import (
+    SETTINGS,
+    NoDigitError,
+    Settings,
+    Source,
+    about,
+    frame,
+    gray_array,
+    ink_blobs,
+    ink_map,
+    load_upright,
+    source_name,
+)
+
+
+@dataclass(frozen=True)
+class Layout:
+    same_line: float = 0.5  # a blob is on a line when at least this fraction of its height lies in the line's band
+    min_line: float = 0.4  # lines of blobs shorter than this fraction of the tallest line's are specks or dashes
+    short: float = 0.6  # pieces shorter than this fraction of their line may be parts of a digit (the bar of a 5)
+    stacked: float = 0.25  # a short piece is part of the digit above or below it when it overlaps this much of it
+    loose_ink: float = 0.5  # a short piece with less ink than this fraction of a typical digit's is a loose stroke,
+    loose_gap: float = 1 / 3  # and joins the nearest digit at most this many line heights away
+    min_height: float = 0.4  # a digit is at least this fraction of its line's height
+    touching: float = 1.35  # a piece wider than this many line heights is several digits touching,
+    digit_width: float = 0.75  # cut into parts about this many line heights wide
+
+
+LAYOUT = Layout()
+
+
+@dataclass(frozen=True)
+class Digit:
+    image: np.ndarray  # uint8 (28, 28): what the model sees
+    box: tuple[int, int, int, int]  # left, top, right, bottom (exclusive) in the picture's pixels, upright
+
+
+def read_page(source: Source, s: Settings = SETTINGS, name: str | None = None,
+              layout: Layout = LAYOUT) -> list[list[Digit]]:
+    """The digits of a picture, as written: a list per line, top to bottom, each left to right."""
+    image, (width, height) = load_upright(source, s, s.load_side, name)
+    try:
+        ink = ink_map(gray_array(image, s.load_side), s)
+        sx, sy = width / ink.shape[1], height / ink.shape[0]
+        return [[Digit(frame(piece, s), (round(left * sx), round(top * sy), round(right * sx), round(bottom * sy)))
+                 for piece, (left, top, right, bottom) in line] for line in page_pieces(ink, s, layout)]
+    except NoDigitError as e:
+        raise NoDigitError(about(source_name(source, name), str(e))) from None
+
+
+def split_digits(source: Source, s: Settings = SETTINGS, name: str | None = None) -> list[np.ndarray]:
+    """Every digit of a picture (a row, or a page read line by line) as uint8 (28, 28), in reading order."""
+    return [digit.image for line in read_page(source, s, name) for digit in line]
+
+
+Piece = tuple[np.ndarray, tuple[int, int, int, int]]  # a digit's ink, cropped; its box (left, top, right, bottom)
+
+
+def page_pieces(ink: np.ndarray, s: Settings = SETTINGS, layout: Layout = LAYOUT) -> list[list[Piece]]:
+    """The ink of each digit on the page, line by line, with its box in `ink`'s pixels."""
+    blobs, kept = ink_blobs(ink, s)
+    area, boxes = blobs.area, blobs.boxes
+    lines = find_lines(kept, boxes, layout)
+    # a line's height is its biggest blob's: a digit, where the line's band may also span loose strokes
+    heights = [int(np.subtract(*boxes[line[np.argmax(area[line])], [2, 0]])) for line in lines]
+    if max(heights) < max(2, s.min_digit * max(ink.shape)):
+        raise NoDigitError("no digit found (only specks)")
+    lines = [(line_groups(line, boxes, area, height, layout), height)
+             for line, height in zip(lines, heights) if height >= layout.min_line * max(heights)]
+    biggest = max(area[group].sum() for groups, _ in lines for group in groups)
+    page = []
+    for groups, height in lines:
+        group_height = np.array([boxes[g, 2].max() - boxes[g, 0].min() for g in groups])
+        pieces = []
+        for group, tall in zip(groups, group_height):
+            if area[group].sum() < s.min_piece * biggest or tall < layout.min_height * height:
+                continue
+            top, left = boxes[group, 0].min(), boxes[group, 1].min()
+            bottom, right = boxes[group, 2].max(), boxes[group, 3].max()
+            piece = np.where(blobs.mask(group, ink.shape), ink, 0.0)[top:bottom, left:right]
+            for offset, part in cut_touching(piece, int(group_height.max()), layout):
+                rows, cols = np.flatnonzero(part.any(1)), np.flatnonzero(part.any(0))
+                pieces.append((part, (left + offset + int(cols[0]), top + int(rows[0]),
+                                      left + offset + int(cols[-1]) + 1, top + int(rows[-1]) + 1)))
+        if pieces:
+            page.append(pieces)
+    return page
+
+
+def find_lines(kept: np.ndarray, boxes: np.ndarray, layout: Layout = LAYOUT) -> list[np.ndarray]:
+    """Indices of the blobs on each written line, lines top to bottom. The tallest blobs found the
+    lines' bands; a blob joins the band holding the most of its height, if that is `same_line` of it."""
+    heights = boxes[:, 2] - boxes[:, 0]
+    bands: list[tuple[int, int, list[int]]] = []  # top, bottom, blobs
+    for i in kept[np.argsort(-heights[kept], kind="stable")]:
+        top, bottom = boxes[i, 0], boxes[i, 2]
+        overlaps = [min(bottom, b) - max(top, t) for t, b, _ in bands]
+        best = int(np.argmax(overlaps)) if overlaps else -1
+        if best >= 0 and overlaps[best] >= layout.same_line * (bottom - top):
+            bands[best][2].append(int(i))
+        else:
+            bands.append((top, bottom, [int(i)]))
+    bands.sort(key=lambda band: band[0] + band[1])
+    return [np.array(members) for _, _, members in bands]
+
+
+def line_groups(line: np.ndarray, boxes: np.ndarray, area: np.ndarray, height: int,
+                layout: Layout = LAYOUT) -> list[list[int]]:
+    """The blobs of one line grouped into digits, left to right: a short blob under or over the last
+    group is a piece of its digit (the bar of a 5), then loose strokes join their neighbours."""
+    groups: list[list[int]] = []
+    for i in line[np.argsort(boxes[line, 1], kind="stable")]:
+        if groups:
+            group = groups[-1]
+            g_box = [boxes[group, 0].min(), boxes[group, 1].min(), boxes[group, 2].max(), boxes[group, 3].max()]
+            overlap = min(boxes[i, 3], g_box[3]) - max(boxes[i, 1], g_box[1])
+            short = min(boxes[i, 2] - boxes[i, 0], g_box[2] - g_box[0]) < layout.short * height
+            if short and overlap >= layout.stacked * min(boxes[i, 3] - boxes[i, 1], g_box[3] - g_box[1]):
+                group.append(int(i))
+                continue
+        groups.append([int(i)])
+    return attach_short(groups, boxes, area, height, layout)
+
+
+def attach_short(groups: list[list[int]], boxes: np.ndarray, area: np.ndarray, height: int,
+                 layout: Layout = LAYOUT) -> list[list[int]]:
+    """Loose pieces (short, and with less ink than `loose_ink` of a typical digit: a stroke that came
+    loose, the bar of a 5) join the nearest group at most `loose_gap` line heights away instead of
+    being read as digits. A small but whole digit (a flat 5) has the ink."""
+    def span(group: list[int]) -> tuple[int, int, int]:
+        return boxes[group, 1].min(), boxes[group, 3].max(), boxes[group, 2].max() - boxes[group, 0].min()
+
+    typical = np.median([area[g].sum() for g in groups])
+    k = 0
+    while k < len(groups) and len(groups) > 1:
+        left, right, tall = span(groups[k])
+        if tall >= layout.short * height or area[groups[k]].sum() >= layout.loose_ink * typical:
+            k += 1
+            continue
+        gaps = [(left - span(groups[k - 1])[1], k - 1) if k > 0 else (np.inf, -1),
+                (span(groups[k + 1])[0] - right, k + 1) if k + 1 < len(groups) else (np.inf, -1)]
+        gap, other = min(gaps)
+        if gap > layout.loose_gap * height:
+            k += 1
+            continue
+        groups[other].extend(groups.pop(k))
+        k = max(0, min(k, other) - 1) if other < k else k  # the merged group may now be tall: look again
+    return groups
+
+
+def cut_touching(piece: np.ndarray, height: int, layout: Layout = LAYOUT) -> list[tuple[int, np.ndarray]]:
+    """(column offset, ink) of each digit in `piece`. A piece wider than `touching` line heights is
+    touching digits: cut into round(width / (`digit_width` x height)) parts at the columns of least
+    ink near the even cut positions."""
+    w = piece.shape[1]
+    count = round(w / (layout.digit_width * height)) if w > layout.touching * height else 1
+    if count <= 1:
+        return [(0, piece)]
+    profile = piece.sum(0)
+    cuts = [0]
+    for k in range(1, count):
+        centre, reach = k * w // count, max(1, w // (3 * count))
+        lo, hi = max(cuts[-1] + 1, centre - reach), min(w - 1, centre + reach)
+        cuts.append(lo + int(np.argmin(profile[lo:hi])) if hi > lo else centre)
+    cuts.append(w)
+    parts = [(a, piece[:, a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+    return [(a, p) for a, p in parts if (p > 0).any()]

@@ -1,0 +1,79 @@
+"""Page layout on real MNIST test digits printed on paper: lines top to bottom, digits left to right, boxes."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from digitpi import layout, preprocess
+
+
+def page(digits: list[list[np.ndarray]], size: int = 112, gap: int = 40, margin: int = 60) -> tuple[bytes, list]:
+    """PNG of test digits printed dark on white paper, one row per list, `size` px each and `gap`
+    apart; and the box (left, top, right, bottom) of each digit's ink, as printed."""
+    rows, cols = len(digits), max(len(row) for row in digits)
+    width, height = 2 * margin + cols * (size + gap), 2 * margin + rows * (size + gap)
+    paper = np.full((height, width), 255, np.uint8)
+    boxes = []
+    for r, row in enumerate(digits):
+        line = []
+        for c, digit in enumerate(row):
+            big = np.asarray(Image.fromarray(digit).resize((size, size), Image.BICUBIC))
+            top, left = margin + r * (size + gap), margin + c * (size + gap)
+            paper[top:top + size, left:left + size] = np.minimum(paper[top:top + size, left:left + size], 255 - big)
+            ys, xs = np.nonzero(big > 127)
+            line.append((left + xs.min(), top + ys.min(), left + xs.max() + 1, top + ys.max() + 1))
+        boxes.append(line)
+    buffer = io.BytesIO()
+    Image.fromarray(paper).save(buffer, format="PNG")
+    return buffer.getvalue(), boxes
+
+
+def test_two_lines_in_order_with_boxes(mnist_test) -> None:
+    images, _ = mnist_test
+    written = [[images[0], images[1], images[2]], [images[3], images[4]]]
+    picture, boxes = page(written)
+    lines = layout.read_page(picture)
+    assert [len(line) for line in lines] == [3, 2]
+    for line, expected in zip(lines, boxes):
+        for digit, (left, top, right, bottom) in zip(line, expected):
+            assert digit.image.shape == (28, 28) and digit.image.dtype == np.uint8
+            # the box holds the digit's ink (to within the grey fringe a threshold leaves)
+            assert np.allclose(digit.box, (left, top, right, bottom), atol=6), (digit.box, (left, top, right, bottom))
+    assert np.array_equal(layout.split_digits(picture)[3], lines[1][0].image)  # reading order: line by line
+
+
+def test_boxes_are_in_the_pictures_own_pixels(mnist_test) -> None:
+    """A page stored turned (EXIF orientation 6) and large: boxes are where the viewer sees the digits."""
+    images, _ = mnist_test
+    picture, boxes = page([[images[0], images[1]]], size=400, gap=200, margin=300)
+    upright = Image.open(io.BytesIO(picture))
+    exif = Image.Exif()
+    exif[preprocess.EXIF_ORIENTATION] = 6  # rotate 90 degrees clockwise to view
+    buffer = io.BytesIO()
+    upright.transpose(Image.Transpose.ROTATE_90).save(buffer, format="JPEG", quality=95, exif=exif.tobytes())
+    lines = layout.read_page(buffer.getvalue())
+    assert [len(line) for line in lines] == [2]
+    for digit, expected in zip(lines[0], boxes[0]):
+        assert np.allclose(digit.box, expected, atol=12), (digit.box, expected)
+
+
+def test_a_line_of_specks_is_not_a_line(mnist_test) -> None:
+    images, _ = mnist_test
+    picture, _ = page([[images[0], images[1]]])
+    paper = np.asarray(Image.open(io.BytesIO(picture))).copy()
+    paper[20:24, 60:64] = 0  # dust above the line
+    paper[-24:-20, 200:203] = 0  # and below it
+    buffer = io.BytesIO()
+    Image.fromarray(paper).save(buffer, format="PNG")
+    assert [len(line) for line in layout.read_page(buffer.getvalue())] == [2]
+
+
+def test_blank_page_names_its_source() -> None:
+    buffer = io.BytesIO()
+    Image.new("L", (200, 100), 255).save(buffer, format="PNG")
+    with pytest.raises(preprocess.NoDigitError, match="^page.png: no digit found"):
+        layout.read_page(buffer.getvalue(), name="page.png")
