@@ -63,6 +63,10 @@ class Config:
     translate: float = 2.0  # augmentation: max shift in pixels
     rotate: float = 10.0  # augmentation: max rotation in degrees
     scale: float = 0.1  # augmentation: max relative zoom (0.1 = +-10 %)
+    thickness: float = 0.0  # augmentation: max stroke thickening, as a fraction of one 3x3 dilation
+    aspect: float = 0.0  # augmentation: max relative stretch of width against height
+    shear: float = 0.0  # augmentation: max shear, degrees
+    elastic: float = 0.0  # augmentation: max displacement of a smooth random warp, pixels
     val_split: float = 0.1  # fraction of training images held out for validation (0: none)
     seed: int = 0  # data order, augmentation, initialisation and the validation split
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda

@@ -36,19 +36,32 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 
 def augment(x: torch.Tensor, cfg: Config, gen: torch.Generator) -> torch.Tensor:
-    """Random shift, rotation and zoom of a whole batch with one affine grid (no per-image Python)."""
+    """A whole batch changed as handwriting and cameras change digits, with no per-image Python: the
+    stroke thickened or thinned, then shifted, rotated, zoomed, stretched, sheared and (`elastic`)
+    warped by one sampling grid. Every amount is uniform in +-the config's maximum."""
     n = x.shape[0]
 
     def uniform(*shape: int) -> torch.Tensor:
         return (torch.rand(*shape, generator=gen, device=gen.device) * 2 - 1).to(x.device)
 
+    if cfg.thickness:  # towards a 3x3 dilation (thicker) or, by half as much at most, a 3x3 erosion
+        amount = uniform(n, 1, 1, 1) * cfg.thickness
+        thicker, thinner = F.max_pool2d(x, 3, 1, 1), -F.max_pool2d(-x, 3, 1, 1)
+        x = torch.where(amount > 0, x + amount * (thicker - x), x + amount / 2 * (x - thinner))
     angle = uniform(n) * math.radians(cfg.rotate)
     zoom = 1 + uniform(n) * cfg.scale
+    ones = torch.ones(n, device=x.device)  # an amount of 0 draws no random numbers: same stream as without it
+    aspect = torch.exp(uniform(n) * math.log1p(cfg.aspect)) if cfg.aspect else ones  # width against height
+    shear = torch.tan(uniform(n) * math.radians(cfg.shear)) if cfg.shear else 0 * ones
     shift = uniform(n, 2) * (2 * cfg.translate / contract.IMAGE_SIZE)  # grid units: 2 = whole image
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
-                         torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    # input position = rotation / zoom @ [[1 / aspect, shear * aspect], [0, aspect]] @ output position + shift
+    theta = torch.stack([torch.stack([cos / aspect, (cos * shear - sin) * aspect, shift[:, 0]], 1),
+                         torch.stack([sin / aspect, (sin * shear + cos) * aspect, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    if cfg.elastic:  # a smooth random displacement: coarse noise, bicubic-upsampled, in grid units
+        coarse = uniform(n, 2, 4, 4) * (2 * cfg.elastic / contract.IMAGE_SIZE)
+        grid = grid + F.interpolate(coarse, size=x.shape[-2:], mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
     return F.grid_sample(x, grid, align_corners=False)
 
 
@@ -137,7 +150,7 @@ def train(cfg: Config, on_epoch_end: EpochHook | None = None, progress: bool = T
     opt = make_optimizer(model, cfg)
     base_lrs = [g["lr"] for g in opt.param_groups]
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    augmenting = cfg.translate or cfg.rotate or cfg.scale
+    augmenting = any((cfg.translate, cfg.rotate, cfg.scale, cfg.thickness, cfg.aspect, cfg.shear, cfg.elastic))
 
     n = len(x_train)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
