@@ -10,7 +10,7 @@ import pytest
 from digitpi.cli import build_parser, main
 
 COMMANDS = ["data", "summary", "train", "evaluate", "compare", "export", "serve", "predict", "import-keras",
-            "bench train", "bench infer", "bench serve", "bench preprocess"]
+            "bench train", "bench infer", "bench serve", "bench preprocess", "bench wild"]
 
 
 def test_every_command_is_listed() -> None:

@@ -84,11 +84,70 @@ def test_multi_reads_a_row(exported_dir, mnist_test, sure_digits, tmp_path, caps
     row.write_bytes(next(render(strip[None], Variant(canvas=(1100, 300), scale=(5.0, 6.0)), rng)))
     assert main(["predict", "--model", str(exported_dir), str(row), "--multi", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)[0]
-    assert result["digits"] == "".join(str(labels[i]) for i in pick)
-    assert len(result["per_digit"]) == 4 and 0 < result["probability"] <= min(
-        d["probability"] for d in result["per_digit"])
+    assert result["text"] == "".join(str(labels[i]) for i in pick)
+    [line] = result["lines"]
+    assert line["text"] == result["text"] and len(line["digits"]) == 4
+    assert 0 < result["probability"] == line["probability"] <= min(d["probability"] for d in line["digits"])
+    lefts = [d["box"][0] for d in line["digits"]]
+    assert lefts == sorted(lefts) and all(0 <= d["box"][0] < d["box"][2] <= 1100 for d in line["digits"])
     assert main(["predict", "--model", str(exported_dir), str(row), "--multi"]) == 0
-    assert capsys.readouterr().out.startswith(f"{row}: {result['digits']} (")
+    assert capsys.readouterr().out.startswith(f"{row}: {result['text']} (")
+
+
+def two_line_page(images: np.ndarray, lines: list[list[int]], path: Path) -> Path:
+    """Test digits printed dark on white paper, one written line per list, 150 px a digit."""
+    page = Image.new("L", (200 * max(map(len, lines)) + 100, 220 * len(lines) + 100), 255)
+    for row, picks in enumerate(lines):
+        for k, i in enumerate(picks):
+            big = Image.fromarray(255 - images[i]).resize((150, 150), Image.BICUBIC)
+            page.paste(big, (60 + 200 * k, 60 + 220 * row))
+    page.save(path)
+    return path
+
+
+def test_multi_reads_a_page_line_by_line(exported_dir, mnist_test, sure_digits, tmp_path, capsys):
+    images, labels = mnist_test
+    lines = [sure_digits[6:10], sure_digits[10:13]]
+    page = two_line_page(images, lines, tmp_path / "page.png")
+    assert main(["predict", "--model", str(exported_dir), str(page), "--multi", "--json", "--top", "2"]) == 0
+    [result] = json.loads(capsys.readouterr().out)
+    expected = ["".join(str(labels[i]) for i in picks) for picks in lines]
+    assert result["text"] == "\n".join(expected) and [line["text"] for line in result["lines"]] == expected
+    for row, line in enumerate(result["lines"]):
+        for k, digit in enumerate(line["digits"]):
+            assert set(digit) == {"digit", "probability", "top", "box"} and len(digit["top"]) == 2
+            left, top, right, bottom = digit["box"]  # inside the 150-px square the digit was printed in
+            assert 60 + 200 * k <= left < right <= 210 + 200 * k and 60 + 220 * row <= top < bottom <= 210 + 220 * row
+    assert main(["predict", "--model", str(exported_dir), str(page), "--multi"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{page}: {text} ({100 * line['probability']:.1f} %)  per digit: "
+        + ", ".join(f"{d['digit']} {100 * d['probability']:.1f} %" for d in line["digits"])
+        for text, line in zip(expected, result["lines"])]
+
+
+def test_every_picture_gets_an_answer(exported_dir, mnist_test, sure_digits, tmp_path, capsys):
+    """A blank page and a non-image in the middle of a batch: every good file is answered, in order,
+    each failure gets its own line (or JSON record), and the exit status says something failed."""
+    images, labels = mnist_test
+    good = [scan(images[i], tmp_path / f"{i}.png") for i in sure_digits[:2]]
+    blank = tmp_path / "blank.png"
+    Image.new("L", (300, 200), 255).save(blank)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a picture\n")
+    files = [str(good[0]), str(blank), str(notes), str(good[1])]
+    assert main(["predict", "--model", str(exported_dir), *files, "--json"]) == 2
+    records = json.loads(capsys.readouterr().out)
+    assert [r["image"] for r in records] == files
+    assert [r.get("digit") for r in records] == [labels[sure_digits[0]], None, None, labels[sure_digits[1]]]
+    assert "no digit found" in records[1]["error"] and "not an image" in records[2]["error"]
+    saved = tmp_path / "seen.png"
+    assert main(["predict", "--model", str(exported_dir), *files, "--save-input", str(saved)]) == 2
+    captured = capsys.readouterr()
+    assert [line.split(" (")[0] for line in captured.out.splitlines()] == [
+        f"{good[0]}: {labels[sure_digits[0]]}", f"{good[1]}: {labels[sure_digits[1]]}"]
+    assert captured.err.splitlines() == [f"digitpi: error: {blank}: no digit found (the image is blank)",
+                                         f"digitpi: error: {notes}: not an image (no known image format)"]
+    assert np.asarray(Image.open(saved)).shape == (28, 56)  # the two digits that were read
 
 
 def truncated_png(tmp_path: Path, mnist_test) -> Path:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digitpi import serve
+from digitpi import reading
 from digitpi.bench.server import launch
 
 PICKS = np.arange(0, 10_000, 157)  # 64 test digits spread over the whole test set
@@ -57,9 +57,8 @@ def classifier(fast_export):
 
 def runtime_reading(classifier, data: bytes) -> tuple[np.ndarray, int, np.ndarray]:
     """What the runtime alone makes of an upload: (28x28 model input, digit, probabilities)."""
-    (image,) = serve.read_images(data, multi=False)
-    labels, probabilities = classifier.predict(image[None])
-    return image, int(labels[0]), probabilities[0]
+    (digit,) = reading.read(classifier, data).digits
+    return digit.image, digit.index, digit.probabilities
 
 
 def assert_still_serving(client, mnist_test):
@@ -91,21 +90,27 @@ def test_predictions_match_runtime_on_mnist_png(client, classifier, mnist_test):
     assert np.mean(np.array(digits) == labels[PICKS]) >= 0.95  # a trained model reads real digits
 
 
-def test_multi_reads_digits_left_to_right(client, classifier, mnist_test):
+def test_multi_reads_a_page_line_by_line(client, classifier, mnist_test):
+    """Two written lines: the answer holds them top to bottom, each digit with its box, as the runtime reads them."""
     images, labels = mnist_test
-    picks = [3, 2, 1, 18]  # four test digits the trained model reads correctly on their own
-    row = np.zeros((40, 40 * len(picks)), np.uint8)
-    for k, i in enumerate(picks):
-        row[6:34, 40 * k + 6:40 * k + 34] = images[i]
-    data = png(row)
+    lines = [[3, 2, 1], [18, 4]]  # test digits the trained model reads correctly on their own
+    page = np.zeros((100, 40 * 3), np.uint8)
+    for row, picks in enumerate(lines):
+        for k, i in enumerate(picks):
+            page[6 + 50 * row:34 + 50 * row, 40 * k + 6:40 * k + 34] = images[i]
+    data = png(page)
     r = client.post("/predict?multi=1", content=data, headers={"Content-Type": "image/png"})
     assert r.status_code == 200, r.text
     answer = r.json()
-    reference = serve.readings(classifier, serve.read_images(data, multi=True))
-    assert answer["text"] == "".join(str(x.digit) for x in reference)
-    assert answer["text"] == "".join(str(labels[i]) for i in picks)
-    assert [d["digit"] for d in answer["digits"]] == [int(labels[i]) for i in picks]
-    assert all(len(d["probabilities"]) == 10 for d in answer["digits"])
+    assert answer["text"] == "\n".join("".join(str(labels[i]) for i in picks) for picks in lines)
+    assert answer["text"] == reading.read(classifier, data, page=True).text
+    assert [line["text"] for line in answer["lines"]] == answer["text"].split("\n")
+    for row, (line, picks) in enumerate(zip(answer["lines"], lines)):
+        assert [d["digit"] for d in line["digits"]] == [int(labels[i]) for i in picks]
+        for k, d in enumerate(line["digits"]):
+            left, top, right, bottom = d["box"]  # within the 28x28 cell the digit was pasted in
+            assert 40 * k + 6 <= left < right <= 40 * k + 34 and 6 + 50 * row <= top < bottom <= 34 + 50 * row
+            assert len(d["probabilities"]) == 10
 
 
 def test_model_health_and_openapi(client, classifier):

@@ -164,61 +164,81 @@ def cmd_serve(args: argparse.Namespace) -> None:
                                   backend=args.backend), log_level=args.log_level)
 
 
-def cmd_predict(args: argparse.Namespace) -> None:
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Answer every picture, in order: a reading, or a one-line error (and carry on). Exit 2 if any failed."""
     import io
 
     import numpy as np
     from PIL import Image
 
-    from digitpi import data, layout, preprocess, runtime
+    from digitpi import data, preprocess, reading, runtime
 
     if args.top < 1:
         fail(f"--top must be at least 1, got {args.top}")
     if args.images.count("-") > 1:
         fail(f"{STDIN} (-) can be read only once")
     classifier = runtime.Classifier.load(args.model, **({"precision": args.precision} if args.precision else {}))
-
-    def read(image: str) -> list[np.ndarray]:
-        source, name = (sys.stdin.buffer.read(), STDIN) if image == "-" else (image, None)
-        return layout.split_digits(source, name=name) if args.multi else [preprocess.to_mnist(source, name=name)]
-
-    inputs = [read(image) for image in args.images]  # all, before any output
-    labels, probabilities = classifier.predict(np.stack([digit for digits in inputs for digit in digits]))
-    top = min(args.top, probabilities.shape[1])
-    results, i = [], 0
-    for name, digits in zip(args.images, inputs):
-        readings = [{"digit": int(labels[j]), "probability": round(float(probabilities[j, labels[j]]), 6),
-                     "top": [{"digit": int(k), "probability": round(float(probabilities[j, k]), 6)}
-                             for k in np.argsort(-probabilities[j], kind="stable")[:top]]}
-                    for j in range(i, i + len(digits))]
-        i += len(digits)
-        if args.multi:
-            results.append({"image": name, "digits": "".join(classifier.classes[r["digit"]] for r in readings),
-                            "probability": round(float(np.prod([r["probability"] for r in readings])), 6),
-                            "per_digit": readings})
-        else:
-            results.append({"image": name, **readings[0]})
-    if args.save_input:  # the 28x28 images the model saw, side by side, written atomically
-        strip = np.concatenate([digit for digits in inputs for digit in digits], axis=1)
+    top = min(args.top, len(classifier.classes))
+    records, seen, failed = [], [], 0
+    for image in args.images:
+        source = sys.stdin.buffer.read() if image == "-" else image
+        try:  # name "": messages without the picture's name, which is printed (or recorded) beside them
+            page = reading.read(classifier, source, page=args.multi, name="")
+        except preprocess.ImageError as e:
+            failed += 1
+            records.append({"image": image, "error": str(e)})
+            if not args.json:
+                sys.stdout.flush()
+                print(f"digitpi: error: {STDIN if image == '-' else image}: {e}", file=sys.stderr, flush=True)
+            continue
+        seen += [digit.image for digit in page.digits]
+        records.append(page_record(image, page, top) if args.multi else {"image": image, **digit_record(
+            page.digits[0], top)})
+        if not args.json:
+            print(format_reading(image, page, top, args.multi), flush=True)
+    if args.save_input and seen:  # the 28x28 images the model saw, side by side, written atomically
         buffer = io.BytesIO()
-        Image.fromarray(strip, "L").save(buffer, format="PNG")
+        Image.fromarray(np.concatenate(seen, axis=1), "L").save(buffer, format="PNG")
         data.write_atomic(Path(args.save_input), buffer.getvalue())
     if args.json:
-        print(json.dumps(results, indent=2))
-        return
+        print(json.dumps(records, indent=2))
+    return 2 if failed else 0
+
+
+def digit_record(digit, top: int) -> dict:
+    """A digit as `predict --json` prints it: digit, probability, the top classes, and its box if it has one."""
+    def named(label: str) -> int | str:  # digits as numbers, as they always were; other classes by name
+        return int(label) if label.isdigit() else label
+
+    record = {"digit": named(digit.label), "probability": round(digit.probability, 6),
+              "top": [{"digit": named(label), "probability": round(p, 6)} for label, p in digit.top(top)]}
+    return record | ({"box": list(digit.box)} if digit.box is not None else {})
+
+
+def page_record(image: str, page, top: int) -> dict:
+    """A page as `predict --multi --json` prints it: its text, then lines of digits with their boxes."""
+    from digitpi.reading import line_probability, line_text
+
+    return {"image": image, "text": page.text, "probability": round(line_probability(page.digits), 6),
+            "lines": [{"text": line_text(line), "probability": round(line_probability(line), 6),
+                       "digits": [digit_record(digit, top) for digit in line]} for line in page.lines]}
+
+
+def format_reading(image: str, page, top: int, multi: bool) -> str:
+    """Text output: `photo.png: 7 (98.1 %)  top 3: ...`, or with --multi one output line per written line."""
+    from digitpi.reading import line_probability, line_text
+
+    name = STDIN if image == "-" else image
 
     def percent(p: float) -> str:
         return f"{100 * p:.1f} %"
 
-    for result in results:
-        if args.multi:
-            each = ", ".join(f"{classifier.classes[r['digit']]} {percent(r['probability'])}"
-                             for r in result["per_digit"])
-            print(f"{result['image']}: {result['digits']} ({percent(result['probability'])})  per digit: {each}")
-        else:
-            others = ", ".join(f"{classifier.classes[t['digit']]} {percent(t['probability'])}" for t in result["top"])
-            print(f"{result['image']}: {classifier.classes[result['digit']]} ({percent(result['probability'])})"
-                  + (f"  top {top}: {others}" if top > 1 else ""))
+    if not multi:
+        digit = page.digits[0]
+        others = ", ".join(f"{i} {percent(p)}" for i, p in digit.top(top))
+        return f"{name}: {digit.label} ({percent(digit.probability)})" + (f"  top {top}: {others}" if top > 1 else "")
+    return "\n".join(f"{name}: {line_text(line)} ({percent(line_probability(line))})  per digit: "
+                     + ", ".join(f"{d.label} {percent(d.probability)}" for d in line) for line in page.lines)
 
 
 def cmd_import_keras(args: argparse.Namespace) -> None:
@@ -306,7 +326,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=3, help="how many most likely digits to list (default: 3)")
     p.add_argument("--save-input", metavar="FILE.png",
                    help="write the 28x28 image(s) the model saw, side by side, to this PNG")
-    p.add_argument("--multi", action="store_true", help="each image holds a row of digits: read them as a string")
+    p.add_argument("--multi", action="store_true",
+                   help="each image holds several digits (a row, a page): read them line by line, with their boxes")
     p.add_argument("--precision", choices=PRECISIONS, help="which exported model to run (default: the runtime's)")
     p.set_defaults(func=cmd_predict)
 
@@ -331,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except UserError as e:
         print(f"digitpi: error: {e}", file=sys.stderr)
         return 2
@@ -343,7 +364,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    return 0
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from digitpi import UserError, layout, preprocess
+from digitpi import UserError, preprocess, reading
 from digitpi.runtime import Classifier
 
 API_VERSION = "1"  # of the HTTP API below (OpenAPI info.version): changes when a route or a field does
@@ -74,9 +74,19 @@ class Prediction(Reading):
     timing: Timing
 
 
+class PlacedReading(Reading):
+    box: list[int] = Field(description="where the digit is: left, top, right, bottom (exclusive) in the pixels of "
+                                       "the picture as sent, upright (EXIF orientation applied)")
+
+
+class Line(BaseModel):
+    text: str = Field(description="the digits of one written line, left to right")
+    digits: list[PlacedReading]
+
+
 class MultiPrediction(BaseModel):
-    text: str = Field(description="the digits read left to right")
-    digits: list[Reading]
+    text: str = Field(description="the digits read, one written line per text line")
+    lines: list[Line] = Field(description="the written lines, top to bottom")
     timing: Timing
 
 
@@ -101,21 +111,20 @@ def png_data_url(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def read_images(data: bytes, multi: bool) -> list[np.ndarray]:
-    """Decode an upload into the 28x28 uint8 array(s) the model sees; bad images become ApiErrors:
+def look(data: bytes, multi: bool) -> list[list[tuple[np.ndarray, reading.Box | None]]]:
+    """Decode an upload into what the model sees (`reading.look`); bad images become ApiErrors:
     422 when the picture is readable but holds no digit, 415 when it is not a picture at all."""
     try:
-        image = preprocess.load_image(data)
-        return layout.split_digits(image) if multi else [preprocess.to_mnist(image)]
+        return reading.look(data, page=multi)
     except preprocess.ImageError as e:  # unnamed: the upload is the only picture of its request
         raise ApiError(422 if isinstance(e, preprocess.NoDigitError) else 415, str(e)) from None
 
 
-def readings(classifier, images: list[np.ndarray]) -> list[Reading]:
-    labels, probabilities = classifier.predict(np.stack(images))
-    return [Reading(digit=int(label), confidence=float(p[label]), probabilities=[round(float(x), 6) for x in p],
-                    input_png=png_data_url(image))
-            for label, p, image in zip(labels, probabilities, images)]
+def answer(digit: reading.Digit) -> dict:
+    """A digit as the API answers it (the fields of `Reading`, and `box` when it has one)."""
+    fields = {"digit": digit.index, "confidence": digit.probability, "input_png": png_data_url(digit.image),
+              "probabilities": [round(float(p), 6) for p in digit.probabilities]}
+    return fields | ({"box": list(digit.box)} if digit.box is not None else {})
 
 
 # ---------------------------------------------------------------- HTTP
@@ -247,26 +256,26 @@ def create_app(classifier, limit: int = MAX_BODY_BYTES) -> FastAPI:
     async def model():
         return card
 
-    @app.post("/predict", summary="read a digit (or with ?multi=1 several) from an image",
+    @app.post("/predict", summary="read a digit, or with ?multi=1 every digit of a page, line by line",
               response_model=Prediction | MultiPrediction, responses=ERRORS, openapi_extra=PREDICT_BODY)
     async def predict(request: Request, multi: bool = False):
         start = time.perf_counter()
         data = await read_upload(request)
 
         def work():
-            images = read_images(data, multi)
-            if not images:
-                raise ApiError(422, "no digit found in the image")
+            seen = look(data, multi)
             decoded = time.perf_counter()
-            result = readings(classifier, images)
-            return result, decoded, time.perf_counter()
+            page = reading.classify(classifier, seen)
+            return page, decoded, time.perf_counter()
 
-        result, decoded, done = await run_in_threadpool(work)
+        page, decoded, done = await run_in_threadpool(work)
         timing = Timing(decode_ms=round(1000 * (decoded - start), 3), model_ms=round(1000 * (done - decoded), 3),
                         total_ms=round(1000 * (time.perf_counter() - start), 3))
         if multi:
-            return MultiPrediction(text="".join(str(r.digit) for r in result), digits=result, timing=timing)
-        return Prediction(**result[0].model_dump(), timing=timing)
+            lines = [Line(text=reading.line_text(line), digits=[PlacedReading(**answer(d)) for d in line])
+                     for line in page.lines]
+            return MultiPrediction(text=page.text, lines=lines, timing=timing)
+        return Prediction(**answer(page.digits[0]), timing=timing)
 
     return BodyLimit(app, limit) if limit else app
 

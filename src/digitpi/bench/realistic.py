@@ -1,10 +1,12 @@
-"""Real MNIST test digits made to look like photos and scans of handwriting (numpy + Pillow only).
+"""Real MNIST test digits made to look like photos and scans of handwriting (numpy + Pillow; the thin
+pen also scikit-image).
 
-Each digit is printed as dark ink on paper: scaled up to a couple of hundred pixels, placed
-off-centre with wide margins, slightly rotated, on grey or unevenly lit paper (a gradient and a
-soft shadow edge), with sensor noise, then JPEG-compressed. The preprocessing has to undo all
-of it to get back an MNIST-framed 28x28 image. `variant_accuracy` and `read_rows` measure that,
-for the tests' thresholds and for benchmarks/preprocess_accuracy.py (the README's numbers) alike.
+Each digit is printed as dark ink on paper: scaled up to a couple of hundred pixels (or redrawn
+with a thin pen at a larger size), placed off-centre with wide margins, slightly rotated, on grey
+or unevenly lit paper (a gradient and a soft shadow edge), with sensor noise, then JPEG-compressed.
+The preprocessing has to undo all of it to get back an MNIST-framed 28x28 image. `variant_accuracy`
+and `read_rows` measure that, for the tests' thresholds and for benchmarks/preprocess_accuracy.py
+(the README's numbers) alike.
 Measurement code, not a benchmark command: `digitpi bench` lists only the modules in BENCHMARKS.
 """
 
@@ -31,6 +33,7 @@ class Variant:
     shadow: float = 0.0  # max darkening by a soft-edged shadow, fraction
     noise: float = 2.0  # sensor noise, grey levels (standard deviation)
     quality: tuple[int, int] = (85, 95)  # JPEG quality range
+    pen: tuple[int, int] = (0, 0)  # redraw the digit's centre line with a pen this many px wide (0: as printed)
 
 
 VARIANTS = {
@@ -39,6 +42,8 @@ VARIANTS = {
     # A phone photo: grey paper, faint ink, tilted, noisy, stronger compression.
     "photo": Variant(scale=(5.0, 9.0), rotate=8.0, paper=(140.0, 200.0), ink=(0.2, 0.5), noise=5.0,
                      quality=(60, 85)),
+    # A thin pen on a large canvas or page: the digit's centre line, 1-2 px wide, 10-16x enlarged.
+    "thin pen": Variant(canvas=(512, 512), scale=(10.0, 16.0), pen=(1, 2)),
     # Uneven light: a gradient across the page and a shadow edge, tilted, compressed.
     "shadow": Variant(rotate=5.0, paper=(170.0, 240.0), ink=(0.1, 0.4), gradient=0.4, shadow=0.4,
                       noise=4.0, quality=(65, 90)),
@@ -55,6 +60,8 @@ def render(digits: np.ndarray, variant: Variant, rng: np.random.Generator) -> It
         angle = rng.uniform(-variant.rotate, variant.rotate)
         h, w = digit.shape
         big = Image.fromarray(digit).resize((round(w * scale), round(h * scale)), Image.BICUBIC)
+        if variant.pen[1]:
+            big = Image.fromarray(pen_line(np.asarray(big), int(rng.integers(*variant.pen, endpoint=True))))
         if angle:
             big = big.rotate(angle, resample=Image.BILINEAR, expand=True)
         big = np.asarray(big, dtype=np.float32)[:height, :width] / 255
@@ -70,6 +77,16 @@ def render(digits: np.ndarray, variant: Variant, rng: np.random.Generator) -> It
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "L").save(
             buffer, format="JPEG", quality=int(rng.integers(*variant.quality, endpoint=True)))
         yield buffer.getvalue()
+
+
+def pen_line(big: np.ndarray, pen: int) -> np.ndarray:
+    """uint8 white on black: the centre line (skeleton) of the ink in `big`, redrawn `pen` (1 or 2) px wide."""
+    from skimage.morphology import skeletonize  # the PC side only: scikit-image comes with the test extra
+
+    line = skeletonize(big > 127)
+    if pen > 1:
+        line = line | np.roll(line, 1, 0) | np.roll(line, 1, 1) | np.roll(line, (1, 1), (0, 1))
+    return line.astype(np.uint8) * 255
 
 
 def lighting(xs: np.ndarray, ys: np.ndarray, variant: Variant, rng: np.random.Generator) -> np.ndarray:
