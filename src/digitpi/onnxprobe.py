@@ -159,6 +159,10 @@ def ask_new_interpreter(model: str) -> str | None:
 # ---------------------------------------------------------------- the question
 
 
+def onnxruntime_installed() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
 def problem(model: str | Path, model_sha256: str) -> str | None:
     """None when onnxruntime runs `model` on this machine; else one line saying why it cannot.
 

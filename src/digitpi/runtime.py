@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from digitpi import UserError
+from digitpi import UserError, onnxprobe
 from digitpi.contract import to_model_input
 from digitpi.exportdir import BACKENDS, CARD, CARD_FORMAT, DEFAULT_PRECISION, PRECISIONS, variant
 
 NUMPY_CHUNK = 128  # images per NumPy forward pass: bounds the im2col buffers to a few MB
+
+log = logging.getLogger(__name__)  # unconfigured, a warning prints as one line on stderr
 
 
 class ModelFileError(UserError):
@@ -187,11 +190,8 @@ class OnnxBackend:
 
 
 def onnxruntime_available() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Installed, found without importing it: an import can kill the process (see onnxprobe)."""
+    return onnxprobe.onnxruntime_installed()
 
 
 # ---------------------------------------------------------------- the classifier
@@ -215,8 +215,9 @@ class Classifier:
              threads: int = 1) -> Classifier:
         """Load an export folder after checking the card's SHA-256 of the file that will run.
 
-        `backend="auto"` takes onnxruntime when it is installed, else NumPy (which runs the fp32
-        weights whatever `precision` says, as it has no int8 kernels).
+        `backend="auto"` takes onnxruntime when it is installed and runs this file on this CPU, else
+        NumPy (which runs the fp32 weights whatever `precision` says, as it has no int8 kernels) and
+        logs one line saying why.
         """
         if precision not in PRECISIONS:
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -226,15 +227,18 @@ class Classifier:
         if not folder.is_dir():
             raise ModelFileError(f"no export folder {folder}")
         card = read_card(folder)
-        if backend == "auto":
-            backend = "onnxruntime" if onnxruntime_available() else "numpy"
-        if backend == "onnxruntime" and not onnxruntime_available():
-            raise UserError("onnxruntime is not installed: `pip install onnxruntime`, or use backend='numpy'")
-        chosen = variant(precision, backend)
+        if backend != "numpy":  # onnxruntime only after a child process has run this file here (onnxprobe)
+            chosen = variant(precision, "onnxruntime")
+            path = verified_file(folder, card, chosen.file)
+            problem = onnxprobe.problem(path, card["files"][chosen.file]["sha256"])
+            if problem is None:
+                return cls(card, OnnxBackend(path, threads), chosen.precision, chosen.backend)
+            if backend == "onnxruntime":
+                raise UserError(f"{problem}: use the NumPy backend (--backend numpy)")
+            log.warning("digitpi: %s: reading digits with the NumPy backend (fp32 weights)", problem)
+        chosen = variant(precision, "numpy")
         path = verified_file(folder, card, chosen.file)
-        if chosen.backend == "numpy":
-            return cls(card, NumpyBackend(path, card["layers"]), chosen.precision, chosen.backend)
-        return cls(card, OnnxBackend(path, threads), chosen.precision, chosen.backend)
+        return cls(card, NumpyBackend(path, card["layers"]), chosen.precision, chosen.backend)
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         """Raw scores (N, 10) for images as `predict` takes them."""
