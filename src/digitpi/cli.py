@@ -164,6 +164,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
                                   backend=args.backend), log_level=args.log_level)
 
 
+def cmd_service(args: argparse.Namespace) -> None:
+    from digitpi import service
+
+    service.run(args)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Answer every picture, in order: a reading, or a one-line error (and carry on). Exit 2 if any failed."""
     import io
@@ -318,6 +324,12 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="server log level (default: info; requests are not logged)")
     p.set_defaults(func=cmd_serve)
+
+    from digitpi import service  # the standard library only: cheap enough to build its flags every time
+
+    p = sub.add_parser("service", help="a systemd unit that starts `digitpi serve` at boot (print it, or --out FILE)")
+    service.add_arguments(p)
+    p.set_defaults(func=cmd_service)
 
     p = sub.add_parser("predict", help="read the digit in each image (photo, scan, drawing) with an exported model")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...); - reads standard input")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from digitpi import UserError
+from digitpi.exportdir import PRECISIONS
 
 UNIT_NAME = "digitpi.service"
 # `digitpi serve` with onnxruntime stays near 100 MB resident (95 MB measured on x86 after requests);
@@ -40,11 +41,16 @@ def command_line(executable: list[str], config: ServiceConfig) -> list[str]:
     return argv + (["--precision", config.precision] if config.precision else [])
 
 
+def plain(value: str) -> str:
+    """A value systemd takes literally but for its %-specifiers (WorkingDirectory=, User=)."""
+    if any(c in value for c in "\n\r\0"):
+        raise UserError(f"a systemd unit cannot hold {value!r}")
+    return value.replace("%", "%%")
+
+
 def quote(word: str) -> str:
-    """One word of ExecStart= as systemd reads it: %, $ and \\ escaped, quoted when it holds spaces or quotes."""
-    if any(c in word for c in "\n\r\0"):
-        raise UserError(f"a systemd unit cannot hold {word!r}")
-    word = word.replace("\\", "\\\\").replace("%", "%%").replace("$", "$$")
+    """One word of ExecStart= as systemd splits it: %, $ and \\ escaped, quoted when it holds spaces or quotes."""
+    word = plain(word).replace("\\", "\\\\").replace("$", "$$")
     if any(c in word for c in " \t\"'"):
         return '"' + word.replace('"', '\\"') + '"'
     return word
@@ -74,8 +80,8 @@ StartLimitIntervalSec=0
 
 [Service]
 Type=exec
-User={config.user}
-WorkingDirectory={quote(str(config.model_dir))}
+User={plain(config.user)}
+WorkingDirectory={plain(str(config.model_dir))}
 Environment=PYTHONUNBUFFERED=1
 ExecStart={exec_start}
 Restart=on-failure
@@ -84,7 +90,6 @@ MemoryHigh={MEMORY_HIGH}
 MemoryMax={MEMORY_MAX}
 NoNewPrivileges=yes
 ProtectSystem=full
-PrivateTmp=yes
 
 [Install]
 WantedBy=multi-user.target
@@ -106,7 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"address to listen on (default: {ServiceConfig.host}, every interface)")
     parser.add_argument("--port", type=int, default=ServiceConfig.port,
                         help=f"TCP port (default: {ServiceConfig.port})")
-    parser.add_argument("--precision", choices=["int8", "fp32"], help="which exported model to run (default: int8)")
+    parser.add_argument("--precision", choices=PRECISIONS, help="which exported model to run (default: the runtime's)")
     parser.add_argument("--out", metavar="FILE", help=f"write the unit here (e.g. /etc/systemd/system/{UNIT_NAME}) "
                                                       "instead of printing it")
 
