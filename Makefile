@@ -7,7 +7,7 @@ RUN ?= runs/default
 # The CPU build of torch; a bare `torch` requirement would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: main test install system-deps lint
+.PHONY: main test install system-deps lint pi-deps pi-test
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +25,11 @@ $(CORE_VENV)/.installed: pyproject.toml $(shell find src/digitpi -type f -not -p
 
 install: $(VENV)/.installed
 
-# Debian packages the tests use: Chromium for the browser test, Fashion-MNIST for the data layer.
+# Debian packages the tests use: Chromium for the browser test, Fashion-MNIST for the data layer,
+# systemd-analyze to verify the unit of `digitpi service`.
 system-deps:
-	@if [ ! -x /usr/bin/chromium ] || [ ! -d /usr/share/datasets/fashion-mnist ]; then \
-		apt-get update -q && apt-get install -y -q chromium dataset-fashion-mnist; fi
+	@if [ ! -x /usr/bin/chromium ] || [ ! -d /usr/share/datasets/fashion-mnist ] || [ ! -x /usr/bin/systemd-analyze ]; then \
+		apt-get update -q && apt-get install -y -q chromium dataset-fashion-mnist systemd; fi
 
 main: $(VENV)/.installed
 	$(VENV)/bin/digitpi train --out $(RUN)
@@ -37,3 +38,15 @@ main: $(VENV)/.installed
 test: $(VENV)/.installed $(CORE_VENV)/.installed system-deps
 	$(VENV)/bin/ruff check .
 	DIGITPI_CORE_PYTHON=$(CORE_VENV)/bin/python $(VENV)/bin/pytest -q
+
+# The Pi side on emulated ARM (README, "On the Raspberry Pi"): Debian bookworm arm64 and armhf userlands
+# run by qemu-user. Userlands and wheels are cached in PI_CACHE, keyed by what they hold; the model is
+# the `fast` recipe trained here, or DIGITPI_PI_MODEL=EXPORT_DIR.
+PI_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/digitpi/pi
+
+pi-deps:
+	@if ! command -v qemu-aarch64-static >/dev/null || ! command -v qemu-arm-static >/dev/null; then \
+		apt-get update -q && apt-get install -y -q qemu-user-static; fi
+
+pi-test: $(VENV)/.installed pi-deps
+	DIGITPI_PI_CACHE=$(PI_CACHE) $(VENV)/bin/pytest -q -p no:cacheprovider pi
