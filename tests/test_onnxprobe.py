@@ -32,7 +32,7 @@ def predict(env_extra: dict, model, picture_path, *flags) -> subprocess.Complete
                            str(picture_path)], capture_output=True, text=True, timeout=300, env=env)
 
 
-def test_onnxruntime_killed_at_import_falls_back_to_numpy_once_probed(exported_dir, picture, tmp_path):
+def test_onnxruntime_killed_at_import_falls_back_to_numpy_once_probed(fast_export, picture, tmp_path):
     killer = tmp_path / "site" / "onnxruntime"
     killer.mkdir(parents=True)
     (killer / "__init__.py").write_text(KILLER)
@@ -41,7 +41,7 @@ def test_onnxruntime_killed_at_import_falls_back_to_numpy_once_probed(exported_d
 
     path, label = picture
     for attempt in ("probed", "remembered"):
-        done = predict(env, exported_dir, path)
+        done = predict(env, fast_export, path)
         assert done.returncode == 0, (attempt, done.stderr)
         assert json.loads(done.stdout)[0]["digit"] == label
         warning = done.stderr.splitlines()
@@ -51,25 +51,25 @@ def test_onnxruntime_killed_at_import_falls_back_to_numpy_once_probed(exported_d
     assert answer["works"] is False and "SIGILL" in answer["reason"]
 
 
-def test_explicit_onnxruntime_that_cannot_run_is_one_line_error(exported_dir, tmp_path):
+def test_explicit_onnxruntime_that_cannot_run_is_one_line_error(fast_export, tmp_path):
     killer = tmp_path / "site" / "onnxruntime"
     killer.mkdir(parents=True)
     (killer / "__init__.py").write_text(KILLER)
     code = ("import sys\nfrom digitpi import UserError\nfrom digitpi.runtime import Classifier\n"
-            f"try:\n    Classifier.load({str(exported_dir)!r}, backend='onnxruntime')\n"
+            f"try:\n    Classifier.load({str(fast_export)!r}, backend='onnxruntime')\n"
             "except UserError as e:\n    print(e)\n    sys.exit(2)\n")
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 2 and "SIGILL" in done.stdout and "--backend numpy" in done.stdout, done
 
 
-def test_working_onnxruntime_is_used_and_remembered(exported_dir, mnist_test, tmp_path, monkeypatch):
+def test_working_onnxruntime_is_used_and_remembered(fast_export, mnist_test, tmp_path, monkeypatch):
     from digitpi import onnxprobe
     from digitpi.runtime import Classifier
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     images, labels = mnist_test
-    classifier = Classifier.load(exported_dir)
+    classifier = Classifier.load(fast_export)
     assert classifier.backend_name == "onnxruntime"
     assert (classifier.predict(images[:1000]).labels == labels[:1000]).mean() > 0.98
     [answer] = json.loads(onnxprobe.cache_path().read_text()).values()

@@ -28,25 +28,25 @@ def verify(systemd_analyze: str, unit: Path) -> subprocess.CompletedProcess:
     return subprocess.run([systemd_analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
 
 
-def test_unit_starts_serve_at_boot_and_verifies(systemd_analyze, exported_dir, tmp_path, capsys):
+def test_unit_starts_serve_at_boot_and_verifies(systemd_analyze, fast_export, tmp_path, capsys):
     unit = tmp_path / "digitpi.service"
-    argv = ["service", "--model", str(exported_dir), "--user", "pi", "--port", "8080", "--out", str(unit)]
+    argv = ["service", "--model", str(fast_export), "--user", "pi", "--port", "8080", "--out", str(unit)]
     assert cli.main(argv) == 0
     done = verify(systemd_analyze, unit)
     assert done.returncode == 0 and done.stderr == "", done.stderr
     lines = unit.read_text().splitlines()
     [exec_start] = [line for line in lines if line.startswith("ExecStart=")]
     digitpi = Path(sys.executable).with_name("digitpi")  # this venv's console script, absolute
-    assert exec_start == f"ExecStart={digitpi} serve --model {exported_dir} --host 0.0.0.0 --port 8080"
+    assert exec_start == f"ExecStart={digitpi} serve --model {fast_export} --host 0.0.0.0 --port 8080"
     for setting in ("User=pi", "Restart=on-failure", "MemoryMax=256M", "WantedBy=multi-user.target",
                     "After=network-online.target"):
         assert setting in lines
 
 
-def test_unit_printed_with_awkward_paths_still_verifies(systemd_analyze, exported_dir, tmp_path, capsys):
+def test_unit_printed_with_awkward_paths_still_verifies(systemd_analyze, fast_export, tmp_path, capsys):
     """A model folder with a space and a % (a systemd specifier) is quoted and escaped, not mangled."""
     folder = tmp_path / "my models" / "100% digits"
-    shutil.copytree(exported_dir, folder)
+    shutil.copytree(fast_export, folder)
     assert cli.main(["service", "--model", str(folder)]) == 0
     unit = tmp_path / "digitpi.service"
     unit.write_text(capsys.readouterr().out)
