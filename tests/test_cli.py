@@ -9,7 +9,7 @@ import pytest
 
 from digitpi.cli import build_parser, main
 
-COMMANDS = ["data", "summary", "train", "evaluate", "compare", "export", "serve", "predict", "import-keras",
+COMMANDS = ["data", "summary", "train", "evaluate", "compare", "export", "serve", "service", "predict", "import-keras",
             "bench train", "bench infer", "bench serve", "bench preprocess", "bench wild"]
 
 

@@ -68,6 +68,7 @@ def test_working_onnxruntime_is_used_and_remembered(fast_export, mnist_test, tmp
     from digitpi.runtime import Classifier
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(onnxprobe, "_answers", {})  # what earlier tests in this process asked is forgotten
     images, labels = mnist_test
     classifier = Classifier.load(fast_export)
     assert classifier.backend_name == "onnxruntime"
