@@ -334,8 +334,11 @@ def test_bench_preprocess_pictures_are_read_right(mnist_test, classifier, capsys
 
     images, labels = mnist_test
     for i in range(3):
-        read = [classifier.predict(preprocess.to_mnist(p)).labels[0] for p in bench.pictures(images[i]).values()]
+        pictures = bench.pictures(images[i:i + 12])
+        page = layout.split_digits(pictures.pop(bench.PAGE))
+        assert list(classifier.predict(np.stack(page)).labels) == list(labels[i:i + 12])
+        read = [classifier.predict(preprocess.to_mnist(p)).labels[0] for p in pictures.values()]
         assert read == [labels[i]] * len(read)
     assert main(["bench", "preprocess", "--repeats", "1", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["rows"]
-    assert len(rows) == 4 and all(r["median_ms"] > 0 for r in rows)
+    assert len(rows) == 6 and all(r["median_ms"] > 0 for r in rows)

@@ -96,7 +96,7 @@ def page_pieces(ink: np.ndarray, s: Settings = SETTINGS, layout: Layout = LAYOUT
                 continue
             top, left = boxes[group, 0].min(), boxes[group, 1].min()
             bottom, right = boxes[group, 2].max(), boxes[group, 3].max()
-            piece = np.where(blobs.mask(group, ink.shape), ink, 0.0)[top:bottom, left:right]
+            piece = np.where(blobs.mask(group, ink.shape, (top, left, bottom, right)), ink[top:bottom, left:right], 0.0)
             for offset, part in cut_touching(piece, int(group_height.max()), layout):
                 rows, cols = np.flatnonzero(part.any(1)), np.flatnonzero(part.any(0))
                 pieces.append((part, (left + offset + int(cols[0]), top + int(rows[0]),

@@ -211,10 +211,22 @@ def extremes(gray: np.ndarray, count: int = 4096) -> tuple[float, float]:
     """The darkest and lightest grey levels of `gray` that are not outliers: the 0.5 and 99.5
     percentiles of the minima and maxima of about `count` blocks. A 1-px pen line covers far less
     than 0.5 % of a page, but it darkens the minimum of every block it crosses."""
-    k = max(1, round((gray.size / count) ** 0.5))
+    k = max(1, min(round((gray.size / count) ** 0.5), *gray.shape))
+    return float(np.percentile(block_extreme(gray, k, np.minimum), 0.5)), \
+        float(np.percentile(block_extreme(gray, k, np.maximum), 99.5))
+
+
+def block_extreme(gray: np.ndarray, k: int, op: np.ufunc) -> np.ndarray:
+    """`op` (np.minimum or np.maximum) over each k x k block of `gray` (edge pixels past whole blocks
+    dropped): k elementwise passes over rows, then k over columns, 25x faster than reducing a block view."""
     h, w = (gray.shape[0] // k) * k, (gray.shape[1] // k) * k
-    blocks = gray[:h, :w].reshape(h // k, k, w // k, k) if h and w else gray[None, :, None, :]
-    return float(np.percentile(blocks.min(axis=(1, 3)), 0.5)), float(np.percentile(blocks.max(axis=(1, 3)), 99.5))
+    rows = gray[0:h:k, :w].copy()
+    for i in range(1, k):
+        op(rows, gray[i:h:k, :w], out=rows)
+    blocks = rows[:, 0::k].copy()
+    for j in range(1, k):
+        op(blocks, rows[:, j::k], out=blocks)
+    return blocks
 
 
 def ring(gray: np.ndarray) -> np.ndarray:
@@ -379,12 +391,16 @@ class Blobs:
                          self.stat(self.rows + 1, np.maximum, -1), self.stat(self.ends, np.maximum, -1)],
                         1).astype(int)
 
-    def mask(self, keep: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        """Boolean image of the blobs whose indices are in `keep`."""
+    def mask(self, keep: np.ndarray, shape: tuple[int, int], box: tuple[int, int, int, int] | None = None
+             ) -> np.ndarray:
+        """Boolean image of the blobs whose indices are in `keep`: of the whole `shape`, or only of
+        `box` (top, left, bottom, right), which must hold those blobs (a digit of a page: its own box)."""
+        top, left, bottom, right = box if box is not None else (0, 0, *shape)
         chosen = np.isin(self.label, keep)
-        edges = np.zeros((shape[0], shape[1] + 1), dtype=np.int32)
-        np.add.at(edges, (self.rows[chosen], self.starts[chosen]), 1)
-        np.add.at(edges, (self.rows[chosen], self.ends[chosen]), -1)
+        rows = self.rows[chosen] - top
+        edges = np.zeros((bottom - top, right - left + 1), dtype=np.int32)
+        np.add.at(edges, (rows, self.starts[chosen] - left), 1)
+        np.add.at(edges, (rows, self.ends[chosen] - left), -1)
         return np.cumsum(edges[:, :-1], axis=1) > 0
 
 
@@ -439,9 +455,10 @@ def mean_depth(mask: np.ndarray, limit: int = 64) -> float:
     return total / pixels
 
 
-def stroke_width(mask: np.ndarray) -> float:
-    """The typical width in px of the strokes in `mask`: a band w px wide has a mean depth of about w / 4 + 1 / 2."""
-    return max(1.0, 4 * (mean_depth(mask) - 0.5))
+def stroke_width(mask: np.ndarray, limit: int = 64) -> float:
+    """The typical width in px of the strokes in `mask`: a band w px wide has a mean depth of about w / 4 + 1 / 2.
+    Exact for strokes up to 2 * `limit` px wide; wider ones measure less, but still wider than that."""
+    return max(1.0, 4 * (mean_depth(mask, limit) - 0.5))
 
 
 def scaled(ink: np.ndarray, size: tuple[int, int], s: Settings = SETTINGS) -> np.ndarray:
@@ -458,7 +475,7 @@ def scaled(ink: np.ndarray, size: tuple[int, int], s: Settings = SETTINGS) -> np
         return np.asarray(image.resize(size, Image.LANCZOS))
     core = float(np.percentile(fine[fine > 0.1 * peak], 90))  # resampling dims a thin line: its core is ink
     fine = np.clip(fine / core, 0.0, 1.0)
-    width = stroke_width(fine > 0.5) / s.fine
+    width = stroke_width(fine > 0.5, limit=math.ceil(s.stroke * s.fine / 2) + 1) / s.fine  # enough to tell thin
     if width >= s.stroke:
         return np.asarray(image.resize(size, Image.LANCZOS))
     thick = Image.fromarray(fine.astype(np.float32), "F")
