@@ -101,15 +101,17 @@ def test_a_thin_pen_digit_is_read_as_written(mnist_test, classifier) -> None:
     faint 1-px line at 28x28 and answered "1" whatever was written; now it sees MNIST-thick strokes."""
     images, labels = mnist_test
     picks = [i for i in range(40) if labels[i] != 1][:12]
-    read = []
+    read, widths = [], []
     for i in picks:
         line = pen_line(np.asarray(Image.fromarray(images[i]).resize((392, 392), Image.BICUBIC)), pen=1)
         buffer = io.BytesIO()
         Image.fromarray(255 - np.pad(line, 60)).save(buffer, format="PNG")  # black 1-px line on white paper
         seen = preprocess.to_mnist(buffer.getvalue())
         fine = np.asarray(Image.fromarray(seen).resize((112, 112), Image.BILINEAR)) > 127
-        assert preprocess.stroke_width(fine) / 4 >= 1.5  # px at 28x28: MNIST's strokes are about 2 px
+        widths.append(preprocess.stroke_width(fine) / 4)  # px at 28x28
         read.append(classifier.predict(seen).labels[0])
+    # Measured the same way, MNIST's own strokes are 1.3 px (5th percentile), 2.0 (median), 2.9 (90th).
+    assert np.median(widths) >= 1.5 and min(widths) >= 1.25
     assert (np.array(read) == labels[picks]).mean() >= 11 / 12
 
 
