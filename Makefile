@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q $(TORCH)
-	$(VENV)/bin/pip install -q -e '.[train,serve,test]'
+	$(VENV)/bin/pip install -q -e '.[train,serve,test,camera]'
 	touch $@
 
 # What a Raspberry Pi gets from `pip install digitpi`: no torch. The tests prove the runtime works there.

@@ -211,6 +211,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Print each change of what the camera or video shows; Ctrl-C or the video's end exit 0."""
+    from digitpi import runtime, watch
+
+    for flag, value in (("--every", args.every), ("--steady", args.steady)):
+        if value < 1:
+            fail(f"{flag} must be at least 1, got {value}")
+    # OpenCV and the source are checked before the model loads: a missing camera says so at once
+    capture = watch.open_video(args.video) if args.video is not None else watch.open_camera(args.camera)
+    try:
+        classifier = runtime.Classifier.load(args.model, **({"precision": args.precision} if args.precision else {}))
+        frames = (watch.video_frames(capture, args.every) if args.video is not None
+                  else watch.camera_frames(capture, args.every))
+        for sight in watch.changes(classifier, frames, args.steady):
+            print(json.dumps(watch.record(sight)) if args.json else watch.describe(sight), flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        capture.release()
+    return 0
+
+
 def digit_record(digit, top: int) -> dict:
     """A digit as `predict --json` prints it: digit, probability, the top classes, and its box if it has one."""
     def named(label: str) -> int | str:  # digits as numbers, as they always were; other classes by name
@@ -342,6 +364,19 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
                    help="each image holds several digits (a row, a page): read them line by line, with their boxes")
     p.add_argument("--precision", choices=PRECISIONS, help="which exported model to run (default: the runtime's)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("watch", help="read the digits a camera or a video sees: a line each time they change")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--camera", type=int, metavar="INDEX",
+                        help="a camera: 0 is /dev/video0 (a USB webcam; the Pi camera through libcamerify)")
+    source.add_argument("--video", metavar="FILE", help="a video file (MP4, AVI, MKV...: what OpenCV reads)")
+    p.add_argument("--model", required=True, metavar="DIR", help="an exported model folder (`digitpi export`)")
+    p.add_argument("--every", type=int, default=1, metavar="N", help="read one frame in N (default: 1, every frame)")
+    p.add_argument("--steady", type=int, default=3, metavar="FRAMES",
+                   help="frames in a row that must read the same before it is printed (default: 3)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line: frame, seconds, text, lines, boxes")
+    p.add_argument("--precision", choices=PRECISIONS, help="which exported model to run (default: the runtime's)")
+    p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("import-keras", help="convert a Keras .h5 (the course's model.save) into an export folder")
     p.add_argument("model", metavar="MODEL.h5", help="a Sequential Keras model saved as legacy HDF5 (.h5)")

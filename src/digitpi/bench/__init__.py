@@ -1,4 +1,4 @@
-"""Benchmarks behind `digitpi bench train|infer|serve|preprocess|wild`: printed tables, ratios against references
+"""Benchmarks behind `digitpi bench train|infer|serve|preprocess|wild|watch`: printed tables, ratios against references
 measured in the same run, `--json` for machines. Speed targets live here, never in unit tests.
 
 Each submodule has `add_arguments(parser)` and `run(args)`; the CLI imports one only when asked.
@@ -13,6 +13,7 @@ BENCHMARKS = {
     "serve": "requests/s and latency of a running `digitpi serve`",
     "preprocess": "milliseconds from a photo, scan or drawing to the model's 28x28 input",
     "wild": "accuracy on real handwriting (photos, canvas drawings, scans, pages) per medium, misreads drawn",
+    "watch": "frames per second of `digitpi watch` at 640x480 on one core (needs the [camera] extra)",
 }
 
 

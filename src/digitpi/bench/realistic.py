@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -124,6 +124,86 @@ def row_of(digits: np.ndarray, rng: np.random.Generator, gap: tuple[int, int] = 
         np.maximum(region, piece, out=region)
         x += piece.shape[1]
     return strip
+
+
+# ---------------------------------------------------------------- pages of several lines, photographed in colour
+
+Box = tuple[int, int, int, int]  # left, top, right, bottom (exclusive), px
+
+
+@dataclass(frozen=True)
+class Sheet:
+    """Digits printed line by line: their ink, and where each digit's ink is on the sheet."""
+
+    ink: np.ndarray  # float32 (H, W) in [0, 1]: how much ink covers each pixel
+    boxes: list[list[Box]] = field(default_factory=list)  # each digit's ink, line by line, in the sheet's px
+
+
+def print_digits(lines: list[np.ndarray], height: int, rng: np.random.Generator,
+                 gap: tuple[float, float] = (0.2, 0.45), line_gap: float = 0.6) -> Sheet:
+    """MNIST digits (each line an array (n, 28, 28)) printed about `height` px tall (their ink, not the
+    28x28 frame), `gap` digit heights apart within a line and `line_gap` between lines."""
+    scale = height / 20  # MNIST's ink fills 20 of the 28 px
+    lines_ink = [[scaled_ink(digit, scale) for digit in digits] for digits in lines]
+    width = max(sum(ink.shape[1] for ink in line) + round(gap[1] * height) * (len(line) - 1) for line in lines_ink)
+    tall = [max(ink.shape[0] for ink in line) for line in lines_ink]
+    sheet = np.zeros((sum(tall) + round(line_gap * height) * (len(tall) - 1), width), np.float32)
+    boxes, top = [], 0
+    for line, line_height in zip(lines_ink, tall):
+        boxes.append([])
+        left = 0
+        for ink in line:
+            h, w = ink.shape
+            y = top + (line_height - h) // 2
+            np.maximum(sheet[y:y + h, left:left + w], ink, out=sheet[y:y + h, left:left + w])
+            ys, xs = np.nonzero(ink > 0.5)
+            boxes[-1].append((left + int(xs.min()), y + int(ys.min()), left + int(xs.max()) + 1, y + int(ys.max()) + 1))
+            left += w + round(rng.uniform(*gap) * height)
+        top += line_height + round(line_gap * height)
+    return Sheet(sheet, boxes)
+
+
+def scaled_ink(digit: np.ndarray, scale: float) -> np.ndarray:
+    """float32 ink coverage in [0, 1] of an MNIST digit cropped to its ink and enlarged `scale` times."""
+    rows, cols = np.flatnonzero(digit.max(1)), np.flatnonzero(digit.max(0))
+    crop = Image.fromarray(digit[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
+    size = (max(1, round(crop.width * scale)), max(1, round(crop.height * scale)))
+    return np.clip(np.asarray(crop.resize(size, Image.BICUBIC), dtype=np.float32) / 255, 0, 1)
+
+
+PAPER = (226.0, 218.0, 204.0)  # RGB of white paper under warm indoor light
+PEN = (38.0, 46.0, 92.0)  # RGB of a dark blue ballpoint
+
+
+def photograph(sheet: Sheet | None, size: tuple[int, int], at: tuple[int, int], rng: np.random.Generator,
+               light: np.ndarray | None = None, noise: float = 3.0) -> tuple[np.ndarray, list[list[Box]]]:
+    """An RGB uint8 picture `size` (width, height) of paper with `sheet` on it, its top left corner
+    `at` (x, y); `light` (H, W) dims the paper (`lighting`); and the digits' boxes in the picture.
+    Without a sheet: blank paper, as a camera sees between two pages."""
+    width, height = size
+    coverage = np.zeros((height, width), np.float32)
+    boxes: list[list[Box]] = []
+    if sheet is not None:
+        x, y = at
+        h, w = sheet.ink.shape
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)
+        coverage[y0:y1, x0:x1] = sheet.ink[y0 - y:y1 - y, x0 - x:x1 - x]
+        boxes = [[(left + x, top + y, right + x, bottom + y) for left, top, right, bottom in line]
+                 for line in sheet.boxes]
+    factor = np.ones((height, width), np.float32) if light is None else light
+    pixels = np.empty((height, width, 3), np.float32)
+    for channel, (paper, pen) in enumerate(zip(PAPER, PEN)):
+        pixels[..., channel] = paper * factor + (pen - paper * factor) * coverage
+    pixels += rng.normal(0, noise, (height, width, 1)).astype(np.float32)  # sensor noise, the same in each channel
+    return np.clip(pixels, 0, 255).astype(np.uint8), boxes
+
+
+def light_across(size: tuple[int, int], rng: np.random.Generator, gradient: float = 0.3,
+                 shadow: float = 0.2) -> np.ndarray:
+    """(height, width) factor <= 1 for `photograph`: light falling across the page and a soft shadow."""
+    width, height = size
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    return lighting(xs, ys, Variant(gradient=gradient, shadow=shadow), rng)
 
 
 # ---------------------------------------------------------------- measuring a classifier on them
