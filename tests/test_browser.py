@@ -1,18 +1,21 @@
 """The drawing page in a real headless Chromium (Debian's `chromium`, driven by Playwright).
 
 A stroke drawn with the mouse must produce a prediction, ten probability bars and the 28x28 image
-the model saw, and what the page shows must be what the API answers for the same canvas. Screenshots
-go to test-artifacts/ (git-ignored) for people to look at.
+the model saw, and what the page shows must be what the API answers for the same canvas. A photo of a
+two-line page, picked or dropped, must come back boxed digit by digit with its lines read; blank paper
+must say so. Screenshots go to test-artifacts/ (git-ignored) for people to look at.
 """
 
 from __future__ import annotations
 
 import base64
+import io
 import os
 import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from digitpi.bench.server import launch
@@ -103,3 +106,139 @@ def test_drawing_shows_the_models_reading(browser, server, viewport, name):
     assert shown(page)["bars"] == [0.0] * 10
     assert not errors
     context.close()
+
+
+# ---------------------------------------------------------------- a photo of a page, taken or uploaded
+
+PHOTO_SIZE = (2400, 1800)  # px: a phone photo, which the page shrinks to PHOTO_SIDE before sending
+PHOTO_SIDE = 1600  # the page's PHOTO_SIDE
+PHOTO_DONE = ("() => document.querySelector('#photo-status').textContent !== '' &&"
+              " !document.querySelector('#photo-status').textContent.startsWith('Reading')")
+
+
+@pytest.fixture(scope="module")
+def photo_server(fast_export):
+    """The page served with the quick `fast` model: these tests are about the page, not the default model."""
+    with launch(fast_export) as launched:
+        yield launched.url
+
+
+@pytest.fixture(scope="module")
+def page_photo(mnist_test) -> tuple[bytes, list[str], list[list[tuple[int, int, int, int]]]]:
+    """A JPEG photo (2400x1800) of a sheet with two lines of real test digits under uneven light: its
+    bytes, the lines' text and each digit's box in the photo's pixels."""
+    from PIL import Image
+
+    from digitpi.bench.realistic import light_across, photograph, print_digits
+
+    images, labels = mnist_test
+    rng = np.random.default_rng(16)
+    lines = [rng.choice(len(labels), size=n, replace=False) for n in (4, 3)]
+    sheet = print_digits([images[line] for line in lines], 220, rng)
+    at = ((PHOTO_SIZE[0] - sheet.ink.shape[1]) // 2, (PHOTO_SIZE[1] - sheet.ink.shape[0]) // 2)
+    pixels, boxes = photograph(sheet, PHOTO_SIZE, at, rng, light_across(PHOTO_SIZE, rng), noise=4.0)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue(), ["".join(str(labels[i]) for i in line) for line in lines], boxes
+
+
+def blank_photo() -> bytes:
+    from PIL import Image
+
+    from digitpi.bench.realistic import light_across, photograph
+
+    rng = np.random.default_rng(0)
+    pixels, _ = photograph(None, (1200, 900), (0, 0), rng, light_across((1200, 900), rng))
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def photo_shown(page) -> dict:
+    """The lines the page shows, and each box as fractions (left, top, right, bottom) of the photo shown."""
+    return page.evaluate("""() => {
+        const img = document.getElementById('photo-shown').getBoundingClientRect();
+        return {
+            lines: [...document.querySelectorAll('#photo-lines .photo-text')].map(e => e.textContent),
+            tags: [...document.querySelectorAll('.photo-box')].map(b => [Number(b.dataset.line), b.textContent]),
+            boxes: [...document.querySelectorAll('.photo-box')].map(b => {
+                const r = b.getBoundingClientRect();
+                return [(r.left - img.left) / img.width, (r.top - img.top) / img.height,
+                        (r.right - img.left) / img.width, (r.bottom - img.top) / img.height];
+            }),
+            status: document.getElementById('photo-status').textContent,
+            error: document.getElementById('photo-status').classList.contains('photo-error'),
+        };
+    }""")
+
+
+@pytest.mark.parametrize("viewport,name", [({"width": 1100, "height": 720}, "desktop"),
+                                           ({"width": 390, "height": 844}, "phone")])
+def test_a_photo_of_a_page_shows_its_lines_and_boxes(browser, photo_server, page_photo, viewport, name, tmp_path):
+    jpeg, texts, truth = page_photo
+    context = browser.new_context(viewport=viewport, device_scale_factor=2 if name == "phone" else 1,
+                                  is_mobile=name == "phone", has_touch=name == "phone")
+    page = context.new_page()
+    errors, uploads = [], []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("request", lambda r: uploads.append(r.headers["content-type"]) if "/predict?multi=1" in r.url else None)
+    page.goto(photo_server + "/")
+    picker = page.locator("#photo-input")
+    assert picker.get_attribute("accept") == "image/*" and picker.get_attribute("capture") == "environment"
+    (tmp_path / "page.jpg").write_bytes(jpeg)
+    picker.set_input_files(str(tmp_path / "page.jpg"))  # what the phone's camera or the file picker hands over
+    page.wait_for_function(PHOTO_DONE, timeout=30_000)
+    page.locator("#photo").scroll_into_view_if_needed()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"photo-page-{name}.png"), full_page=True)
+
+    state = photo_shown(page)
+    assert not state["error"] and state["status"].startswith("7 digits on 2 lines"), state["status"]
+    assert state["lines"] == texts  # the digits written, line by line
+    assert state["tags"] == [[n, digit] for n, text in enumerate(texts) for digit in text]
+    for (left, top, right, bottom), (t_left, t_top, t_right, t_bottom) in zip(state["boxes"], sum(truth, [])):
+        x, y = (left + right) / 2 * PHOTO_SIZE[0], (top + bottom) / 2 * PHOTO_SIZE[1]
+        assert t_left <= x <= t_right and t_top <= y <= t_bottom  # each box sits on its digit
+
+    from PIL import Image
+
+    assert uploads == ["image/jpeg"]  # one request for one photo
+    sent = base64.b64decode(page.evaluate("""async () => {  // the picture shown is the one sent
+        const bytes = new Uint8Array(await (await fetch(document.getElementById('photo-shown').src)).arrayBuffer());
+        let text = '';
+        bytes.forEach(b => { text += String.fromCharCode(b); });
+        return btoa(text);
+    }"""))
+    picture = Image.open(io.BytesIO(sent))  # shrunk in the browser: a phone photo is not sent whole
+    assert picture.format == "JPEG" and picture.size == (PHOTO_SIDE, PHOTO_SIDE * 3 // 4) and len(sent) < len(jpeg)
+    answer = httpx.post(photo_server + "/predict?multi=1", content=sent, headers={"Content-Type": "image/jpeg"}).json()
+    assert [line["text"] for line in answer["lines"]] == state["lines"]  # the page shows what the API answers
+    if name == "phone":
+        assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
+    assert not errors
+    context.close()
+
+
+def test_a_photo_without_digits_says_so(browser, photo_server, page_photo):
+    """Dropped on the page: blank paper is a clear message, and the boxes of the photo before it go."""
+    page = browser.new_page(viewport={"width": 1100, "height": 720})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(photo_server + "/")
+    for picture, name in ((page_photo[0], "page.jpg"), (blank_photo(), "blank.jpg")):
+        dropped = page.evaluate_handle("""([b64, name]) => {
+            const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], name, {type: 'image/jpeg'}));
+            return dt;
+        }""", [base64.b64encode(picture).decode("ascii"), name])
+        page.dispatch_event("#photo-drop", "drop", {"dataTransfer": dropped})
+        page.wait_for_function(PHOTO_DONE, timeout=30_000)
+        state = photo_shown(page)
+        if name == "page.jpg":
+            assert state["lines"] == page_photo[1] and not state["error"]
+            page.evaluate("document.getElementById('photo-status').textContent = ''")
+    assert state["error"] and state["status"].startswith("No digit found in this photo")
+    assert state["lines"] == [] and state["boxes"] == []
+    assert not errors
+    page.close()

@@ -9,8 +9,9 @@ import pytest
 
 from digitpi.cli import build_parser, main
 
-COMMANDS = ["data", "summary", "train", "evaluate", "compare", "export", "serve", "service", "predict", "import-keras",
-            "bench train", "bench infer", "bench serve", "bench preprocess", "bench wild"]
+COMMANDS = ["data", "summary", "train", "evaluate", "compare", "export", "serve", "service", "predict", "watch",
+            "import-keras", "bench train", "bench infer", "bench serve", "bench preprocess", "bench wild",
+            "bench watch"]
 
 
 def test_every_command_is_listed() -> None:
