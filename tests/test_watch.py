@@ -100,6 +100,16 @@ def test_ctrl_c_stops_watch_cleanly(video, fast_export):
     assert json.loads(first)["text"] and all(json.loads(line) for line in rest.splitlines())
 
 
+def test_a_reader_that_stops_reading_stops_watch_quietly(video, fast_export):
+    """`digitpi watch --json | head -1`: the pipe closes after the first line."""
+    process = subprocess.Popen([sys.executable, "-m", "digitpi", "watch", "--video", str(video.path), "--model",
+                                str(fast_export), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert json.loads(process.stdout.readline())["text"]
+    process.stdout.close()
+    assert process.wait(timeout=60) == 0 and process.stderr.read() == ""
+    process.stderr.close()
+
+
 @pytest.mark.parametrize("args,message", [
     (["--video", "missing.avi"], "missing.avi: no such file"),
     (["--video", "notes.avi"], "notes.avi: not a video OpenCV can read"),

@@ -212,7 +212,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    """Print each change of what the camera or video shows; Ctrl-C or the video's end exit 0."""
+    """Print each change of what the camera or video shows; Ctrl-C, the video's end or a closed pipe exit 0."""
     from digitpi import runtime, watch
 
     for flag, value in (("--every", args.every), ("--steady", args.steady)):
@@ -228,6 +228,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
             print(json.dumps(watch.record(sight)) if args.json else watch.describe(sight), flush=True)
     except KeyboardInterrupt:
         pass
+    except BrokenPipeError:  # the program reading the lines has gone (`| head -1`): stop quietly too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else Python's flush at exit fails again
     finally:
         capture.release()
     return 0
