@@ -111,7 +111,7 @@ def test_drawing_shows_the_models_reading(browser, server, viewport, name):
 # ---------------------------------------------------------------- a photo of a page, taken or uploaded
 
 PHOTO_SIZE = (2400, 1800)  # px: a phone photo, which the page shrinks to PHOTO_SIDE before sending
-PHOTO_SIDE = 1600  # the page's PHOTO_SIDE
+PHOTO_SIDE = 1024  # the page's PHOTO_SIDE: the server's load_side
 PHOTO_DONE = ("() => document.querySelector('#photo-status').textContent !== '' &&"
               " !document.querySelector('#photo-status').textContent.startsWith('Reading')")
 
