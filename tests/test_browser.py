@@ -220,19 +220,20 @@ def test_a_photo_of_a_page_shows_its_lines_and_boxes(browser, photo_server, page
 
 
 def test_a_photo_without_digits_says_so(browser, photo_server, page_photo):
-    """Dropped on the page: blank paper is a clear message, and the boxes of the photo before it go."""
+    """Dropped on the page (the photo zone, or the drawing beside it): blank paper is a clear message, and
+    the boxes of the photo before it go."""
     page = browser.new_page(viewport={"width": 1100, "height": 720})
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(photo_server + "/")
-    for picture, name in ((page_photo[0], "page.jpg"), (blank_photo(), "blank.jpg")):
+    for picture, name, target in ((page_photo[0], "page.jpg", "#board"), (blank_photo(), "blank.jpg", "#photo-drop")):
         dropped = page.evaluate_handle("""([b64, name]) => {
             const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
             const dt = new DataTransfer();
             dt.items.add(new File([bytes], name, {type: 'image/jpeg'}));
             return dt;
         }""", [base64.b64encode(picture).decode("ascii"), name])
-        page.dispatch_event("#photo-drop", "drop", {"dataTransfer": dropped})
+        page.dispatch_event(target, "drop", {"dataTransfer": dropped})
         page.wait_for_function(PHOTO_DONE, timeout=30_000)
         state = photo_shown(page)
         if name == "page.jpg":
