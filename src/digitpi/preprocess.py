@@ -339,10 +339,12 @@ def ink_map(gray: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
         ink = gray.astype(np.float32, copy=True)
         ink -= block_background(ink, s.blocks)
     residual = thin(ink)
+    threshold = otsu(np.maximum(thin(ink, 16384), 0.0))
+    if np.median(residual) > threshold:  # ink covers most of the picture (a bold digit cropped tight)
+        residual = residual[residual <= threshold]
     quartile, centre = np.percentile(residual, [25, 50])
     sigma = max(float(centre - quartile) / 0.6745, 0.5)  # noise from the paper's side: ink cannot inflate it
     np.maximum(ink, 0.0, out=ink)
-    threshold = otsu(thin(ink, 16384))
     strokes = ink[ink > max(threshold, centre + s.min_snr * sigma)]
     if strokes.size == 0:
         raise NoDigitError("no digit found (nothing stands out from the background)")
