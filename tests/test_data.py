@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import gzip
 import http.server
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -75,6 +76,58 @@ def test_explicit_folder_with_wrong_files_is_an_error(mnist_dir: Path, tmp_path:
     labels.write_bytes(gzip.compress(gzip.decompress(labels.read_bytes())[:-1] + b"\x03"))
     with pytest.raises(data.DataError, match="t10k-labels-idx1-ubyte: checksum mismatch"):
         data.locate("mnist", tmp_path)
+
+
+@pytest.fixture
+def mnist_copy(mnist_dir: Path, tmp_path: Path, monkeypatch) -> Path:
+    """The four MNIST files copied into a fresh folder, with a fresh, empty cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for f in mnist_dir.glob("*.gz"):
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
+def test_second_read_comes_from_the_cache(mnist_copy: Path) -> None:
+    """The first read hashes and parses each file and keeps both answers; the second serves the same arrays."""
+    first = data.load_split("mnist", "test", mnist_copy)
+    hashes = data.read_hashes()
+    assert sorted(hashes.values()) == sorted(data.DATASETS["mnist"].sha256.values())  # all four were verified
+    assert {data.fingerprint(f) for f in mnist_copy.glob("*.gz")} == set(hashes)
+    cached = sorted(p.stem for p in data.verified_dir().glob("*.npy"))
+    assert cached == sorted(data.DATASETS["mnist"].sha256[stem] for stem in data.SPLIT_FILES["test"])
+    second = data.load_split("mnist", "test", mnist_copy)
+    assert np.array_equal(first[0], second[0]) and np.array_equal(first[1], second[1])
+    assert np.array_equal(second[0], data.read_idx(mnist_copy / "t10k-images-idx3-ubyte.gz"))
+
+
+def test_a_file_changed_in_place_is_hashed_again(mnist_copy: Path) -> None:
+    """Same size, same mtime, one label changed: its ctime moved, so the cached hash no longer vouches for it."""
+    packed = mnist_copy / "t10k-labels-idx1-ubyte.gz"
+    labels = mnist_copy / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(gzip.decompress(packed.read_bytes()))
+    packed.unlink()
+    data.load_split("mnist", "test", mnist_copy)
+    stat = labels.stat()
+    raw = bytearray(labels.read_bytes())
+    raw[-1] = (raw[-1] + 1) % 10
+    labels.write_bytes(bytes(raw))
+    os.utime(labels, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (labels.stat().st_size, labels.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    with pytest.raises(data.DataError, match="t10k-labels-idx1-ubyte: checksum mismatch"):
+        data.load_split("mnist", "test", mnist_copy)
+
+
+def test_a_damaged_cache_is_read_around(mnist_copy: Path) -> None:
+    """A truncated cached array is ignored (and written again): the cache can only save time."""
+    expected = data.load_split("mnist", "test", mnist_copy)[0]
+    for cached in data.verified_dir().glob("*.npy"):
+        cached.write_bytes(cached.read_bytes()[:1000])
+    (data.verified_dir() / data.HASHES).write_text("not json")
+    images = data.load_split("mnist", "test", mnist_copy)[0]
+    assert np.array_equal(images, expected)
+    assert data.load_array(data.DATASETS["mnist"].sha256["t10k-images-idx3-ubyte"], images.shape) is not None
 
 
 # ---------------------------------------------------------------- download from a local server

@@ -3,12 +3,17 @@
 Training side only needs numpy here: the arrays become torch tensors in `train`.
 A folder counts as a dataset only when all four files are present and their
 decompressed SHA-256 matches, so a wrong or half-copied folder never trains a model.
+What checking and parsing a file found is kept across processes (`verified_dir()`), so only the
+first run pays the second it takes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import io
+import json
 import os
 import tempfile
 import urllib.error
@@ -158,22 +163,17 @@ def candidate_dirs(dataset: str, data_dir: str | Path | None = None) -> list[Pat
     return found + [cache_dir(dataset), SYSTEM_DIR / dataset]
 
 
-_verified: set[tuple[Path, int, int, str]] = set()  # (path, size, mtime_ns, sha256) that matched in this process
-
-
 def file_ok(path: Path, want: str) -> bool:
-    """Whether the decompressed bytes of `path` hash to `want`; each file is hashed once per process.
+    """Whether the decompressed bytes of `path` hash to `want`; a file is hashed again only once it changed.
 
-    The wanted hash is part of the key: MNIST and Fashion-MNIST share file names, and a file that
-    passed as MNIST must not pass as Fashion-MNIST.
+    The answer is looked up by the file's fingerprint (`fingerprint`), not its name: MNIST and
+    Fashion-MNIST share file names, and a file that passed as MNIST must not pass as Fashion-MNIST.
     """
-    stat = path.stat()
-    key = (path.resolve(), stat.st_size, stat.st_mtime_ns, want)
-    if key not in _verified:
-        if hashlib.sha256(read_file_bytes(path)).hexdigest() != want:
-            return False
-        _verified.add(key)
-    return True
+    if known_sha256(path) == want:
+        return True
+    got = hashlib.sha256(read_file_bytes(path)).hexdigest()
+    remember_sha256(path, got)
+    return got == want
 
 
 def verify_folder(folder: Path, info: DatasetInfo) -> dict[str, str]:
@@ -275,10 +275,86 @@ def load_split(dataset: str = "mnist", split: str = "train",
     """Images (uint8, N x 28 x 28) and labels (int64, N) of one split."""
     if split not in SPLIT_FILES:
         raise DataError(f"unknown split {split!r}; choose train or test")
+    info = dataset_info(dataset)
     folder = locate(dataset, data_dir)
     image_stem, label_stem = SPLIT_FILES[split]
-    images = read_idx(file_in(folder, image_stem), SPLIT_SIZES[split])
-    labels = read_idx(file_in(folder, label_stem), SPLIT_SIZES[split])
+    count = SPLIT_SIZES[split]
+    images = read_verified(file_in(folder, image_stem), info.sha256[image_stem], (count, IMAGE_SIZE, IMAGE_SIZE))
+    labels = read_verified(file_in(folder, label_stem), info.sha256[label_stem], (count,))
     if labels.ndim != 1 or images.ndim != 3:
         raise DataError(f"{folder}: image and label files are swapped or malformed")
     return images, labels.astype(np.int64)
+
+
+def read_verified(path: Path, sha256: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The array of an IDX file `locate` verified: from the cache when parsed before, else parsed and cached."""
+    cached = load_array(sha256, shape)
+    if cached is not None:
+        return cached
+    array = read_idx(path, shape[0])
+    save_array(sha256, array)
+    return array
+
+
+# ---------------------------------------------------------------- what earlier runs verified and parsed
+#
+#     VERIFIED_DIR/hashes.json    a file's fingerprint -> the SHA-256 its decompressed bytes had
+#     VERIFIED_DIR/<sha256>.npy   the array parsed from the file whose bytes have that SHA-256
+#
+# The fingerprint holds the resolved path, device, inode, size, mtime and ctime. Any write to a file
+# changes its ctime, which no user call can set back, so a file edited in place (its mtime restored
+# or not) is hashed again and never passes on an old answer. The cache is a shortcut only: when it
+# cannot be read or written, files are hashed and parsed as if it were not there.
+
+HASHES = "hashes.json"
+
+
+def verified_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "digitpi" / "verified"
+
+
+def fingerprint(path: Path) -> str:
+    """Changes whenever the file's bytes can have changed."""
+    stat = path.stat()
+    return f"{path.resolve()}|{stat.st_dev}|{stat.st_ino}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}"
+
+
+def read_hashes() -> dict[str, str]:
+    try:
+        hashes = json.loads((verified_dir() / HASHES).read_text())
+    except (OSError, ValueError):
+        return {}
+    return hashes if isinstance(hashes, dict) else {}
+
+
+def known_sha256(path: Path) -> str | None:
+    """The SHA-256 `path` had when it was last hashed, if it has not changed since."""
+    return read_hashes().get(fingerprint(path))
+
+
+def remember_sha256(path: Path, sha256: str) -> None:
+    """Record a hash just computed; entries of files that no longer exist are dropped on the way."""
+    hashes = {key: value for key, value in read_hashes().items() if Path(key.split("|", 1)[0]).exists()}
+    hashes[fingerprint(path)] = sha256
+    with contextlib.suppress(OSError):  # a read-only home: hash again next time
+        write_atomic(verified_dir() / HASHES, (json.dumps(hashes, indent=1) + "\n").encode())
+
+
+def load_array(sha256: str, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The uint8 array parsed from the bytes with this SHA-256, if it was cached with this shape.
+
+    Memory-mapped and read-only, as a parsed IDX file is: callers copy what they change, and a copy
+    from the page cache is all a second run pays."""
+    try:
+        array = np.load(verified_dir() / f"{sha256}.npy", mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    return array if array.dtype == np.uint8 and array.shape == shape else None
+
+
+def save_array(sha256: str, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    with contextlib.suppress(OSError):
+        write_atomic(verified_dir() / f"{sha256}.npy", buffer.getvalue())
