@@ -36,7 +36,7 @@ def writable_dir(path: str | Path) -> Path:
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".digitpi-write-test"
+        probe = path / f".digitpi-write-test-{os.getpid()}"  # one per process: torchrun starts several
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
@@ -120,6 +120,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     create_model(cfg.model, **cfg.model_args)  # an unknown model fails before any data is read
     out = writable_dir(args.out or Path(DEFAULT_RUN_DIR) / cfg.model)
     result = train.train(cfg, progress=not args.quiet)
+    if result.rank:  # torchrun: rank 0 measures and saves the one run folder
+        return
     metrics = pipeline.finish_run(result, out)
     print(f"saved run to {out}")
     print(f"The final loss on test data is {metrics['test_loss']:.4f}")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from digitpi import contract, data
+from digitpi import contract, data, distributed
 from digitpi.config import Config
 from digitpi.models import create_model
 
@@ -116,6 +116,18 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return total_loss / len(images), (pred == labels.cpu()).float().mean().item(), pred
 
 
+def validate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+             rank: distributed.Rank | None) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy on the validation images, each rank measuring its share."""
+    distributed.sync_buffers(model, rank)
+    if rank is None:
+        return evaluate(model, images, labels)[:2]
+    own = distributed.shard(torch.arange(len(images)), rank)
+    loss, accuracy, _ = evaluate(model, images[own], labels[own]) if len(own) else (0.0, 0.0, None)
+    loss_sum, correct, count = distributed.all_sum([loss * len(own), round(accuracy * len(own)), len(own)], rank)
+    return loss_sum / count, correct / count
+
+
 # ---------------------------------------------------------------- the loop
 
 
@@ -127,6 +139,7 @@ class TrainResult:
     best_epoch: int  # 1-based epoch whose weights were kept
     train_seconds: float  # the training loop, per-epoch validation included
     data_checksums: dict[str, str]
+    rank: int = 0  # under torchrun, this process's rank: only rank 0 measures and saves
 
 
 EpochHook = Callable[[nn.Module, int, float], bool | None]  # (model, epoch, training seconds) -> stop?
@@ -137,6 +150,9 @@ def train(cfg: Config, on_epoch_end: EpochHook | None = None, progress: bool = T
     """Train `cfg.model` with `cfg`; the loop's only Python work per step is slicing a batch."""
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
+    rank = distributed.start(device)  # DDP: None unless torchrun started this process
+    device = rank.device if rank else device
+    progress = progress and (rank is None or rank.main)  # DDP: rank 0 speaks for all
     if train_images is None:
         images, labels = data.load_split(cfg.dataset, "train", cfg.data_dir)
         train_images, train_labels = torch.from_numpy(images.copy()), torch.from_numpy(labels)
@@ -148,12 +164,14 @@ def train(cfg: Config, on_epoch_end: EpochHook | None = None, progress: bool = T
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     opt = make_optimizer(model, cfg)
+    net = distributed.wrap(model, rank)  # DDP: steps call `net`; validation and the result use `model`
     base_lrs = [g["lr"] for g in opt.param_groups]
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    aug_gen = distributed.own_generator(gen, cfg.seed, rank)  # DDP: one order for all, augmentation per rank
     augmenting = any((cfg.translate, cfg.rotate, cfg.scale, cfg.thickness, cfg.aspect, cfg.shear, cfg.elastic))
 
     n = len(x_train)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    steps_per_epoch = distributed.steps_per_epoch(n, cfg.batch_size, rank)
     history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
     best_acc, best_epoch, best_state = -1.0, cfg.epochs, None
     step, seconds = 0, 0.0
@@ -163,13 +181,14 @@ def train(cfg: Config, on_epoch_end: EpochHook | None = None, progress: bool = T
         order = torch.randperm(n, generator=gen, device=device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
         bar = ProgressBar(epoch, cfg.epochs, steps_per_epoch, enabled=progress)
         for i in range(steps_per_epoch):
-            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            idx = distributed.shard(order[i * cfg.batch_size:(i + 1) * cfg.batch_size], rank)  # DDP: its share
             x, y = to_float(x_train[idx]), y_train[idx]
             if augmenting:
-                x = augment(x, cfg, gen)
-            logits = model(x.contiguous(memory_format=memory_format))
+                x = augment(x, cfg, aug_gen)
+            logits = net(x.contiguous(memory_format=memory_format))
             loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
             factor = lr_factor(cfg, step, steps_per_epoch)
             for group, base in zip(opt.param_groups, base_lrs):
@@ -180,11 +199,13 @@ def train(cfg: Config, on_epoch_end: EpochHook | None = None, progress: bool = T
             step += 1
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
             bar.update(i + 1, time.perf_counter() - start)
-        history["loss"].append(loss_sum.item() / n)
-        history["accuracy"].append(correct.item() / n)
+        loss_total, correct_total, seen_total = distributed.all_sum([loss_sum.item(), correct.item(), seen], rank)
+        history["loss"].append(loss_total / seen_total)
+        history["accuracy"].append(correct_total / seen_total)
         if len(x_val):
-            val_loss, val_acc, _ = evaluate(model, x_val, y_val)
+            val_loss, val_acc = validate(model, x_val, y_val, rank)
             history["val_loss"].append(val_loss)
             history["val_accuracy"].append(val_acc)
             if val_acc > best_acc:
@@ -197,7 +218,9 @@ def train(cfg: Config, on_epoch_end: EpochHook | None = None, progress: bool = T
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return TrainResult(cfg, model, history, best_epoch, seconds, data.checksums(cfg.dataset))
+    distributed.stop(rank)
+    return TrainResult(cfg, model, history, best_epoch, seconds, data.checksums(cfg.dataset),
+                       rank.rank if rank else 0)
 
 
 class ProgressBar:
