@@ -118,6 +118,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from digitpi.models import create_model
 
     create_model(cfg.model, **cfg.model_args)  # an unknown model fails before any data is read
+    train.pick_device(cfg.device)  # and so does --device cuda where there is no GPU
     out = writable_dir(args.out or Path(DEFAULT_RUN_DIR) / cfg.model)
     result = train.train(cfg, progress=not args.quiet)
     if result.rank:  # torchrun: rank 0 measures and saves the one run folder

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from digitpi import contract, data, distributed
+from digitpi import UserError, contract, data, distributed
 from digitpi.config import Config
 from digitpi.models import create_model
 
@@ -25,8 +25,12 @@ from digitpi.models import create_model
 
 
 def pick_device(name: str) -> torch.device:
+    """`auto`: CUDA when torch sees a GPU, else the CPU; `cuda` where there is none is the user's mistake."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        why = f"torch {torch.__version__} is built without CUDA" if torch.version.cuda is None else "torch sees no GPU"
+        raise UserError(f"--device {name}: no CUDA device here ({why}); use --device cpu or auto")
     return torch.device(name)
 
 
