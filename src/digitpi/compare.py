@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from digitpi import data, pipeline, rundir, train
+from digitpi import files, pipeline, rundir, train
 from digitpi.config import Config, recipe_config
 from digitpi.models import create_model
 
@@ -60,5 +60,5 @@ def write_report(out_dir: Path, rows: list[Row]) -> Path:
                   "| " + " | ".join(f"![{row.name} {kind}]({row.name}/{rundir.PLOTS[kind]})" for row in rows) + " |",
                   ""]
     path = out_dir / "report.md"
-    data.write_atomic(path, "\n".join(lines).encode())
+    files.write_atomic(path, "\n".join(lines).encode())
     return path

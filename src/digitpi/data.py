@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import numpy as np
 
 from digitpi import UserError
 from digitpi.contract import IMAGE_SIZE
+from digitpi.files import write_atomic
 
 ENV_DATA_DIR = "DIGITPI_DATA_DIR"
 ENV_MIRRORS = "DIGITPI_MIRRORS"  # comma-separated base URLs, tried before the built-in ones
@@ -190,27 +190,49 @@ def checksums(dataset: str) -> dict[str, str]:
     return dict(dataset_info(dataset).sha256)
 
 
+def holds_another(folder: Path, dataset: str) -> bool:
+    """Whether `folder` holds some other known dataset whole (MNIST where Fashion-MNIST is asked for)."""
+    return any(all(v == "ok" for v in verify_folder(folder, info).values())
+               for name, info in DATASETS.items() if name != dataset)
+
+
 def locate(dataset: str = "mnist", data_dir: str | Path | None = None, download: bool = True) -> Path:
     """The first folder holding the verified dataset; download into the cache if none does.
 
-    Folders whose files fail the checksum are skipped (DIGITPI_DATA_DIR may point at MNIST while
-    Fashion-MNIST, with the same file names, is asked for), except an explicit --data-dir.
+    A folder holding another dataset is skipped (DIGITPI_DATA_DIR may point at MNIST while
+    Fashion-MNIST, with the same file names, is asked for); a broken one is an error when the user
+    named it (--data-dir, or DIGITPI_DATA_DIR), and is named in the error if the download fails.
     """
     info = dataset_info(dataset)
+    env = os.environ.get(ENV_DATA_DIR)
+    if data_dir is None and env and not Path(env).is_dir():
+        raise DataError(f"{ENV_DATA_DIR}={env} is not a folder: point it at the folder holding the four "
+                        f"{dataset} files, or unset it")
+    named = [Path(data_dir)] if data_dir is not None else [Path(env), Path(env) / dataset] if env else []
+    skipped = []
     for folder in candidate_dirs(dataset, data_dir):
         if not folder.is_dir() or file_in(folder, next(iter(info.sha256))) is None:
             continue
         status = verify_folder(folder, info)
         if all(s == "ok" for s in status.values()):
             return folder
-        if data_dir is not None and folder == Path(data_dir):
-            bad = ", ".join(f"{k}: {v}" for k, v in status.items() if v != "ok")
-            raise DataError(f"{folder} does not hold {dataset} ({bad})")
+        bad = ", ".join(f"{k}: {v}" for k, v in status.items() if v != "ok")
+        if folder in named and not (data_dir is None and holds_another(folder, dataset)):
+            where = "" if data_dir is not None else f" ({ENV_DATA_DIR})"
+            raise DataError(f"{folder}{where} does not hold {dataset} ({bad})")
+        skipped.append(f"{folder} ({bad})")
     if data_dir is not None:
         raise DataError(f"no {dataset} files in {data_dir} (expected {', '.join(info.sha256)}, optionally .gz)")
+    if env:
+        skipped.append(f"{ENV_DATA_DIR}={env} (no {dataset} files)")
     if not download:
         raise DataError(f"{dataset} not found; set {ENV_DATA_DIR} or pass --data-dir")
-    return download_dataset(dataset, cache_dir(dataset))
+    try:
+        return download_dataset(dataset, cache_dir(dataset))
+    except DataError as e:
+        if not skipped:
+            raise
+        raise DataError(f"{e}. Looked in: {'; '.join(skipped)}") from None
 
 
 # ---------------------------------------------------------------- download
@@ -224,19 +246,6 @@ def mirrors_for(info: DatasetInfo) -> list[str]:
 def fetch(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response:
         return response.read()
-
-
-def write_atomic(path: Path, payload: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def download_dataset(dataset: str, dest: Path, mirrors: list[str] | None = None) -> Path:

@@ -1,12 +1,12 @@
 """Pictures of runs: the course's grid of digits and plots, a confusion matrix, misclassified digits.
 
 Drawing only: the numbers come from `evaluate`, the file names of a run's plots from `rundir`.
-matplotlib runs headless (Agg); every file is written to a temporary name and renamed.
+matplotlib runs headless (Agg); every file is written whole (`files.write_atomic`).
 """
 
 from __future__ import annotations
 
-import os
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,15 +15,29 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
 
+from digitpi import UserError, files  # noqa: E402
 from digitpi.rundir import PLOTS  # noqa: E402
 
 
+def figure_format(path: Path) -> str:
+    """The picture format `path`'s extension names, checked before anything is drawn."""
+    formats = FigureCanvasBase.get_supported_filetypes()
+    kind = path.suffix.lower().lstrip(".")
+    if kind not in formats:
+        raise UserError(f"{path}: cannot tell the picture format from the extension {path.suffix or '(none)'!r}; "
+                        f"use one of .{', .'.join(sorted(formats))}")
+    return kind
+
+
 def save_figure(fig: plt.Figure, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format=figure_format(path), dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    files.write_atomic(path, buffer.getvalue())
 
 
 def save_image_grid(path: Path, images: np.ndarray, titles: Sequence[str], cols: int = 4) -> None:
