@@ -1,7 +1,8 @@
 """The run folder that `digitpi train --out DIR` writes, in one place: its file names, save, load, complete.
 
     DIR/config.json        the full `Config`: the run rebuilds its model from it
-    DIR/model.safetensors  the weights (no pickle); the header names the model and its args too
+    DIR/model.safetensors  the weights (no pickle); the header names the model and its args too, and
+                           carries the SHA-256 of the tensor bytes, checked whenever the weights are read
     DIR/history.json       loss and accuracy per epoch, train and validation
     DIR/metrics.json       test metrics, parameters, training time, best epoch, data checksums
     DIR/loss.png ...       the plots `report.plot_run` draws, named in PLOTS
@@ -13,12 +14,13 @@ are imported by the two functions that write and read weights, and only there.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from digitpi import UserError, data
+from digitpi import UserError, files
 from digitpi.config import Config
 
 if TYPE_CHECKING:
@@ -34,7 +36,7 @@ COMPLETE = (CONFIG, METRICS, CHECKPOINT)  # a run holding these was saved to the
 
 
 def write_json(path: Path, payload: dict) -> None:
-    data.write_atomic(path, (json.dumps(payload, indent=2) + "\n").encode())
+    files.write_atomic(path, (json.dumps(payload, indent=2) + "\n").encode())
 
 
 def is_complete(run_dir: Path) -> bool:
@@ -51,28 +53,77 @@ def save_run(out_dir: Path, model: nn.Module, cfg: Config, history: dict, metric
     write_json(out_dir / METRICS, metrics)
 
 
+def read_json(path: Path) -> dict:
+    """A JSON object from a run folder, or one line saying why it cannot be one."""
+    try:
+        payload = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing: {path.parent} is not a complete run") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: unreadable ({e})") from None
+    if not isinstance(payload, dict):
+        raise UserError(f"{path}: expected a JSON object, found a {type(payload).__name__}")
+    return payload
+
+
 def load_config(run_dir: str | Path) -> Config:
     """The `Config` a run was trained with (keys this version does not know are ignored)."""
-    raw = json.loads((Path(run_dir) / CONFIG).read_text())
+    path = Path(run_dir) / CONFIG
+    raw = read_json(path)
     known = {f.name for f in fields(Config)}
-    return Config(**{k: v for k, v in raw.items() if k in known})
+    try:
+        return Config(**{k: v for k, v in raw.items() if k in known})
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{path}: not a valid run config ({e})") from None
 
 
 def load_metrics(run_dir: str | Path) -> dict:
-    return json.loads((Path(run_dir) / METRICS).read_text())
+    return read_json(Path(run_dir) / METRICS)
 
 
 # ---------------------------------------------------------------- weights (torch)
 
 
-def save_checkpoint(path: Path, model: nn.Module, cfg: Config) -> None:
-    """Weights in safetensors (no pickle); the header carries model name and args, as config.json does."""
-    from safetensors.torch import save_file
+DIGEST_KEY = "tensors_sha256"  # in the safetensors header: the SHA-256 of every byte after the header
 
-    tmp = path.with_name(f".{path.name}.tmp")
+
+def tensor_bytes(raw: bytes) -> tuple[dict, bytes]:
+    """The header metadata and the tensor bytes of a safetensors file (8-byte length, JSON header, data)."""
+    size = int.from_bytes(raw[:8], "little")
+    if len(raw) < 8 or size > len(raw) - 8:
+        raise ValueError("truncated header")
+    header = json.loads(raw[8:8 + size])
+    return header.get("__metadata__") or {}, raw[8 + size:]
+
+
+def save_checkpoint(path: Path, model: nn.Module, cfg: Config) -> None:
+    """Weights in safetensors (no pickle); the header carries model name and args, as config.json does,
+    and the SHA-256 of the tensor bytes, so a flipped bit is found before the weights are used."""
+    from safetensors.torch import save
+
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata={"model": cfg.model, "model_args": json.dumps(cfg.model_args)})
-    tmp.replace(path)
+    metadata = {"model": cfg.model, "model_args": json.dumps(cfg.model_args)}
+    _, tensors = tensor_bytes(save(state, metadata=metadata))  # the tensor bytes do not depend on the header
+    metadata[DIGEST_KEY] = hashlib.sha256(tensors).hexdigest()
+    files.write_atomic(path, save(state, metadata=metadata))
+
+
+def read_checkpoint(path: Path) -> tuple[dict, dict]:
+    """(header metadata, tensors) of a checkpoint whose tensor bytes match the SHA-256 it carries.
+    Checkpoints from before the checksum (no `tensors_sha256`) are read unchecked."""
+    from safetensors.torch import load
+
+    try:
+        raw = path.read_bytes()
+        metadata, tensors = tensor_bytes(raw)
+        state = load(raw)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    except Exception as e:  # safetensors' own error type, JSON, a truncated file
+        raise UserError(f"{path}: not a readable checkpoint, corrupt or truncated ({str(e).splitlines()[0]})") from None
+    if DIGEST_KEY in metadata and hashlib.sha256(tensors).hexdigest() != metadata[DIGEST_KEY]:
+        raise UserError(f"{path}: the weights do not match their SHA-256 (corrupt, or changed after training)")
+    return metadata, state
 
 
 def load_checkpoint(run_dir: str | Path) -> tuple[nn.Module, Config]:
@@ -81,8 +132,6 @@ def load_checkpoint(run_dir: str | Path) -> tuple[nn.Module, Config]:
     The weights' header must name the model config.json names: a config copied from another run
     is refused by name rather than by a mismatch deep in the state dict.
     """
-    from safetensors import safe_open
-
     from digitpi.models import create_model
 
     run_dir = Path(run_dir)
@@ -90,17 +139,18 @@ def load_checkpoint(run_dir: str | Path) -> tuple[nn.Module, Config]:
     if not config_path.is_file() or not weights_path.is_file():
         raise UserError(f"{run_dir} is not a training run (needs {CONFIG} and {CHECKPOINT})")
     cfg = load_config(run_dir)
-    model = create_model(cfg.model, **cfg.model_args)
     try:
-        with safe_open(str(weights_path), framework="pt") as f:
-            header = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+        model = create_model(cfg.model, **cfg.model_args)
+    except (TypeError, ValueError) as e:  # model_args the builder does not take
+        raise UserError(f"{config_path}: cannot build model {cfg.model!r} ({e})") from None
+    header, state = read_checkpoint(weights_path)
+    try:
         if "model" in header and header["model"] != cfg.model:
             raise RuntimeError(f"its header names model {header['model']}")
         if "model_args" in header and json.loads(header["model_args"]) != cfg.model_args:
             raise RuntimeError(f"its header names model args {header['model_args']}")
         model.load_state_dict(state)
-    except (RuntimeError, OSError, ValueError) as e:  # header errors, or weights of another architecture
+    except (RuntimeError, ValueError) as e:  # header errors, or weights of another architecture
         first_line = str(e).strip().splitlines()[0]
         raise UserError(f"{weights_path} does not fit model {cfg.model}: {first_line}") from None
     return model.eval(), cfg
