@@ -17,7 +17,6 @@ import datetime
 import io
 import json
 import logging
-import os
 import tempfile
 import time
 import warnings
@@ -32,7 +31,8 @@ import torch
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from torch import nn
 
-from digitpi import UserError, __version__, contract, data, rundir, runtime
+from digitpi import UserError, __version__, contract, data, files, rundir, runtime
+from digitpi.card import seal
 from digitpi.exportdir import CARD, CARD_FORMAT, VARIANTS
 from digitpi.models import count_params
 
@@ -210,7 +210,7 @@ def export_onnx(model: nn.Sequential, path: Path, metadata: dict[str, str]) -> N
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, metadata)
     onnx.checker.check_model(proto)
-    data.write_atomic(path, proto.SerializeToString())
+    files.write_atomic(path, proto.SerializeToString())
 
 
 class TrainingImages(CalibrationDataReader):
@@ -235,12 +235,13 @@ def quantize_int8(fp32_path: Path, int8_path: Path, reader: TrainingImages, cfg:
     QDQ, not QOperator: with int8 activations the QOperator graph (QLinearConv) fell to 87 % test
     accuracy on x86 while QDQ matched fp32 (99.25 %), and onnxruntime fuses QDQ into int8 kernels anyway.
     """
-    with tempfile.TemporaryDirectory(dir=int8_path.parent) as tmp, quiet():
+    # in the system's temporary folder: a kill leaves nothing in the export folder
+    with tempfile.TemporaryDirectory(prefix="digitpi-int8-") as tmp, quiet():
         out = Path(tmp) / int8_path.name
         quantize_static(str(fp32_path), str(out), reader, quant_format=QuantFormat[cfg.quant_format],
                         per_channel=cfg.per_channel, activation_type=QuantType.QInt8,
                         weight_type=QuantType.QInt8)
-        os.replace(out, int8_path)
+        files.write_atomic(int8_path, out.read_bytes())
 
 
 # ---------------------------------------------------------------- one export: write, measure, describe
@@ -276,6 +277,10 @@ def prepare(model: nn.Module, name: str, args: dict, out_dir: Path, cfg: ExportC
     any file is written."""
     deploy = deployable(model)
     layers, arrays = numpy_layers(deploy)
+    broken = [key for key, array in arrays.items() if not np.isfinite(array).all()]
+    if broken:
+        raise ExportError(f"the model's weights hold NaN or infinite values (in {', '.join(broken[:3])}): "
+                          "it diverged in training or was saved broken; nothing exported")
     return Job(model, name, args, deploy, layers, arrays, data.dataset_info(cfg.dataset), cfg, out_dir)
 
 
@@ -297,7 +302,7 @@ def write_numpy(job: Job, path: Path) -> None:
     """The fp32 arrays of the card's layers, as .npz (no pickle)."""
     buffer = io.BytesIO()
     np.savez(buffer, **job.arrays)
-    data.write_atomic(path, buffer.getvalue())
+    files.write_atomic(path, buffer.getvalue())
     return None  # a copy of arrays in memory: no time worth logging
 
 
@@ -399,19 +404,25 @@ def export_model(model: nn.Module, model_name: str, model_args: dict, out_dir: s
     (float32 (N, 1, 28, 28) = pixel/255, white ink on black) and returning logits (N, 10).
     `model_name`/`model_args` are recorded so the card says what was exported; `source` (any
     JSON-able dict: run folder, Keras file...) too.
-    Files appear atomically; the card is written last, so a folder with a card is complete.
+    Files appear atomically; the card is written last, so a folder with a card is complete, and a
+    failure on the way removes the files this export wrote.
     `log(message)` receives one line per step with its time and size.
     """
     cfg = cfg or ExportConfig()
     log = log or (lambda message: None)
     job = prepare(model, model_name, model_args, Path(out_dir), cfg)
+    test_x, test_y = data.load_split(cfg.dataset, "test", cfg.data_dir)
     job.out_dir.mkdir(parents=True, exist_ok=True)
     (job.out_dir / CARD).unlink(missing_ok=True)  # a half-replaced folder must not look complete
-    test_x, test_y = data.load_split(cfg.dataset, "test", cfg.data_dir)
-    write_variants(job, log)
-    card = model_card(job, measure(job, test_x, test_y, log), source)
-    data.write_atomic(job.out_dir / CARD, (json.dumps(card, indent=2) + "\n").encode())
-    return card
+    try:
+        write_variants(job, log)
+        sealed = seal(model_card(job, measure(job, test_x, test_y, log), source))
+        files.write_atomic(job.out_dir / CARD, (json.dumps(sealed, indent=2) + "\n").encode())
+    except BaseException:  # files without a card are no export: leave none behind
+        for variant in VARIANTS:
+            job.path(variant.name).unlink(missing_ok=True)
+        raise
+    return sealed
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path | None = None, data_dir: str | None = None,

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from digitpi import UserError
+from digitpi import UserError, one_line
 from digitpi.contract import IMAGE_SIZE, NUM_CLASSES, PIXEL_SCALE, WHITE
 from digitpi.export import ExportConfig, export_model
 from digitpi.models import MODELS
@@ -40,6 +40,9 @@ SUPPORTED = ("InputLayer", "Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dropou
 # What a Keras course feeds its model: x_train.reshape(-1, 28, 28, 1) / 255, i.e. our input contract.
 INPUT_ASSUMPTION = (f"float32 pixel/{WHITE} in [0, 1], white ink on black (MNIST), as the course's "
                     f"`x.reshape(-1, {IMAGE_SIZE}, {IMAGE_SIZE}, 1) / {WHITE}`; Keras input shape {{shape}}")
+
+
+MAX_PARAMETERS = 64_000_000  # weights read from one file: 256 MB of float32 (the course's largest model has 1.2 M)
 
 
 class KerasImportError(UserError):
@@ -78,17 +81,31 @@ def read_h5(path: Path) -> tuple[dict, dict[str, list[np.ndarray]], dict]:
         if "model_config" not in f.attrs:
             raise KerasImportError(f"{path}: no model_config attribute (saved with save_weights?); "
                                    "save the whole model with model.save('model.h5')")
-        config = json.loads(as_text(f.attrs["model_config"]))
-        group = f.get("model_weights", f)  # weights-only files keep layers at the top
-        weights = {}
-        for name, layer in group.items():
-            if not hasattr(layer, "attrs") or "weight_names" not in layer.attrs:
-                continue
-            # weight_names are paths inside the layer group: 'conv2d/kernel:0' (Keras 2)
-            # or 'sequential/conv2d/kernel' (Keras 3), in the order the layer defines them.
-            weights[name] = [np.asarray(layer[as_text(w)], dtype=np.float32) for w in layer.attrs["weight_names"]]
-        info = {k: as_text(f.attrs[k]) for k in ("keras_version", "backend") if k in f.attrs}
+        try:
+            config = json.loads(as_text(f.attrs["model_config"]))
+            group = f.get("model_weights", f)  # weights-only files keep layers at the top
+            weights, total = {}, 0
+            for name, layer in group.items():
+                if not hasattr(layer, "attrs") or "weight_names" not in layer.attrs:
+                    continue
+                # weight_names are paths inside the layer group: 'conv2d/kernel:0' (Keras 2)
+                # or 'sequential/conv2d/kernel' (Keras 3), in the order the layer defines them.
+                arrays = [layer[as_text(w)] for w in layer.attrs["weight_names"]]
+                total += sum(int(a.size) for a in arrays)
+                if total > MAX_PARAMETERS:  # sizes come from the header: a compressed file can claim terabytes
+                    raise KerasImportError(f"{path}: more than {MAX_PARAMETERS:,} weights, far too many for a Pi")
+                weights[name] = [np.asarray(a, dtype=np.float32) for a in arrays]
+            info = {k: as_text(f.attrs[k]) for k in ("keras_version", "backend") if k in f.attrs}
+        except KerasImportError:
+            raise
+        except Exception as e:  # h5py and json raise many types on a crafted or damaged file
+            raise KerasImportError(f"{path}: damaged or not a Keras model file ({type(e).__name__}: "
+                                   f"{one_line(e)})") from None
+    if not isinstance(config, dict):
+        raise KerasImportError(f"{path}: model_config is not a Keras model description")
     return config, weights, info
+
+
 
 
 def sequential_layers(config: dict, path: Path) -> tuple[str, list[dict]]:
@@ -169,8 +186,10 @@ class Converter:
             self.fail(name, kind, f"needs an (H, W, C) input, gets {self.shape}")
         try:
             getattr(self, kind.lower())(name, kind, cfg, weights, last)  # one method per Keras class
-        except (KeyError, IndexError, ValueError, RuntimeError) as e:  # a config or weight this reader does not know
-            self.fail(name, kind, f"unexpected config or weights ({type(e).__name__}: {str(e).splitlines()[0]}); "
+        except KerasImportError:
+            raise
+        except Exception as e:  # a config or weight this reader does not know, or a crafted one
+            self.fail(name, kind, f"unexpected config or weights ({type(e).__name__}: {one_line(e)}); "
                                   "was it saved by Keras 2 or 3?")
 
     def inputlayer(self, name, kind, cfg, weights, last) -> None:
@@ -181,6 +200,9 @@ class Converter:
         if pair(cfg.get("dilation_rate", 1)) != (1, 1) or cfg.get("groups", 1) != 1:
             self.fail(name, kind, "dilated or grouped convolutions are not supported")
         kernel = weights[0]  # (kh, kw, in, out)
+        expected = (kh, kw, c_in, cfg["filters"])
+        if kernel.shape != expected:  # checked before the layer is built: its size is then the file's, not the config's
+            self.fail(name, kind, f"unexpected config or weights (kernel {kernel.shape}, the config says {expected})")
         conv = nn.Conv2d(c_in, cfg["filters"], (kh, kw), stride=(sh, sw), bias=cfg.get("use_bias", True))
         if cfg["padding"] == "same":
             (top, bottom), (left, right) = same_padding(h, kh, sh), same_padding(w, kw, sw)
@@ -239,6 +261,9 @@ class Converter:
             h, w, c = self.flattened_from  # rows ordered (h, w, c) -> torch's (c, h, w)
             kernel = kernel.reshape(h, w, c, -1).transpose(2, 0, 1, 3).reshape(h * w * c, -1)
             self.flattened_from = None
+        expected = (self.shape[0], cfg["units"])
+        if kernel.shape != expected:  # checked before the layer is built
+            self.fail(name, kind, f"unexpected config or weights (kernel {kernel.shape}, the config says {expected})")
         linear = nn.Linear(self.shape[0], cfg["units"], bias=cfg.get("use_bias", True))
         with torch.no_grad():
             linear.weight.copy_(torch.from_numpy(kernel.T.copy()))
@@ -281,19 +306,26 @@ def import_keras(path: str | Path) -> ImportedModel:
     """Read a Keras .h5 and return the equivalent torch model (eval mode), checked on a blank image."""
     path = Path(path)
     config, weights, info = read_h5(path)
-    name, layers = sequential_layers(config, path)
-    input_shape = input_shape_of(layers, path)
-    converter = Converter(path, input_shape)
-    body = [layer for layer in layers if layer["class_name"] != "InputLayer"]
-    for i, layer in enumerate(body):
-        layer_name = layer["config"].get("name", layer["class_name"])
-        expected = weights.get(layer_name, [])
-        converter.add(layer, expected, last=i == len(body) - 1)
-    if converter.shape != (NUM_CLASSES,):
-        raise KerasImportError(f"{path}: the model outputs {converter.shape}, expected ({NUM_CLASSES},) digit scores")
-    model = nn.Sequential(*converter.layers).eval()
-    with torch.no_grad():
-        model(torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE))  # shapes agree end to end
+    try:
+        name, layers = sequential_layers(config, path)
+        input_shape = input_shape_of(layers, path)
+        converter = Converter(path, input_shape)
+        body = [layer for layer in layers if layer["class_name"] != "InputLayer"]
+        for i, layer in enumerate(body):
+            layer_name = layer["config"].get("name", layer["class_name"])
+            expected = weights.get(layer_name, [])
+            converter.add(layer, expected, last=i == len(body) - 1)
+        if converter.shape != (NUM_CLASSES,):
+            raise KerasImportError(f"{path}: the model outputs {converter.shape}, "
+                                   f"expected ({NUM_CLASSES},) digit scores")
+        model = nn.Sequential(*converter.layers).eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE))  # shapes agree end to end
+    except KerasImportError:
+        raise
+    except Exception as e:  # a model_config of another shape than Keras writes (crafted or damaged)
+        raise KerasImportError(f"{path}: unexpected model_config ({type(e).__name__}: {one_line(e)}); "
+                               "was it saved by Keras 2 or 3?") from None
     source = {
         "format": "keras-h5",
         "file": path.name,

@@ -4,30 +4,28 @@ Imports only numpy at the top; onnxruntime is imported when a session is created
 backend still works on a machine where onnxruntime is missing. An export folder (`digitpi export`,
 laid out in `exportdir`) holds one file per variant and the card `model.json`; the card says how
 pixels become model input, and its SHA-256 sums are checked before a file is used, so a
-half-copied or edited file is refused instead of giving quietly wrong answers.
+half-copied or edited file is refused instead of giving quietly wrong answers. The card itself is
+checked when read (`digitpi.card`), and a loaded model runs one blank image before `load` returns:
+a broken export fails at start, not on every request.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from digitpi import UserError, onnxprobe
+from digitpi import UserError, one_line, onnxprobe
+from digitpi.card import ModelFileError, read_card
 from digitpi.contract import to_model_input
-from digitpi.exportdir import BACKENDS, CARD, CARD_FORMAT, DEFAULT_PRECISION, PRECISIONS, variant
+from digitpi.exportdir import BACKENDS, CARD, DEFAULT_PRECISION, PRECISIONS, variant
 
 NUMPY_CHUNK = 128  # images per NumPy forward pass: bounds the im2col buffers to a few MB
 
 log = logging.getLogger(__name__)  # unconfigured, a warning prints as one line on stderr
-
-
-class ModelFileError(UserError):
-    """An export folder that is missing, incomplete or altered; the message says which file."""
 
 
 @dataclass(frozen=True)
@@ -46,20 +44,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def read_card(folder: str | Path) -> dict:
-    """The model card of an export folder, with a one-line error when it is absent or unreadable."""
-    path = Path(folder) / CARD
-    if not path.is_file():
-        raise ModelFileError(f"no model card {CARD} in {folder}: export a run with `digitpi export RUN_DIR`")
-    try:
-        card = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFileError(f"{path}: unreadable model card ({e})") from None
-    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
-        raise ModelFileError(f"{path}: not a digitpi model card (expected format {CARD_FORMAT!r})")
-    return card
 
 
 def verified_file(folder: Path, card: dict, name: str) -> Path:
@@ -232,13 +216,30 @@ class Classifier:
             path = verified_file(folder, card, chosen.file)
             problem = onnxprobe.problem(path, card["files"][chosen.file]["sha256"])
             if problem is None:
-                return cls(card, OnnxBackend(path, threads), chosen.precision, chosen.backend)
+                return cls.started(card, lambda: OnnxBackend(path, threads), chosen, path)
             if backend == "onnxruntime":
                 raise UserError(f"{problem}: use the NumPy backend (--backend numpy)")
             log.warning("digitpi: %s: reading digits with the NumPy backend (fp32 weights)", problem)
         chosen = variant(precision, "numpy")
         path = verified_file(folder, card, chosen.file)
-        return cls(card, NumpyBackend(path, card["layers"]), chosen.precision, chosen.backend)
+        return cls.started(card, lambda: NumpyBackend(path, card["layers"]), chosen, path)
+
+    @classmethod
+    def started(cls, card: dict, make_backend, chosen, path: Path) -> Classifier:
+        """A classifier on `make_backend()` that has read one blank image: an export that does not run
+        as its card says (a weight the layer list names but the file lacks, shapes that do not fit,
+        classes the model does not give) fails here, at start, not on every request."""
+        try:
+            classifier = cls(card, make_backend(), chosen.precision, chosen.backend)
+            blank = classifier.logits(np.zeros((1, *classifier.shape), np.float32))
+        except UserError:
+            raise
+        except Exception as e:
+            raise ModelFileError(f"{path} does not run as {CARD} describes it ({one_line(e)}): export again") from None
+        if blank.shape != (1, len(classifier.classes)) or not np.isfinite(blank).all():
+            raise ModelFileError(f"{path} gives logits of shape {blank.shape} for one image, {CARD} lists "
+                                 f"{len(classifier.classes)} classes: export again")
+        return classifier
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         """Raw scores (N, 10) for images as `predict` takes them."""
