@@ -12,7 +12,11 @@ Public API, used by `digitpi predict`, the runtime user and `digitpi serve`:
     to_mnist(source) -> uint8 (28, 28)       one digit, ready for `Classifier.predict`
 Every failure is an `ImageError` (a `UserError`) with a one-line message; a blank page is a
 `NoDigitError`. Messages start with the file's path, or with the `name` the caller gives the
-source (`digitpi predict -` says "standard input"); other sources go unnamed."""
+source (`digitpi predict -` says "standard input"); other sources go unnamed.
+
+Memory is bounded by pixels, not by file size: a 354 KB PNG can hold 9400x9400 RGBA pixels (674 MB
+on the way to grey). A picture is decoded at full size only when that fits `Settings.decode_budget`
+(JPEGs are decoded at 1/2 to 1/8 scale first); anything larger is refused before it is decoded."""
 
 from __future__ import annotations
 
@@ -25,18 +29,21 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter, UnidentifiedImageError
 
-from digitpi import UserError
+from digitpi import UserError, one_line
 from digitpi.contract import BOX_SIZE, CENTRE, IMAGE_SIZE, WHITE
 
 EXIF_ORIENTATION = 0x0112  # the EXIF tag that says how the stored pixels are turned
+JPEG = ("JPEG", "MPO")  # formats Pillow can decode at 1/2, 1/4 or 1/8 scale (MPO: a camera's JPEG)
 Source = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray
 
 
 @dataclass(frozen=True)
 class Settings:
     max_pixels: int = 100_000_000  # larger images are refused as decompression bombs (a 108-MP phone photo fits)
+    decode_budget: int = 128 * 2**20  # bytes one picture may hold while decoded at full size (see `decode_cost`)
+    max_file_bytes: int = 64 * 2**20  # standard input and uploads held in memory: a 108-MP JPEG is about 30 MB
     load_side: int = 1024  # load_image decodes/reduces to this longer side or less: plenty for a row of digits
     digit_side: int = 256  # to_mnist works at this longer side or less: 20 px of output need far fewer
     blocks: int = 16  # background grid: blocks along the longer side (3x3 blocks are wider than a stroke)
@@ -78,6 +85,13 @@ def about(name: str | None, message: str) -> str:
     return f"{name}: {message}" if name else message
 
 
+def quiet_but_for_bombs() -> None:
+    """Inside `warnings.catch_warnings()`: Pillow's notes on odd files ("Corrupt EXIF data") are not
+    printed, as the picture decodes or fails with one line anyway; a decompression bomb is an error."""
+    warnings.simplefilter("ignore")
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+
 def open_image(source: Source, s: Settings = SETTINGS, name: str | None = None) -> Image.Image:
     """Image.open with every Pillow failure (and any image over `max_pixels`) turned into ImageError."""
     name = source_name(source, name)
@@ -87,20 +101,24 @@ def open_image(source: Source, s: Settings = SETTINGS, name: str | None = None) 
         source = io.BytesIO(bytes(source))
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        if not path.is_file():
+        if path.is_dir():
+            raise ImageError(about(name, "is a folder, not an image"))
+        if not path.exists():
             raise ImageError(about(name, "no such file"))
+        if not path.is_file():  # a FIFO or a device: reading it may never end
+            raise ImageError(about(name, "not a regular file"))
         if path.stat().st_size == 0:
             raise ImageError(about(name, "empty file, not an image"))
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            quiet_but_for_bombs()
             image = Image.open(source)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(about(name, "image too large (decompression bomb?)")) from None
     except UnidentifiedImageError:
         raise ImageError(about(name, "not an image (no known image format)")) from None
     except Exception as e:  # Pillow raises many types on foreign or corrupt bytes
-        raise ImageError(about(name, f"not an image ({reason(e)})")) from None
+        raise ImageError(about(name, f"not an image ({one_line(e, 100)})")) from None
     width, height = image.size
     if width * height > s.max_pixels:
         raise ImageError(about(name, f"image too large ({width}x{height} px; the limit is {s.max_pixels:,} pixels)"))
@@ -109,20 +127,22 @@ def open_image(source: Source, s: Settings = SETTINGS, name: str | None = None) 
     return image
 
 
-def reason(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= 100 else text[:97] + "..."
-
-
 def load_image(source: Source, s: Settings = SETTINGS, side: int | None = None,
                name: str | None = None) -> Image.Image:
     """Read `source` into an upright, fully decoded grey image whose longer side is at most `side`
     (default `s.load_side`; larger images are shrunk by a whole factor, box-filtered).
 
     JPEGs are decoded at a reduced scale (`draft`), so a 12-MP photo costs a few milliseconds, not a
-    hundred. Arrays are taken as grey levels (or RGB/RGBA) as they are.
+    hundred. A file whose full-size decode would exceed `s.decode_budget` is refused before it is
+    decoded. Arrays are taken as grey levels (or RGB/RGBA) as they are.
     """
     return load_upright(source, s, side, name)[0]
+
+
+# Orientations of EXIF tag 0x0112 -> how the stored pixels are turned upright (as ImageOps.exif_transpose)
+UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_90}
 
 
 def load_upright(source: Source, s: Settings = SETTINGS, side: int | None = None,
@@ -137,25 +157,73 @@ def load_upright(source: Source, s: Settings = SETTINGS, side: int | None = None
     name = source_name(source, name)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            quiet_but_for_bombs()
             width, height = image.size
-            if image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # stored turned by 90 degrees
+            if image.format in JPEG:  # DCT scaling: decode only 1/2, 1/4 or 1/8 of it, longer side >= side
+                longer = max(image.size)
+                image.draft("L", (max(1, image.width * side // longer), max(1, image.height * side // longer)))
+            if not isinstance(source, Image.Image):  # the caller's own image is decoded already
+                cost = decode_cost(image)
+                if cost > s.decode_budget:
+                    raise ImageError(about(name, f"image too large to decode ({image.width}x{image.height} px "
+                                                 f"{image.mode} needs {cost / 2**20:.0f} MB, the limit is "
+                                                 f"{s.decode_budget / 2**20:.0f} MB): send a smaller picture"))
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)  # after the check: a PNG's loads the image
+            if orientation in (5, 6, 7, 8):  # stored turned by 90 degrees
                 width, height = height, width
-            if image.format == "JPEG" and image.mode in ("RGB", "L"):
-                image.draft("L", (side, side))  # DCT scaling: decode only 1/2, 1/4 or 1/8 of it
             image.load()
-            image = shrink(gray_image(ImageOps.exif_transpose(image) or image), side)
+            image = reduced_gray(image, side)
+            if orientation in UPRIGHT:
+                image = image.transpose(UPRIGHT[orientation])
     except ImageError:
         raise
     except Exception as e:  # truncated data, broken EXIF, a mode Pillow cannot convert...
-        raise ImageError(about(name, f"cannot decode image ({reason(e)})")) from None
+        raise ImageError(about(name, f"cannot decode image ({one_line(e, 100)})")) from None
     return image, (width, height)
+
+
+# Bytes per pixel a decoded picture holds at its peak on the way to a small grey image: Pillow's own
+# storage (1 byte for 1/L/P, 2 for 16-bit, 4 for the rest), plus the one full-size copy its mode
+# needs (to L or F where `reduce` cannot work on it; premultiplied alpha, as `reduce` makes).
+PEAK_BYTES = {"L": 1, "1": 2, "P": 2, "I;16": 6, "I;16L": 6, "I;16B": 6, "I;16N": 6, "LA": 8, "RGBA": 8,
+              "PA": 12}
+ALPHA_PALETTE = 9  # a palette with a transparent colour: 1 + 4 (RGBA) + 4 (premultiplied)
+
+
+def decode_cost(image: Image.Image) -> int:
+    """Bytes that decoding `image` (opened, not yet loaded) at its present size would take at its peak.
+
+    A progressive JPEG is decoded from whole-image tables of DCT coefficients (2 bytes each, per
+    component at its sampling), whatever scale it is drafted to."""
+    pixels = image.width * image.height
+    if image.mode == "P" and "transparency" in image.info:
+        cost = pixels * ALPHA_PALETTE
+    else:
+        cost = pixels * PEAK_BYTES.get(image.mode, 4)
+    layers = getattr(image, "layer", None)  # a JPEG's components: (id, h, v, table)
+    if image.format in JPEG and image.info.get("progressive") and layers:
+        full = image.decoderconfig[0] if image.decoderconfig else 1  # draft's scale
+        h_max, v_max = max(c[1] for c in layers) or 1, max(c[2] for c in layers) or 1
+        share = sum(c[1] * c[2] for c in layers) / (h_max * v_max)  # 1.5 for 4:2:0 colour
+        cost += int(pixels * full * full * 2 * share)
+    return cost
+
+
+def reduced_gray(image: Image.Image, side: int) -> Image.Image:
+    """A decoded picture reduced to `side` *before* it becomes grey, so the full-size copies are the
+    few `PEAK_BYTES` counts: modes `reduce` cannot take are made L, F or RGBA first."""
+    if image.mode in ("1", "P", "PA") or image.mode.startswith("I;16"):
+        alpha = image.mode == "PA" or "transparency" in image.info
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "palette images with transparency should be RGBA"
+            image = image.convert("RGBA" if alpha else "F" if image.mode.startswith("I;16") else "L")
+    return shrink(gray_image(shrink(image, side)), side)
 
 
 def shrink(image: Image.Image, side: int) -> Image.Image:
     """`image` reduced by the smallest whole factor that brings its longer side to `side` or less."""
     factor = -(-max(image.size) // side)
-    return image.reduce(factor) if factor > 1 else image  # box filter: anti-aliased, and fast
+    return image.reduce(factor) if factor > 1 else image  # box filter: anti-aliased, and fast (alpha premultiplied)
 
 
 def array_image(array: np.ndarray) -> Image.Image:
@@ -172,8 +240,8 @@ def gray_image(image: Image.Image) -> Image.Image:
     """Any Pillow mode as "L" (8-bit) or "F" (wider ranges), transparency composited over white paper."""
     if image.mode in ("L", "F"):
         return image
-    if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
-        return image.convert("I").convert("F") if image.mode != "I" else image.convert("F")
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        return image.convert("F")
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
     if has_alpha:
         with warnings.catch_warnings():
