@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from digitpi import UserError
+from digitpi import UserError, files
 from digitpi.bench import BENCHMARKS
 from digitpi.exportdir import BACKENDS, PRECISIONS
 
@@ -29,6 +29,18 @@ DESCRIPTION = "Train a handwritten-digit classifier on a PC; read digits with it
 
 def fail(message: str) -> None:
     raise UserError(message)
+
+
+def read_stdin() -> bytes:
+    """Standard input as a picture's bytes, refused past `preprocess.SETTINGS.max_file_bytes`:
+    `cat /dev/zero | digitpi predict -` must not fill memory."""
+    from digitpi import preprocess
+
+    limit = preprocess.SETTINGS.max_file_bytes
+    payload = sys.stdin.buffer.read(limit + 1)
+    if len(payload) > limit:
+        raise preprocess.ImageError(f"more than {limit // 2**20} MB, too large for a picture")
+    return payload
 
 
 def writable_dir(path: str | Path) -> Path:
@@ -50,6 +62,10 @@ def writable_dir(path: str | Path) -> Path:
 def cmd_data(args: argparse.Namespace) -> None:
     from digitpi import data
 
+    if args.grid:
+        from digitpi import report
+
+        report.figure_format(Path(args.grid))  # a name without a picture extension fails before the data loads
     info = data.dataset_info(args.dataset)
     folder = data.locate(args.dataset, args.data_dir)
     status = data.verify_folder(folder, info)
@@ -62,8 +78,6 @@ def cmd_data(args: argparse.Namespace) -> None:
         print(f"{split}: {len(images)} images {images.shape[1]}x{images.shape[2]}, per class: "
               + " ".join(f"{info.classes[c]}={n}" for c, n in enumerate(counts)))
     if args.grid:
-        from digitpi import report
-
         images, labels = data.load_split(args.dataset, "train", args.data_dir)
         report.save_image_grid(Path(args.grid), images[:12], [f"Class {info.classes[y]}" for y in labels[:12]])
         print(f"wrote {args.grid}")
@@ -108,7 +122,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from digitpi import config, pipeline, train
+    from digitpi import config, distributed, pipeline, train
 
     overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(config.Config)}
     try:
@@ -119,11 +133,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     create_model(cfg.model, **cfg.model_args)  # an unknown model fails before any data is read
     train.pick_device(cfg.device)  # and so does --device cuda where there is no GPU
-    out = writable_dir(args.out or Path(DEFAULT_RUN_DIR) / cfg.model)
-    result = train.train(cfg, progress=not args.quiet)
-    if result.rank:  # torchrun: rank 0 measures and saves the one run folder
+    folder = args.out or Path(DEFAULT_RUN_DIR) / cfg.model
+    if distributed.launched() and os.environ["RANK"] != "0":  # torchrun: rank 0 measures and saves the one run folder
+        train.train(cfg, progress=not args.quiet)
         return
-    metrics = pipeline.finish_run(result, out)
+    with files.writing(folder) as out:  # one run at a time per folder
+        writable_dir(out)
+        result = train.train(cfg, progress=not args.quiet)
+        metrics = pipeline.finish_run(result, out)
     print(f"saved run to {out}")
     print(f"The final loss on test data is {metrics['test_loss']:.4f}")
     print(f"The accuracy on test data is {100 * metrics['test_accuracy']:.2f}%")
@@ -142,9 +159,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from digitpi import compare
 
-    out = writable_dir(args.out)
-    path = compare.compare(args.models, out, epochs=args.epochs, retrain=args.retrain,
-                          data_dir=args.data_dir, progress=not args.quiet)
+    with files.writing(args.out) as out:
+        writable_dir(out)
+        path = compare.compare(args.models, out, epochs=args.epochs, retrain=args.retrain,
+                              data_dir=args.data_dir, progress=not args.quiet)
     print(path.read_text())
     print(f"wrote {path}")
 
@@ -155,16 +173,18 @@ def cmd_export(args: argparse.Namespace) -> None:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         fail(f"no run folder {run_dir} (train one with `digitpi train --out {run_dir}`)")
-    out = Path(args.out) if args.out else run_dir / "export"  # created once the run has loaded
-    card = export.export_run(run_dir, out, args.data_dir, log=lambda line: print("  " + line))
+    out = Path(args.out) if args.out else run_dir / "export"
+    with files.writing(out):  # a failure (a corrupt checkpoint) removes the folder if this made it
+        card = export.export_run(run_dir, out, args.data_dir, log=lambda line: print("  " + line))
     print(export.format_card(card, out))
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from digitpi import serve
 
+    hosts = tuple(h.strip() for h in (args.allowed_hosts or "").split(",") if h.strip())
     serve.serve(serve.ServeConfig(model_dir=args.model, host=args.host, port=args.port, precision=args.precision,
-                                  backend=args.backend), log_level=args.log_level)
+                                  backend=args.backend, allowed_hosts=hosts), log_level=args.log_level)
 
 
 def cmd_service(args: argparse.Namespace) -> None:
@@ -180,18 +200,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
-    from digitpi import data, preprocess, reading, runtime
+    from digitpi import preprocess, reading, runtime
 
     if args.top < 1:
         fail(f"--top must be at least 1, got {args.top}")
     if args.images.count("-") > 1:
         fail(f"{STDIN} (-) can be read only once")
+    if args.save_input:
+        files.check_replaceable(Path(args.save_input))  # a FIFO or a device there: refused before any work
     classifier = runtime.Classifier.load(args.model, **({"precision": args.precision} if args.precision else {}))
     top = min(args.top, len(classifier.classes))
     records, seen, failed = [], [], 0
     for image in args.images:
-        source = sys.stdin.buffer.read() if image == "-" else image
         try:  # name "": messages without the picture's name, which is printed (or recorded) beside them
+            source = read_stdin() if image == "-" else image
             page = reading.read(classifier, source, page=args.multi, name="")
         except preprocess.ImageError as e:
             failed += 1
@@ -208,7 +230,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.save_input and seen:  # the 28x28 images the model saw, side by side, written atomically
         buffer = io.BytesIO()
         Image.fromarray(np.concatenate(seen, axis=1), "L").save(buffer, format="PNG")
-        data.write_atomic(Path(args.save_input), buffer.getvalue())
+        files.write_atomic(args.save_input, buffer.getvalue())
     if args.json:
         print(json.dumps(records, indent=2))
     return 2 if failed else 0
@@ -279,8 +301,8 @@ def cmd_import_keras(args: argparse.Namespace) -> None:
 
     h5 = Path(args.model)
     out = Path(args.out) if args.out else keras_import.default_out_dir(h5)
-    # the whole file is converted before the folder is created: an unsupported layer leaves nothing behind
-    imported, card = keras_import.import_to_folder(h5, out, args.data_dir, log=lambda line: print("  " + line))
+    with files.writing(out):  # an unsupported layer fails before any file is written, and leaves no folder
+        imported, card = keras_import.import_to_folder(h5, out, args.data_dir, log=lambda line: print("  " + line))
     match = f" (same network as digitpi's {imported.zoo_name})" if imported.zoo_name else ""
     print(f"read {h5}: Keras {card['source'].get('keras_version', '?')} Sequential "
           f"{imported.name!r}, input {imported.input_shape}{match}")
@@ -348,6 +370,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS, help="which exported model to run (default: the runtime's)")
     p.add_argument("--backend", choices=BACKENDS,
                    help="what runs the model (default: auto, onnxruntime when installed)")
+    p.add_argument("--allowed-hosts", metavar="NAMES",
+                   help="comma-separated Host names the server answers besides localhost, e.g. digits.example.org "
+                        "or *.example.org; * for any (default: localhost, plus this machine's name off loopback)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="server log level (default: info; requests are not logged)")
     p.set_defaults(func=cmd_serve)
@@ -414,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {e.filename}" if e.filename else ""
         print(f"digitpi: error: {e.strerror or e}{where}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C: whatever was being written is left as it was
+        print("digitpi: interrupted", file=sys.stderr)
         return 130
 
 
