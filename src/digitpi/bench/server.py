@@ -1,4 +1,5 @@
-"""A real `digitpi serve` in a child process on a free loopback port: for `digitpi bench serve` and the tests.
+"""A real `digitpi serve` in a child process on a free loopback port: for `digitpi bench serve` and the tests;
+and what such a process holds in memory (Linux /proc).
 
 Standard library only; the server process itself imports the web stack.
 """
@@ -66,3 +67,37 @@ def launch(model_dir: str | Path, precision: str | None = None, log_level: str =
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def memory_mb(pid: int, field: str = "VmRSS") -> float | None:
+    """A process's resident memory now (VmRSS) or at its peak (VmHWM), in MB; None where /proc cannot say."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def listening_pid(port: int) -> int | None:
+    """The process listening on TCP `port` of this machine (Linux, same user or root), or None."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                        inodes.add(f"socket:[{fields[9]}]")
+        except (OSError, StopIteration):
+            continue
+    for pid in filter(str.isdigit, os.listdir("/proc") if inodes else []):
+        try:
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes for fd in os.listdir(f"/proc/{pid}/fd")):
+                return int(pid)
+        except OSError:
+            continue
+    return None
