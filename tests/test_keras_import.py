@@ -312,3 +312,14 @@ def test_files_that_are_not_keras_h5_are_refused(tmp_path, capsys):
                           (weights_only, "no model_config")):
         code, err = run_cli(["import-keras", str(path)], capsys)
         assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_nan_weights_are_refused_and_nothing_is_written(tmp_path, capsys, mnist_dir):
+    model = course_mlp()
+    kernel, bias = model.layers[-1].get_weights()
+    kernel[0, 0] = np.nan  # a model that diverged in training
+    model.layers[-1].set_weights([kernel, bias])
+    h5 = save(model, tmp_path / "diverged.h5")
+    code, err = run_cli(["import-keras", str(h5), "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "NaN or infinite" in err
+    assert not (tmp_path / "out").exists()

@@ -117,7 +117,7 @@ def test_model_health_and_openapi(client, classifier):
     health = client.get("/health").json()
     assert health == {"status": "ok", "model": classifier.card["model"], "precision": classifier.precision,
                       "backend": classifier.backend_name}
-    assert client.get("/model").json() == json.loads(json.dumps(classifier.card))
+    assert client.get("/model").json() == json.loads(json.dumps(serve.public_card(classifier.card)))
     schema = client.get("/openapi.json").json()
     predict = schema["paths"]["/predict"]["post"]
     assert {"multipart/form-data", "image/*", "application/octet-stream"} <= set(predict["requestBody"]["content"])
@@ -179,7 +179,8 @@ def test_serve_module_never_imports_torch(fast_export, mnist_test):
         "from starlette.testclient import TestClient\n"
         "from digitpi import serve\n"
         f"app = serve.create_app(serve.load_classifier({str(fast_export)!r}))\n"
-        f"r = TestClient(app).post('/predict', content={body!r}, headers={{'Content-Type': 'image/png'}})\n"
+        f"r = TestClient(app, base_url='http://localhost').post('/predict', content={body!r},"
+        " headers={'Content-Type': 'image/png'})\n"
         "assert r.status_code == 200, r.text\n"
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]\n"
         "print('ok')\n"
@@ -223,3 +224,127 @@ def test_bench_serve_against_running_server(server):
 
     elsewhere = run_cli("bench", "serve", "--url", "http://192.0.2.1:8000", "-n", "10")
     assert elsewhere.returncode == 2 and "must point at this machine" in elsewhere.stderr
+
+
+# ---------------------------------------------------------------- a Pi left serving on a network
+
+
+def test_head_works_where_get_does(client):
+    for path in ("/", "/health", "/model", "/openapi.json"):
+        head, get = client.head(path), client.get(path)
+        assert head.status_code == 200 and head.content == b"", path
+        assert head.headers["content-type"] == get.headers["content-type"]
+    assert client.head("/predict").status_code == 405  # POST only, as GET /predict
+
+
+def test_host_header_must_name_this_server(client, server):
+    port = server.url.rsplit(":", 1)[1]
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", f"192.168.1.20:{port}"):
+        assert client.get("/health", headers={"Host": host}).status_code == 200, host
+    r = client.get("/health", headers={"Host": f"attacker.example:{port}"})  # DNS rebinding: a name of theirs
+    assert r.status_code == 400 and "attacker.example" in r.json()["error"] and "--allowed-hosts" in r.json()["error"]
+    r = client.post("/predict", content=b"x", headers={"Host": "attacker.example", "Content-Type": "image/png"})
+    assert r.status_code == 400
+
+
+def test_model_card_shows_no_local_paths(client, classifier):
+    shown = client.get("/model").json()
+    assert "run" not in shown["source"] and str(classifier.card["source"]["run"]) not in json.dumps(shown)
+    assert shown["source"]["checkpoint_sha256"] == classifier.card["source"]["checkpoint_sha256"]
+    assert shown["files"] == classifier.card["files"]
+
+
+@pytest.fixture(scope="module")
+def strict_server(fast_export):
+    """`serve.serve` with short limits, so tests can watch them act: 2 s for headers and bodies, 8 connections."""
+    from digitpi.bench.server import free_port, wait_healthy
+
+    port = free_port()
+    code = ("from digitpi import serve\n"
+            f"serve.serve(serve.ServeConfig(model_dir={str(fast_export)!r}, port={port}, header_timeout=2.0,"
+            " body_timeout=2.0, keep_alive=1, max_connections=8, allowed_hosts=('digits.example.org',)),"
+            " log_level='warning')\n")
+    process = subprocess.Popen([sys.executable, "-c", code])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process)
+        yield url, port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closes `sock` within `seconds` (reading until EOF)."""
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    except OSError:  # reset: closed too
+        pass
+    return True
+
+
+def test_idle_and_slow_connections_are_closed(strict_server, mnist_test):
+    url, port = strict_server
+    idle = socket.create_connection(("127.0.0.1", port))
+    slow = socket.create_connection(("127.0.0.1", port))
+    slow.sendall(b"POST /predict HTTP/1.1\r\nHost: localhost\r\n")  # headers begun, never finished
+    assert closed_within(idle, 6) and closed_within(slow, 6)
+    body = socket.create_connection(("127.0.0.1", port))  # headers complete, body never finished
+    body.sendall(b"POST /predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n"
+                 b"\r\n\x89PNG")
+    body.settimeout(6)
+    answer = b""
+    while chunk := body.recv(4096):  # until the server closes it
+        answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408") and b'{"error":' in answer
+    with httpx.Client(base_url=url, timeout=30) as client:
+        assert_still_serving(client, mnist_test)
+
+
+def test_connections_over_the_cap_close_the_oldest_idle_one(strict_server, mnist_test):
+    url, port = strict_server
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
+    with httpx.Client(base_url=url, timeout=30) as client:
+        assert_still_serving(client, mnist_test)  # a ninth connection, with a request: served
+    assert closed_within(idle[0], 1)  # made room for it
+    for sock in idle:
+        sock.close()
+
+
+def test_allowed_hosts_adds_names(strict_server):
+    url, _ = strict_server
+    with httpx.Client(base_url=url, timeout=30) as client:
+        assert client.get("/health", headers={"Host": "digits.example.org"}).status_code == 200
+        assert client.get("/health", headers={"Host": "other.example.org"}).status_code == 400
+
+
+def test_bad_port_is_one_line(fast_export):
+    done = run_cli("serve", "--model", str(fast_export), "--port", "99999")
+    assert done.returncode == 2 and done.stderr == "digitpi: error: --port must be between 0 and 65535, got 99999\n"
+
+
+def test_float_tiff_of_one_row_is_answered(client):
+    """A 2850x1 float TIFF: once a 500."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).random((1, 2850), dtype=np.float32), "F").save(buffer, format="TIFF")
+    r = client.post("/predict", content=buffer.getvalue(), headers={"Content-Type": "image/tiff"})
+    assert r.status_code in (200, 415, 422) and r.headers["content-type"] == "application/json"
+
+
+@pytest.mark.slow  # a minute or more: worst-case pictures decoded whole, connections held
+def test_bench_serve_hostile(strict_server):
+    url, _ = strict_server
+    result = run_cli("bench", "serve", "--url", url, "-n", "40", "-c", "4", "--hostile", "--idle", "20",
+                     "--slow", "5", "--hold", "8", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    hostile = report["hostile"]
+    assert report["errors"] == hostile["worst_pictures"]["errors"] == hostile["under_held_connections"]["errors"] == 0
+    assert hostile["worst_pictures"]["statuses"]["415"] == 4  # the 9400x9400 RGBA PNG, refused each time
+    assert hostile["held"]["opened"] == 25 and len(hostile["held"]["closed_after"]) == 25  # all closed by the server
+    memory = hostile["memory"]
+    assert 0 < memory["idle_mb"] <= memory["peak_mb"] and memory["after_mb"] > 0  # found the server by its port
