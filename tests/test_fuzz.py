@@ -93,20 +93,26 @@ def picture_files(draw) -> bytes:
 
 
 @FUZZ
-@given(payload=picture_files(), multi=st.booleans())
-def test_predict_answers_or_says_why_in_one_line(payload, multi, fast_export, tmp_path_factory, capsys):
+@given(payload=picture_files(), multi=st.booleans(), as_json=st.booleans())
+def test_predict_answers_or_says_why_in_one_line(payload, multi, as_json, fast_export, tmp_path_factory, capsys):
     path = tmp_path_factory.mktemp("fuzz") / "picture"
     path.write_bytes(payload)
+    flags = [*(["--multi"] if multi else []), *(["--json"] if as_json else [])]
     with warnings.catch_warnings(record=True) as printed:  # a warning would be a second line on stderr
         warnings.simplefilter("always")
-        code = main(["predict", "--model", str(fast_export), str(path), "--json", *(["--multi"] if multi else [])])
+        code = main(["predict", "--model", str(fast_export), str(path), *flags])
     assert not printed, [str(w.message) for w in printed]
     captured = capsys.readouterr()
-    if code == 0:
-        assert json.loads(captured.out)[0]["image"] == str(path)
+    assert code in (0, 2)
+    if as_json:  # a reading, or the error in the record
+        (record,) = json.loads(captured.out)
+        assert captured.err == "" and record["image"] == str(path) and ("error" in record) == (code == 2)
+        assert code == 0 or (record["error"] and "\n" not in record["error"])
+    elif code == 0:
+        assert captured.out.startswith(f"{path}: ") and captured.err == ""
     else:
-        assert code == 2 and captured.out == ""
-        assert captured.err.startswith(f"digitpi: error: {path}") and captured.err.count("\n") == 1
+        assert captured.out == "" and captured.err.startswith(f"digitpi: error: {path}: ")
+        assert captured.err.count("\n") == 1
 
 
 # ---------------------------------------------------------------- POST /predict

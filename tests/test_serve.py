@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digitpi import reading
+from digitpi import reading, serve
 from digitpi.bench.server import launch
 
 PICKS = np.arange(0, 10_000, 157)  # 64 test digits spread over the whole test set

@@ -65,13 +65,14 @@ def line_probability(digits: list[Digit]) -> float:
     return float(np.prod([digit.probability for digit in digits]))
 
 
-def look(source: Source, page: bool = False, name: str | None = None) -> list[list[tuple[np.ndarray, Box | None]]]:
+def look(source: Source, page: bool = False, name: str | None = None,
+         s: preprocess.Settings = preprocess.SETTINGS) -> list[list[tuple[np.ndarray, Box | None]]]:
     """What the model will see of `source`: the 28x28 image (and box) of each digit, line by line.
     A picture without a digit raises `preprocess.NoDigitError`, one that is not a picture
     `preprocess.ImageError`; both name the source as `preprocess` does."""
     if page:
-        return [[(digit.image, digit.box) for digit in line] for line in layout.read_page(source, name=name)]
-    return [[(preprocess.to_mnist(source, name=name), None)]]
+        return [[(digit.image, digit.box) for digit in line] for line in layout.read_page(source, s, name=name)]
+    return [[(preprocess.to_mnist(source, s, name=name), None)]]
 
 
 def classify(classifier, seen: list[list[tuple[np.ndarray, Box | None]]]) -> Page:

@@ -6,7 +6,7 @@ startup; requests only preprocess and run it. `httpguard` keeps the network's ex
 bodies over `MAX_BODY_BYTES` or slower than `ServeConfig.body_timeout`, connections beyond
 `max_connections` or slower than `header_timeout` to send their headers, Host names that are not
 this server's. At most `ServeConfig.decoders` pictures are decoded at once, each within
-`preprocess.Settings.decode_budget`, so memory stays bounded however many requests arrive.
+`ServeConfig.decode_budget`, so memory stays bounded however many requests arrive.
 
 Errors are always JSON `{"error": "..."}` with a 4xx status, and never stop the server.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ctypes
+import dataclasses
 import io
 import os
 import socket
@@ -66,7 +67,10 @@ class ServeConfig:
     body_timeout: float = 30.0  # s from a request's headers to the end of its body (2 MB at 70 KB/s)
     keep_alive: int = 5  # s an idle connection stays open after an answer
     max_connections: int = 128  # open at once; a Pi's `ulimit -n` is 1,024 descriptors
-    decoders: int = 2  # pictures decoded at once, each within preprocess's decode_budget: bounds memory
+    decoders: int = 2  # pictures decoded at once: with decode_budget, what bounds the server's memory
+    decode_budget: int = 32 * 2**20  # bytes one picture may take decoded (preprocess.Settings): two at once keep
+    # the server (~100 MB idle) under the MemoryHigh=200M `digitpi service` sets; uploads are 2 MB at most,
+    # and photos (JPEG) are decoded reduced, so only a synthetic PNG of over 8 MP (RGB) is refused for it
 
 
 # ---------------------------------------------------------------- response schemas (also the OpenAPI schema)
@@ -126,11 +130,12 @@ def png_data_url(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def look(data: bytes, multi: bool) -> list[list[tuple[np.ndarray, reading.Box | None]]]:
+def look(data: bytes, multi: bool, s: preprocess.Settings = preprocess.SETTINGS
+         ) -> list[list[tuple[np.ndarray, reading.Box | None]]]:
     """Decode an upload into what the model sees (`reading.look`); bad images become ApiErrors:
     422 when the picture is readable but holds no digit, 415 when it is not a picture at all."""
     try:
-        return reading.look(data, page=multi)
+        return reading.look(data, page=multi, s=s)
     except preprocess.ImageError as e:  # unnamed: the upload is the only picture of its request
         raise ApiError(422 if isinstance(e, preprocess.NoDigitError) else 415, str(e)) from None
 
@@ -209,6 +214,7 @@ def create_app(classifier, cfg: ServeConfig | None = None, limit: int = MAX_BODY
     cfg = cfg or ServeConfig(model_dir="")
     card = public_card(classifier.card)
     decoding = asyncio.Semaphore(cfg.decoders)
+    settings = dataclasses.replace(preprocess.SETTINGS, decode_budget=cfg.decode_budget)
     app = FastAPI(title="digitpi", version=API_VERSION,
                   description="Reads handwritten digits with a model exported by `digitpi export`.")
 
@@ -253,7 +259,7 @@ def create_app(classifier, cfg: ServeConfig | None = None, limit: int = MAX_BODY
 
         def work():
             try:
-                seen = look(data, multi)
+                seen = look(data, multi, settings)
             finally:
                 trim_memory()
             decoded = time.perf_counter()

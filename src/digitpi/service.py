@@ -117,7 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from digitpi import data
+    from digitpi import files
     from digitpi.runtime import read_card
 
     model_dir = Path(args.model).expanduser().resolve()
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> None:
     config = ServiceConfig(model_dir, args.user or default_user(), args.host, args.port, args.precision)
     text = unit_text(config, this_digitpi())
     if args.out:
-        data.write_atomic(Path(args.out), text.encode())
+        files.write_atomic(Path(args.out), text.encode())
         os.chmod(args.out, 0o644)  # a unit file is read by systemd and shown by `systemctl cat` to anyone
         print(f"wrote {args.out}", file=sys.stderr)
     else:

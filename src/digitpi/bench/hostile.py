@@ -1,10 +1,11 @@
 """What a careless or hostile client sends a Pi: worst-case pictures and connections that never
 finish a request. For `digitpi bench serve --hostile` and the tests.
 
-The pictures are the largest each kind of file can be within `preprocess.Settings.decode_budget`
-(decoded whole, the costliest accepted input), and one far beyond it: a 9400x9400 RGBA PNG, tiny
-as a file (a few hundred KB) but 674 MB on the way to grey. PNGs are written row by row, so making
-one never holds its pixels. Standard library and numpy/Pillow only: this runs on the Pi too.
+The pictures are the largest each kind of file can be within a decode budget (`digitpi serve`'s,
+or `preprocess.Settings.decode_budget`), decoded whole: the costliest accepted input; and one far
+beyond it, a 9400x9400 RGBA PNG, tiny as a file (a few hundred KB) but 674 MB on the way to grey.
+PNGs are written row by row, so making one never holds its pixels. numpy and Pillow only: this runs
+on the Pi too.
 """
 
 from __future__ import annotations
@@ -63,9 +64,9 @@ def side_within(budget: int, bytes_per_pixel: float) -> int:
     return math.isqrt(int(budget / bytes_per_pixel))
 
 
-def worst_pictures(s: preprocess.Settings = preprocess.SETTINGS) -> dict[str, bytes]:
-    """Name -> file bytes: the largest accepted picture of each costly kind, and one refused."""
-    budget = s.decode_budget
+def worst_pictures(budget: int = preprocess.SETTINGS.decode_budget) -> dict[str, bytes]:
+    """Name -> file bytes: the largest picture of each costly kind a decode budget of `budget` bytes
+    accepts, and one it refuses."""
     rgba, rgb = side_within(budget, preprocess.PEAK_BYTES["RGBA"]), side_within(budget, 4)
     jpeg = side_within(budget * 0.9, 2)  # 2 bytes per coefficient, one component; the drafted image besides
     return {

@@ -204,7 +204,9 @@ def hostile(url: str, pid: int | None, payloads: list[Payload], args: argparse.N
     from digitpi.bench import hostile as attacks
 
     memory = {"idle_mb": memory_mb(pid) if pid else None}
-    files = attacks.worst_pictures()
+    from digitpi.serve import ServeConfig  # the server's own budget, as `digitpi serve` sets it
+
+    files = attacks.worst_pictures(ServeConfig.decode_budget)
     worst = [Payload(body, "image/jpeg" if "JPEG" in name else "image/png", None) for name, body in files.items()]
     pictures = load(url, worst, HOSTILE_ROUNDS * len(worst), args.concurrency, args.time_limit,
                     expected=(200, 415, 422))

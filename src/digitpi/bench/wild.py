@@ -22,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from digitpi import UserError, data, preprocess, reading
+from digitpi import UserError, files, preprocess, reading
 from digitpi.exportdir import PRECISIONS
 
 ENV_WILD_DIR = "DIGITPI_WILD_DIR"
@@ -156,7 +156,7 @@ def contact_sheet(path: Path, folder: Path, misread: list[tuple[Result, reading.
             x += (1 + len(images)) * cell
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG")
-    data.write_atomic(path, buffer.getvalue())
+    files.write_atomic(path, buffer.getvalue())
 
 
 def run(args: argparse.Namespace) -> None:
