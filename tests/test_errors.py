@@ -47,8 +47,18 @@ def copy_run(fast_run: Path, tmp_path: Path) -> Path:
 
 def damage(path: Path, how: str) -> None:
     raw = bytearray(path.read_bytes())
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + size])
+    tensor = next(name for name in header if name != "__metadata__")
     if how == "truncated":
         raw = raw[: len(raw) // 2]
+    elif how == "header byte":  # the JSON header itself damaged
+        raw[8 + size // 2] = 0xFF
+    elif how == "header length":
+        raw[:8] = (size // 2).to_bytes(8, "little")
+    elif how == "header dtype":  # valid JSON that safetensors refuses (its SafetensorError is no RuntimeError)
+        header[tensor]["dtype"] = "X" * len(header[tensor]["dtype"])
+        raw[8:8 + size] = json.dumps(header, separators=(",", ":")).encode().ljust(size)
     else:  # one bit of one weight flipped, as a bad copy or a failing card does
         raw[len(raw) // 2] ^= 0x01
     path.write_bytes(bytes(raw))
@@ -58,6 +68,9 @@ def damage(path: Path, how: str) -> None:
 
 
 @pytest.mark.parametrize("how, message", [("truncated", "not a readable checkpoint"),
+                                          ("header byte", "not a readable checkpoint"),
+                                          ("header length", "not a readable checkpoint"),
+                                          ("header dtype", "not a readable checkpoint"),
                                           ("flipped", "do not match their SHA-256")])
 def test_damaged_checkpoint(how, message, fast_run, tmp_path, capsys):
     run = copy_run(fast_run, tmp_path)

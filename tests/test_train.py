@@ -185,3 +185,18 @@ def test_run_folder_round_trip(tmp_path: Path) -> None:
     (run / rundir.CONFIG).write_text(json.dumps({**json.loads((run / rundir.CONFIG).read_text()), "model": "best_cnn"}))
     with pytest.raises(UserError, match="does not fit model best_cnn: its header names model tiny_cnn"):
         rundir.load_checkpoint(run)
+
+
+def test_a_run_without_mistakes_still_gets_its_misclassified_picture(mnist_test, tmp_path: Path) -> None:
+    """Labels as predictions (a perfect model on these 100 digits): the picture says there is nothing to
+    show instead of failing after training, and a run with mistakes shows them."""
+    from PIL import Image
+
+    from digitpi import report
+
+    images, labels = mnist_test[0][:100], mnist_test[1][:100]
+    classes = [str(c) for c in range(10)]
+    report.plot_misclassified(tmp_path / "none.png", images, labels, labels, classes)
+    report.plot_misclassified(tmp_path / "some.png", images, labels, (labels + 1) % 10, classes)
+    with Image.open(tmp_path / "none.png") as none, Image.open(tmp_path / "some.png") as some:
+        assert none.format == some.format == "PNG" and none.height < some.height

@@ -31,7 +31,7 @@ import torch
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from torch import nn
 
-from digitpi import UserError, __version__, contract, data, files, rundir, runtime
+from digitpi import UserError, __version__, contract, data, files, one_line, rundir, runtime
 from digitpi.card import seal
 from digitpi.exportdir import CARD, CARD_FORMAT, VARIANTS
 from digitpi.models import count_params
@@ -437,7 +437,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, data_dir:
     except FileNotFoundError as e:
         raise ExportError(str(e)) from None
     except (RuntimeError, ValueError, TypeError) as e:  # weights that do not fit the model the config names
-        raise ExportError(f"{run_dir}: cannot rebuild the model ({str(e).splitlines()[0]})") from None
+        raise ExportError(f"{run_dir}: cannot rebuild the model ({one_line(e)})") from None
     cfg = ExportConfig(dataset=run_cfg.dataset, data_dir=data_dir or run_cfg.data_dir)
     weights = run_dir / rundir.CHECKPOINT
     source = {"run": str(run_dir.resolve()), "checkpoint_sha256": runtime.sha256_file(weights)}

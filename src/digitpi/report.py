@@ -86,7 +86,14 @@ def plot_confusion(path: Path, confusion: np.ndarray, classes: Sequence[str]) ->
 
 def plot_misclassified(path: Path, images: np.ndarray, labels: np.ndarray, preds: np.ndarray,
                        classes: Sequence[str], limit: int = 24) -> None:
+    """Up to `limit` digits the model got wrong, titled; a run with none still gets its picture, saying so."""
     wrong = np.flatnonzero(preds != labels)[:limit]
+    if not len(wrong):
+        fig, ax = plt.subplots(figsize=(4, 1.5))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"no misclassified digits (of {len(labels):,})", ha="center", va="center")
+        save_figure(fig, path)
+        return
     titles = [f"true {classes[labels[i]]}, pred {classes[preds[i]]}" for i in wrong]
     save_image_grid(path, images[wrong], titles, cols=6)
 

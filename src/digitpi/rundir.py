@@ -20,7 +20,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from digitpi import UserError, files
+from digitpi import UserError, files, one_line
 from digitpi.config import Config
 
 if TYPE_CHECKING:
@@ -93,6 +93,8 @@ def tensor_bytes(raw: bytes) -> tuple[dict, bytes]:
     if len(raw) < 8 or size > len(raw) - 8:
         raise ValueError("truncated header")
     header = json.loads(raw[8:8 + size])
+    if not isinstance(header, dict) or not isinstance(header.get("__metadata__") or {}, dict):
+        raise ValueError("header is not a JSON object of tensors")
     return header.get("__metadata__") or {}, raw[8 + size:]
 
 
@@ -119,8 +121,8 @@ def read_checkpoint(path: Path) -> tuple[dict, dict]:
         state = load(raw)
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror})") from None
-    except Exception as e:  # safetensors' own error type, JSON, a truncated file
-        raise UserError(f"{path}: not a readable checkpoint, corrupt or truncated ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # safetensors' SafetensorError (not a RuntimeError), JSON, a truncated file
+        raise UserError(f"{path}: not a readable checkpoint, corrupt or truncated ({one_line(e, 100)})") from None
     if DIGEST_KEY in metadata and hashlib.sha256(tensors).hexdigest() != metadata[DIGEST_KEY]:
         raise UserError(f"{path}: the weights do not match their SHA-256 (corrupt, or changed after training)")
     return metadata, state
@@ -151,6 +153,5 @@ def load_checkpoint(run_dir: str | Path) -> tuple[nn.Module, Config]:
             raise RuntimeError(f"its header names model args {header['model_args']}")
         model.load_state_dict(state)
     except (RuntimeError, ValueError) as e:  # header errors, or weights of another architecture
-        first_line = str(e).strip().splitlines()[0]
-        raise UserError(f"{weights_path} does not fit model {cfg.model}: {first_line}") from None
+        raise UserError(f"{weights_path} does not fit model {cfg.model}: {one_line(e)}") from None
     return model.eval(), cfg
