@@ -184,6 +184,11 @@ def test_save_input_never_replaces_what_is_not_a_file(fast_export, tmp_path, mni
     err = one_line_error(["predict", "--model", str(fast_export), str(picture), "--save-input", str(link)], capsys)
     assert "is a symbolic link" in err and link.is_symlink() and picture.read_bytes()[:4] == b"\x89PNG"
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    saved = tmp_path / "seen.png"  # a new file gets the umask's mode (0644 under 022), as the plots do
+    assert main(["predict", "--model", str(fast_export), str(picture), "--save-input", str(saved)]) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert oct(saved.stat().st_mode & 0o777) == oct(0o666 & ~umask)
 
 
 def test_pictures_that_are_folders_or_too_large(fast_export, tmp_path, capsys):

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from digitpi import reading, serve
+from digitpi.bench.hostile import png_stream
 from digitpi.bench.server import launch
 
 PICKS = np.arange(0, 10_000, 157)  # 64 test digits spread over the whole test set
@@ -138,6 +139,7 @@ BAD_INPUTS = {
     "over 2 MB in a form": (413, dict(files={"file": ("big.png", bytes(3 * 1024 * 1024), "image/png")})),
     "text as image/png": (415, dict(content=b"hello, not a picture", headers={"Content-Type": "image/png"})),
     "truncated PNG": (415, "truncated"),
+    "354 KB PNG of 9400x9400 RGBA": (415, "too large to decode"),  # 674 MB decoded: refused before decoding
     "text/plain body": (415, dict(content=b"7", headers={"Content-Type": "text/plain"})),
     "JSON body": (415, dict(json={"image": "7"})),
     "empty body": (400, dict(content=b"", headers={"Content-Type": "image/png"})),
@@ -154,6 +156,8 @@ def test_bad_input_gets_json_error_and_server_carries_on(client, mnist_test, cas
     path = "/predict"
     if request == "truncated":
         request = dict(content=png(mnist_test[0][0])[:60], headers={"Content-Type": "image/png"})
+    elif request == "too large to decode":
+        request = dict(content=png_stream(9400, 9400, "RGBA"), headers={"Content-Type": "image/png"})
     elif request in ("blank", "blank-multi", "bad-flag"):
         path += {"blank": "", "blank-multi": "?multi=1", "bad-flag": "?multi=perhaps"}[request]
         request = dict(content=png(np.zeros((28, 28), np.uint8)), headers={"Content-Type": "image/png"})
@@ -162,6 +166,7 @@ def test_bad_input_gets_json_error_and_server_carries_on(client, mnist_test, cas
     assert r.headers["content-type"] == "application/json"
     body = r.json()
     assert list(body) == ["error"] and isinstance(body["error"], str) and len(body["error"]) > 5
+    assert "too large to decode" in body["error"] or case != "354 KB PNG of 9400x9400 RGBA"
     assert_still_serving(client, mnist_test)
 
 
