@@ -120,10 +120,11 @@ def open_image(source: Source, s: Settings = SETTINGS, name: str | None = None) 
     except Exception as e:  # Pillow raises many types on foreign or corrupt bytes
         raise ImageError(about(name, f"not an image ({one_line(e, 100)})")) from None
     width, height = image.size
-    if width * height > s.max_pixels:
-        raise ImageError(about(name, f"image too large ({width}x{height} px; the limit is {s.max_pixels:,} pixels)"))
-    if width == 0 or height == 0:
-        raise ImageError(about(name, f"image has no pixels ({width}x{height})"))
+    if width * height > s.max_pixels or width == 0 or height == 0:
+        image.close()  # the file it holds open
+        limit = f"the limit is {s.max_pixels:,} pixels"
+        raise ImageError(about(name, f"image too large ({width}x{height} px; {limit})" if width and height
+                               else f"image has no pixels ({width}x{height})"))
     return image
 
 
@@ -153,7 +154,7 @@ def load_upright(source: Source, s: Settings = SETTINGS, side: int | None = None
     if isinstance(source, np.ndarray):
         image = array_image(source)
         return shrink(image, side), image.size
-    image = source if isinstance(source, Image.Image) else open_image(source, s, name)
+    image = opened = source if isinstance(source, Image.Image) else open_image(source, s, name)
     name = source_name(source, name)
     try:
         with warnings.catch_warnings():
@@ -175,10 +176,15 @@ def load_upright(source: Source, s: Settings = SETTINGS, side: int | None = None
             image = reduced_gray(image, side)
             if orientation in UPRIGHT:
                 image = image.transpose(UPRIGHT[orientation])
+            if image is opened and opened is not source:
+                image = image.copy()  # small already: the opened one is closed below
     except ImageError:
         raise
     except Exception as e:  # truncated data, broken EXIF, a mode Pillow cannot convert...
         raise ImageError(about(name, f"cannot decode image ({one_line(e, 100)})")) from None
+    finally:
+        if opened is not source:
+            opened.close()  # the file, which Pillow leaves open when decoding fails (or the format is ICO)
     return image, (width, height)
 
 
