@@ -70,7 +70,7 @@ def test_default_model_beats_99_percent(trained_output, mnist_test) -> None:
     """The README's main job: `digitpi train` on the full set, measured on the real 10,000 test images."""
     run, stdout = trained_output
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["test_accuracy"] >= 0.994  # the standard recipe; seeds 0-2 in the README
+    assert metrics["test_accuracy"] >= 0.994  # the standard recipe: 99.58 % measured with seed 0
     assert metrics["params"] == 40_794
     assert metrics["data_sha256"] == data.DATASETS["mnist"].sha256
     assert f"The accuracy on test data is {100 * metrics['test_accuracy']:.2f}%" in stdout
