@@ -3,7 +3,9 @@
 A stroke drawn with the mouse must produce a prediction, ten probability bars and the 28x28 image
 the model saw, and what the page shows must be what the API answers for the same canvas. A photo of a
 two-line page, picked or dropped, must come back boxed digit by digit with its lines read; blank paper
-must say so. Screenshots go to test-artifacts/ (git-ignored) for people to look at.
+must say so. With `serve --collect`, a misread digit corrected on the page and a teach round's drawing
+must land in the samples database and raise the page's counts. Screenshots go to test-artifacts/
+(git-ignored) for people to look at.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 SEVEN = [(0.22, 0.22), (0.78, 0.22), (0.62, 0.45), (0.45, 0.82)]  # a stroke of "7", in canvas fractions
+FLAGGED_ONE = [(0.30, 0.36), (0.56, 0.14), (0.54, 0.86)]  # a continental 1, its long flag first: MNIST models say 7
 INTERVAL_S = 0.120  # the page's INTERVAL_MS between requests
 SETTLED = "() => !inFlight && !dirty && !timer && !document.getElementById('digit').classList.contains('empty')"
 
@@ -85,6 +88,7 @@ def test_drawing_shows_the_models_reading(browser, server, viewport, name):
     page.wait_for_function(SETTLED, timeout=15_000)
     drawing_s = time.monotonic() - start
     page.wait_for_function("() => document.getElementById('model').textContent.includes('Model:')", timeout=5_000)
+    assert page.locator("#teach").is_hidden()  # collecting is off unless the server runs with --collect
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"serve-page-{name}.png"), full_page=True)
 
@@ -243,3 +247,64 @@ def test_a_photo_without_digits_says_so(browser, photo_server, page_photo):
     assert state["lines"] == [] and state["boxes"] == []
     assert not errors
     page.close()
+
+
+@pytest.fixture(scope="module")
+def collecting_server(fast_export, tmp_path_factory):
+    db = tmp_path_factory.mktemp("collect") / "samples.db"
+    with launch(fast_export, args=["--collect", "--samples", str(db)]) as launched:
+        yield launched.url, db
+
+
+def counts(page) -> list[int]:
+    return page.evaluate("() => [...document.querySelectorAll('#teach-keys .count')].map(c => +c.textContent)")
+
+
+def test_correcting_a_misread_digit_and_a_teach_round_save_samples(browser, collecting_server):
+    from digitpi import samples
+
+    url, db = collecting_server
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url + "/")
+    page.wait_for_selector("#teach", state="visible", timeout=10_000)
+    page.wait_for_function("() => document.querySelectorAll('#teach-keys .count').length === 10")
+    assert counts(page) == [0] * 10
+    assert page.locator("#teach-keys button").first.is_disabled()  # nothing to correct before a drawing
+
+    draw(page, FLAGGED_ONE)
+    page.wait_for_function(SETTLED, timeout=15_000)
+    read = int(page.locator("#digit").text_content())
+    assert read != 1  # the model misreads the flagged 1 ...
+    page.locator("#teach-keys button[data-digit='1']").click()  # ... and the user says "it's a 1"
+    page.wait_for_function("() => document.querySelector('#teach-keys button[data-digit=\"1\"] .count')"
+                           ".textContent === '1'", timeout=10_000)
+    assert f"the model read {read}" in page.locator("#teach-status").text_content()
+    assert page.locator("#digit").text_content() == "?"  # the board is cleared for the next digit
+    with samples.SampleStore(db, create=False) as store:
+        (sample,) = store.samples()
+    assert (sample.label, sample.predicted, sample.origin, sample.picture_format) == (1, read, "correction", "PNG")
+
+    page.click("#teach-start")  # a teach round: the page asks for a digit, the user draws and saves it
+    asked = int(page.locator("#teach-prompt b").text_content())
+    assert "1 of 30" in page.locator("#teach-prompt").text_content()
+    draw(page, SEVEN)
+    page.wait_for_function(SETTLED, timeout=15_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "serve-page-teach.png"), full_page=True)
+    page.click("#teach-save")
+    page.wait_for_function("() => document.getElementById('teach-prompt').textContent.includes('2 of 30')",
+                           timeout=10_000)
+    expected = [0] * 10
+    expected[1] += 1
+    expected[asked] += 1
+    assert counts(page) == expected
+    with samples.SampleStore(db, create=False) as store:
+        newest = store.listing(last=1)[0]
+    assert (newest["label"], newest["origin"]) == (asked, "teach")
+    page.click("#teach-stop")
+    assert page.locator("#teach-start").is_visible() and page.locator("#teach-save").is_hidden()
+    assert not errors
+    context.close()

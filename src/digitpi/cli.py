@@ -23,6 +23,7 @@ from digitpi.bench import BENCHMARKS
 from digitpi.exportdir import BACKENDS, PRECISIONS
 
 DEFAULT_RUN_DIR = "runs"
+SAMPLES_DEFAULT = "default: $XDG_DATA_HOME/digitpi/samples.db, else ~/.local/share/digitpi/samples.db"
 STDIN = "standard input"  # what messages call the image `-` reads
 DESCRIPTION = "Train a handwritten-digit classifier on a PC; read digits with it on a Raspberry Pi."
 
@@ -93,22 +94,24 @@ def cmd_summary(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- train, evaluate, compare
 
 
-def config_help() -> dict[str, str]:
-    """Flag help from the comments on `Config`'s defaults: the defaults are documented once."""
+def config_help(cls: type | None = None, default_note: str = ", or the recipe's") -> dict[str, str]:
+    """Flag help from the comments on a config dataclass's defaults (`Config` unless told): the
+    defaults are documented once."""
     from digitpi.config import Config
 
-    source = inspect.getsource(Config)
+    source = inspect.getsource(cls or Config)
     # argparse formats help with %: a literal percent sign in a comment must be doubled
-    return {m[1]: f"{m[3].strip()} (default: {m[2].strip()}, or the recipe's)".replace("%", "%%")
+    return {m[1]: f"{m[3].strip()} (default: {m[2].strip()}{default_note})".replace("%", "%%")
             for m in re.finditer(r"^\s+(\w+): [^=]+= (.+?)  # (.+)$", source, re.M)}
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per scalar field of `Config`; unset flags keep the recipe's value."""
+def add_config_flags(parser: argparse.ArgumentParser, cls: type | None = None,
+                     default_note: str = ", or the recipe's") -> None:
+    """One flag per scalar field of a config dataclass (`Config` unless told); unset flags keep the default."""
     from digitpi.config import Config
 
-    helps = config_help()
-    for f in dataclasses.fields(Config):
+    helps = config_help(cls, default_note)
+    for f in dataclasses.fields(cls or Config):
         kind = {"int": int, "float": float, "str": str, "bool": bool}.get(str(f.type))
         if kind is None and "str" in str(f.type):
             kind = str
@@ -184,7 +187,58 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     hosts = tuple(h.strip() for h in (args.allowed_hosts or "").split(",") if h.strip())
     serve.serve(serve.ServeConfig(model_dir=args.model, host=args.host, port=args.port, precision=args.precision,
-                                  backend=args.backend, allowed_hosts=hosts), log_level=args.log_level)
+                                  backend=args.backend, allowed_hosts=hosts, collect=args.collect,
+                                  samples=args.samples), log_level=args.log_level)
+
+
+# ---------------------------------------------------------------- samples, finetune
+
+
+def cmd_samples(args: argparse.Namespace) -> None:
+    from digitpi import samples
+
+    path = Path(args.samples) if args.samples else samples.default_path()
+    with samples.SampleStore(path, create=args.action == "import") as store:
+        if args.action == "stats":
+            stats = store.stats()
+            print(json.dumps(stats, indent=2) if args.json else samples.format_stats(stats, path))
+        elif args.action == "list":
+            rows = store.listing(label=args.label, last=args.last)
+            print(json.dumps(rows, indent=2) if args.json else samples.format_listing(rows))
+        elif args.action == "export":
+            out = writable_dir(args.dir)
+            if args.sqlite:
+                store.backup(out / samples.FILE_NAME)
+                print(f"copied {store.count():,} samples to {out / samples.FILE_NAME}")
+            else:
+                print(f"exported {samples.export_folder(store, out):,} samples to {out}")
+        elif args.action == "import":
+            added, present = samples.import_into(store, args.source)
+            print(f"imported {added:,} samples into {path}" + (f" ({present:,} were there already)" if present else ""))
+        else:  # delete
+            if not (args.ids or args.label is not None or args.all):
+                fail("say which samples to delete: --id N..., --label D or --all")
+            print(f"deleted {store.delete(args.ids, args.label):,} samples from {path}")
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from digitpi import finetune
+    from digitpi.config import FinetuneConfig
+
+    run_dir = Path(args.run_dir)
+    out = Path(args.out) if args.out else run_dir.with_name(run_dir.name + "-finetuned")
+    if out.resolve() == run_dir.resolve():
+        fail(f"--out {out} is the run being fine-tuned: choose another folder")
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneConfig)
+                 if getattr(args, f.name, None) is not None}
+    try:
+        cfg = FinetuneConfig(**overrides)
+    except ValueError as e:
+        fail(str(e))
+    with files.writing(out):  # one run at a time per folder; a failure leaves no folder it made
+        report = finetune.finetune_run(run_dir, Path(args.samples), writable_dir(out), cfg, progress=not args.quiet)
+    print(finetune.format_report(report))
+    print(f"saved run to {out}; `digitpi export {out}` takes it to the Pi")
 
 
 def cmd_service(args: argparse.Namespace) -> None:
@@ -375,6 +429,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
                         "or *.example.org; * for any (default: localhost, plus this machine's name off loopback)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="server log level (default: info; requests are not logged)")
+    p.add_argument("--collect", action="store_true",
+                   help="keep the digits users label on the page (POST /samples) for `digitpi finetune` (default: off)")
+    p.add_argument("--samples", metavar="PATH", help=f"the samples database --collect writes ({SAMPLES_DEFAULT})")
     p.set_defaults(func=cmd_serve)
 
     from digitpi import service  # the standard library only: cheap enough to build its flags every time
@@ -382,6 +439,40 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p = sub.add_parser("service", help="a systemd unit that starts `digitpi serve` at boot (print it, or --out FILE)")
     service.add_arguments(p)
     p.set_defaults(func=cmd_service)
+
+    p = sub.add_parser("samples", help="the digits collected by `serve --collect`: list, stats, export, import, delete")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = actions.add_parser("list", help="one line per sample (no pictures)")
+    a.add_argument("--label", type=int, choices=range(10), metavar="D", help="only samples of this digit")
+    a.add_argument("--last", type=int, metavar="N", help="only the N newest")
+    a.add_argument("--json", action="store_true", help="machine-readable output")
+    a = actions.add_parser("stats", help="samples per digit, and how often the model read them right")
+    a.add_argument("--json", action="store_true", help="machine-readable output")
+    a = actions.add_parser("export", help="write DIR/samples.csv with PNG files (or, with --sqlite, DIR/samples.db)")
+    a.add_argument("dir", metavar="DIR", help="a folder; it must not hold an export already")
+    a.add_argument("--sqlite", action="store_true", help="a consistent copy of the database file instead")
+    a = actions.add_parser("import", help="add the samples of an export folder, a samples.db, or folders 0-9 "
+                                          "of pictures")
+    a.add_argument("source", metavar="DIR_OR_DB", help="what `samples export` wrote, a samples database, or a "
+                                                        "folder holding 0/ ... 9/ of pictures")
+    a = actions.add_parser("delete", help="delete samples")
+    a.add_argument("--id", dest="ids", type=int, nargs="+", metavar="N", help="these samples")
+    a.add_argument("--label", type=int, choices=range(10), metavar="D", help="every sample of this digit")
+    a.add_argument("--all", action="store_true", help="every sample")
+    for a in actions.choices.values():
+        a.add_argument("--samples", metavar="PATH", help=f"the samples database ({SAMPLES_DEFAULT})")
+    p.set_defaults(func=cmd_samples)
+
+    p = sub.add_parser("finetune", help="teach a trained run your handwriting: your samples mixed with MNIST")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a training run folder (`digitpi train --out RUN_DIR`)")
+    p.add_argument("--samples", required=True, metavar="DB_OR_DIR",
+                   help="a samples database, `samples export` folder, or folders 0/ ... 9/ of pictures")
+    p.add_argument("--out", metavar="DIR", help="the new run folder (default: RUN_DIR-finetuned)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from digitpi.config import FinetuneConfig
+
+    add_config_flags(p, FinetuneConfig, default_note="")
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("predict", help="read the digit in each image (photo, scan, drawing) with an exported model")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...); - reads standard input")

@@ -1,4 +1,5 @@
-"""Training configuration: every hyperparameter's default in `Config`, named recipes in `RECIPES`.
+"""Training configuration: every hyperparameter's default in `Config`, named recipes in `RECIPES`,
+and fine-tuning's own few in `FinetuneConfig`.
 
 Plain values, no torch: the CLI builds its `train` flags from `Config` on a Raspberry Pi too,
 where `digitpi predict` must start without the training stack installed.
@@ -106,3 +107,29 @@ def recipe_config(recipe: str | None = None, **overrides) -> Config:
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
     return Config(**{**RECIPES[recipe], **overrides})
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """`digitpi finetune`: a trained run taught a user's handwriting. Its recipe (optimizer, schedule,
+    augmentation, label smoothing) is the run's own; these say how much and on what. Chosen on a
+    synthetic writer made of MNIST training digits (tests/test_finetune.py), never on wild-dev."""
+
+    epochs: int = 3  # passes over the mix of samples and MNIST images
+    lr_scale: float = 0.1  # peak learning rate as a fraction of the run's: nudge the weights, not retrain
+    replay: int = 6000  # MNIST training images mixed in, so what the model knew of MNIST is not lost
+    share: float = 0.25  # fraction of each epoch that is the user's samples, repeated (augmentation varies them)
+    holdout: float = 0.25  # fraction of each digit's samples kept out of training to measure before/after
+    seed: int = 0  # the held-out samples, the MNIST images drawn, data order and augmentation
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (self.lr_scale > 0, f"--lr-scale must be positive, got {self.lr_scale}"),
+            (self.replay >= 0, f"--replay must be 0 or more, got {self.replay}"),
+            (0 < self.share <= 1, f"--share must be in (0, 1], got {self.share}"),
+            (0 <= self.holdout < 1, f"--holdout must be in [0, 1), got {self.holdout}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)

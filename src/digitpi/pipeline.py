@@ -17,8 +17,9 @@ from digitpi.models import count_params
 from digitpi.train import TrainResult
 
 
-def finish_run(result: TrainResult, out_dir: Path, plots: bool = True) -> dict:
-    """Test a finished training, save it in `out_dir` with its plots; returns what metrics.json holds."""
+def finish_run(result: TrainResult, out_dir: Path, plots: bool = True, extra: dict | None = None) -> dict:
+    """Test a finished training, save it in `out_dir` with its plots; returns what metrics.json holds,
+    which also keeps `extra` (what `finetune` measured, for one)."""
     cfg = result.config
     images, labels = data.load_split(cfg.dataset, "test", cfg.data_dir)
     metrics = evaluate.test_metrics(result.model, images, labels)
@@ -29,6 +30,7 @@ def finish_run(result: TrainResult, out_dir: Path, plots: bool = True) -> dict:
         "best_epoch": result.best_epoch,
         "data_sha256": result.data_checksums,
         "torch": torch.__version__,
+        **(extra or {}),
     }
     rundir.save_run(out_dir, result.model, cfg, result.history, metrics)
     if plots:

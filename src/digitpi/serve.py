@@ -8,6 +8,10 @@ bodies over `MAX_BODY_BYTES` or slower than `ServeConfig.body_timeout`, connecti
 this server's. At most `ServeConfig.decoders` pictures are decoded at once, each within
 `ServeConfig.decode_budget`, so memory stays bounded however many requests arrive.
 
+With `--collect` it also keeps the digits a user labels ("it's a 4", the page's teach round) in a
+samples database (`digitpi.samples`): `POST /samples`, `GET /samples/stats`. Without it those
+routes answer 403 and nothing is written.
+
 Errors are always JSON `{"error": "..."}` with a 4xx status, and never stop the server.
 """
 
@@ -27,7 +31,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -35,7 +39,9 @@ from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from digitpi import UserError, preprocess, reading
+from digitpi import UserError, preprocess, reading, samples
+from digitpi.contract import NUM_CLASSES
+from digitpi.exportdir import variant
 from digitpi.httpguard import ApiError, BodyLimit, HeadAsGet, HostCheck, default_hosts, guarded_protocol
 from digitpi.runtime import Classifier
 
@@ -74,6 +80,8 @@ class ServeConfig:
     decode_budget: int = 32 * 2**20  # bytes one picture may take decoded (preprocess.Settings): two at once keep
     # the server (~100 MB idle) under the MemoryHigh=200M `digitpi service` sets; uploads are 2 MB at most,
     # and photos (JPEG) are decoded reduced, so only a synthetic PNG of over 8 MP (RGB) is refused for it
+    collect: bool = False  # keep labelled digits (POST /samples) for fine-tuning; off: those routes answer 403
+    samples: str | None = None  # the samples database --collect writes; None: samples.default_path()
 
 
 # ---------------------------------------------------------------- response schemas (also the OpenAPI schema)
@@ -114,6 +122,21 @@ class MultiPrediction(BaseModel):
 
 class ErrorBody(BaseModel):
     error: str
+
+
+class SampleStats(BaseModel):
+    total: int = Field(description="samples in the database")
+    limit: int = Field(description="samples it may hold")
+    per_digit: list[int] = Field(description="samples of each digit 0-9")
+    model_right: list[int] = Field(description="of those, how many the model read right when they were taken")
+
+
+class SampleSaved(BaseModel):
+    id: int = Field(description="the sample's row in the database")
+    label: int = Field(description="the digit, as the user says")
+    predicted: int = Field(description="what the model read")
+    confidence: float = Field(description="the model's probability of `predicted`")
+    stats: SampleStats
 
 
 # ---------------------------------------------------------------- the model and the image pipeline
@@ -214,15 +237,35 @@ async def read_upload(request: Request) -> bytes:
     return data
 
 
+SAMPLE_ERRORS = {**ERRORS, 403: {"model": ErrorBody, "description": "collecting is off: `digitpi serve --collect`"},
+                 409: {"model": ErrorBody, "description": "the samples database is full"}}
+
+
+def model_sha256(classifier) -> str | None:
+    """The SHA-256 of the model file that answers, as its model card lists it."""
+    try:
+        file = variant(classifier.precision, classifier.backend_name).file
+        return classifier.card["files"][file]["sha256"]
+    except (AttributeError, KeyError, StopIteration):
+        return None
+
+
+def stats_body(store: samples.SampleStore) -> SampleStats:
+    stats = store.stats()
+    return SampleStats(**{k: stats[k] for k in SampleStats.model_fields})
+
+
 def public_card(card: dict) -> dict:
     """The card as `GET /model` shows it: without the PC's paths (the run folder it was exported from)."""
     source = {k: v for k, v in card.get("source", {}).items() if not (isinstance(v, str) and os.path.isabs(v))}
     return {**card, "source": source} if "source" in card else dict(card)
 
 
-def create_app(classifier, cfg: ServeConfig | None = None, limit: int = MAX_BODY_BYTES):
+def create_app(classifier, cfg: ServeConfig | None = None, limit: int = MAX_BODY_BYTES,
+               store: samples.SampleStore | None = None):
     """The page and the API around one loaded classifier (anything with `.predict` and `.card`),
-    behind `httpguard`'s middleware with `cfg`'s limits (`limit=0`: no body limit)."""
+    behind `httpguard`'s middleware with `cfg`'s limits (`limit=0`: no body limit); `store` given,
+    labelled digits are kept in it (`--collect`)."""
     cfg = cfg or ServeConfig(model_dir="")
     map_large_blocks()
     card = public_card(classifier.card)
@@ -258,7 +301,7 @@ def create_app(classifier, cfg: ServeConfig | None = None, limit: int = MAX_BODY
     @app.get("/health", summary="is the server up, and what it runs")
     async def health():
         return {"status": "ok", "model": card.get("model"), "precision": getattr(classifier, "precision", None),
-                "backend": getattr(classifier, "backend_name", None)}
+                "backend": getattr(classifier, "backend_name", None), "collect": store is not None}
 
     @app.get("/model", summary="the model card (model.json of the exported model, without local paths)")
     async def model():
@@ -289,6 +332,49 @@ def create_app(classifier, cfg: ServeConfig | None = None, limit: int = MAX_BODY
             return MultiPrediction(text=page.text, lines=lines, timing=timing)
         return Prediction(**answer(page.digits[0]), timing=timing)
 
+    # ---------------------------------------------------------------- samples (--collect)
+
+    def collecting() -> samples.SampleStore:
+        if store is None:
+            raise ApiError(403, "collecting samples is off: start the server with `digitpi serve --collect`")
+        return store
+
+    sha256 = model_sha256(classifier)
+
+    @app.post("/samples", status_code=201, response_model=SampleSaved, responses=SAMPLE_ERRORS,
+              openapi_extra=PREDICT_BODY, summary="keep a digit with its right label, for fine-tuning (--collect)")
+    async def add_sample(request: Request, label: int = Query(ge=0, le=NUM_CLASSES - 1, description="the right digit"),
+                         origin: str = Query("api", description=f"one of {', '.join(samples.ORIGINS)}")):
+        target = collecting()
+        data = await read_upload(request)
+
+        def work() -> SampleSaved:
+            try:
+                (digit,) = reading.classify(classifier, look(data, False, settings)).digits
+                picture, fmt, reduced = samples.capped(data, target.limits)
+            finally:
+                trim_memory()
+            sample = samples.Sample(label=label, input=digit.image, picture=picture, picture_format=fmt, origin=origin,
+                                    predicted=digit.index, probabilities=tuple(map(float, digit.probabilities)),
+                                    model_sha256=sha256, picture_reduced=reduced)
+            try:
+                sample_id = target.add(sample)  # on disk when it returns
+            except samples.FullError as e:
+                raise ApiError(409, str(e)) from None
+            except samples.SamplesError as e:
+                raise ApiError(422, str(e)) from None
+            return SampleSaved(id=sample_id, label=label, predicted=digit.index,
+                               confidence=round(digit.probability, 6), stats=stats_body(target))
+
+        async with decoding:  # the same bound on pictures decoded at once as /predict
+            return await run_in_threadpool(work)
+
+    @app.get("/samples/stats", response_model=SampleStats, responses={403: SAMPLE_ERRORS[403]},
+             summary="how many samples each digit has (--collect)")
+    async def sample_stats():
+        target = collecting()
+        return await run_in_threadpool(stats_body, target)
+
     guarded = HostCheck(HeadAsGet(app), [*default_hosts(cfg.host), *cfg.allowed_hosts])
     return BodyLimit(guarded, limit, cfg.body_timeout) if limit else guarded
 
@@ -299,12 +385,18 @@ def serve(cfg: ServeConfig, log_level: str = "info") -> None:
 
     if not 0 <= cfg.port <= 65535:
         raise UserError(f"--port must be between 0 and 65535, got {cfg.port}")
+    if cfg.samples and not cfg.collect:
+        raise UserError("--samples names the database --collect writes: add --collect")
     classifier = load_classifier(cfg.model_dir, cfg.precision, cfg.backend)
+    store = samples.SampleStore(cfg.samples or samples.default_path()) if cfg.collect else None
     try:  # a busy port is a user mistake: say so in one line before uvicorn logs a traceback
         with socket.create_server((cfg.host, cfg.port)):
             pass
     except OSError as e:
         raise UserError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}") from None
     print(f"digitpi: serving {cfg.model_dir} on http://{cfg.host}:{cfg.port}/", file=sys.stderr, flush=True)
-    uvicorn.run(create_app(classifier, cfg), host=cfg.host, port=cfg.port, log_level=log_level, access_log=False,
-                http=guarded_protocol(cfg.header_timeout, cfg.max_connections), timeout_keep_alive=cfg.keep_alive)
+    if store is not None:
+        print(f"digitpi: collecting samples in {store.path}", file=sys.stderr, flush=True)
+    uvicorn.run(create_app(classifier, cfg, store=store), host=cfg.host, port=cfg.port, log_level=log_level,
+                access_log=False, http=guarded_protocol(cfg.header_timeout, cfg.max_connections),
+                timeout_keep_alive=cfg.keep_alive)

@@ -150,8 +150,13 @@ EpochHook = Callable[[nn.Module, int, float], bool | None]  # (model, epoch, tra
 
 
 def train(cfg: Config, on_epoch_end: EpochHook | None = None, progress: bool = True,
-          train_images: torch.Tensor | None = None, train_labels: torch.Tensor | None = None) -> TrainResult:
-    """Train `cfg.model` with `cfg`; the loop's only Python work per step is slicing a batch."""
+          train_images: torch.Tensor | None = None, train_labels: torch.Tensor | None = None,
+          initial_state: dict[str, torch.Tensor] | None = None) -> TrainResult:
+    """Train `cfg.model` with `cfg`; the loop's only Python work per step is slicing a batch.
+
+    `train_images`/`train_labels` (uint8 (N, 28, 28), int64 (N,)) replace the dataset's training
+    split; `initial_state` (a state dict of `cfg.model`) replaces the random initialisation: with
+    both, `finetune` teaches a trained model new images through this same loop."""
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     rank = distributed.start(device)  # DDP: None unless torchrun started this process
@@ -164,7 +169,10 @@ def train(cfg: Config, on_epoch_end: EpochHook | None = None, progress: bool = T
     x_train, y_train = train_images[train_idx].to(device), train_labels[train_idx].to(device)
     x_val, y_val = train_images[val_idx], train_labels[val_idx]
 
-    model = create_model(cfg.model, **cfg.model_args).to(device)
+    model = create_model(cfg.model, **cfg.model_args)
+    if initial_state is not None:
+        model.load_state_dict(initial_state)
+    model = model.to(device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     opt = make_optimizer(model, cfg)

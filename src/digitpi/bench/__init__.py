@@ -14,6 +14,7 @@ BENCHMARKS = {
     "preprocess": "milliseconds from a photo, scan or drawing to the model's 28x28 input",
     "wild": "accuracy on real handwriting (photos, canvas drawings, scans, pages) per medium, misreads drawn",
     "watch": "frames per second of `digitpi watch` at 640x480 on one core (needs the [camera] extra)",
+    "finetune": "accuracy on one real writer (wild-dev) before and after teaching a run a few of their digits",
 }
 
 

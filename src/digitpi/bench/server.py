@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,13 +48,15 @@ class Launched:
 
 @contextlib.contextmanager
 def launch(model_dir: str | Path, precision: str | None = None, log_level: str = "warning",
-           env: dict[str, str] | None = None) -> Iterator[Launched]:
-    """Run `digitpi serve` in a child process on a free loopback port until the block ends."""
+           env: dict[str, str] | None = None, args: Sequence[str] = ()) -> Iterator[Launched]:
+    """Run `digitpi serve` in a child process on a free loopback port until the block ends;
+    `args` are more of its flags (`--collect`, ...)."""
     port = free_port()
     command = [sys.executable, "-m", "digitpi.cli", "serve", "--model", str(model_dir), "--port", str(port),
                "--log-level", log_level]
     if precision:
         command += ["--precision", precision]
+    command += list(args)
     process = subprocess.Popen(command, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:

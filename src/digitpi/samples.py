@@ -1,0 +1,503 @@
+"""The digits a user teaches digitpi, kept in one SQLite file: written by `digitpi serve --collect`,
+read by `digitpi samples` and `digitpi finetune`, carried between the Pi and the PC by export/import.
+
+One row per sample: the picture as received (capped), the 28x28 image the model saw, the label the
+user gave, the model's answer and probabilities, the SHA-256 of the model file that answered (from
+its model card), the time. Python's `sqlite3`, numpy and Pillow only: this runs on the Raspberry Pi.
+
+A Pi loses power without warning, so the file is opened in WAL mode with `synchronous=FULL`: a
+sample is on disk when `add` returns (the server answers only then), and a write cut short is rolled
+back when the file is next opened; it never leaves a damaged database.
+
+Where samples come from, and what `read_samples` (fine-tuning) takes:
+    a samples database         FILE.db, as the server writes it or `export --sqlite` copies it
+    an export folder           DIR/samples.csv, DIR/pictures/ID.*, DIR/inputs/ID.png (`digitpi samples export`)
+    a folder per digit         DIR/0/*.png ... DIR/9/*.jpg: any pictures, read as `digitpi predict` reads them
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from digitpi import UserError, preprocess
+from digitpi.contract import IMAGE_SIZE, NUM_CLASSES
+
+FILE_NAME = "samples.db"  # in the user's data folder unless `--samples PATH` says otherwise
+SCHEMA_VERSION = 1  # PRAGMA user_version of a samples database; a file with another is refused
+ORIGINS = ("correction", "teach", "api", "import")  # the page's "it's a 4", its teach round, a script, a file
+EXPORT_CSV = "samples.csv"  # an export folder's index, written last: a folder with it is complete
+PICTURES, INPUTS = "pictures", "inputs"  # an export folder's subfolders: as received / as the model saw them
+INPUT_BYTES = IMAGE_SIZE * IMAGE_SIZE
+EXTENSIONS = {"JPEG": ".jpg"}  # else the first extension Pillow registers for the format
+DIGIT_FOLDERS = tuple(str(d) for d in range(NUM_CLASSES))
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS samples (
+    id INTEGER PRIMARY KEY,
+    created TEXT NOT NULL,                          -- ISO 8601, UTC, milliseconds
+    label INTEGER NOT NULL CHECK (label BETWEEN 0 AND {NUM_CLASSES - 1}),
+    predicted INTEGER CHECK (predicted BETWEEN 0 AND {NUM_CLASSES - 1}),  -- NULL: never read by a model
+    probabilities TEXT,                             -- JSON list of {NUM_CLASSES} floats, or NULL
+    model_sha256 TEXT,                              -- of the model file that answered, from its card
+    origin TEXT NOT NULL,                           -- one of {", ".join(ORIGINS)}
+    picture BLOB NOT NULL,                          -- as received, or reduced when over the cap
+    picture_format TEXT NOT NULL,                   -- Pillow's name for it: PNG, JPEG, ...
+    picture_reduced INTEGER NOT NULL DEFAULT 0,     -- 1: over the cap, kept as a smaller grey JPEG
+    input BLOB NOT NULL CHECK (length(input) = {INPUT_BYTES}),  -- the 28x28 uint8 the model saw, row-major
+    UNIQUE (created, label, input)                  -- importing the same export twice adds nothing
+);
+CREATE INDEX IF NOT EXISTS samples_label ON samples (label);
+"""
+META_COLUMNS = "id, created, label, predicted, probabilities, model_sha256, origin, picture_format, " \
+               "picture_reduced, length(picture)"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_samples: int = 5_000  # a few hundred teach a writer; more only fills a Pi's SD card
+    max_picture_bytes: int = 256 * 1024  # a larger picture is kept as a grey JPEG, reduced until it fits
+    reduced_side: int = preprocess.SETTINGS.load_side  # px: preprocessing never reads more of a picture
+
+
+LIMITS = Limits()
+
+
+class SamplesError(UserError):
+    """A samples file or folder that cannot be used; the message is one line that says why."""
+
+
+class FullError(SamplesError):
+    """The database holds `Limits.max_samples` samples: export and delete some first."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    label: int  # what the user says the digit is
+    input: np.ndarray  # uint8 (28, 28): what the model saw
+    picture: bytes  # as received (capped)
+    picture_format: str  # Pillow's format name of `picture`
+    origin: str = "api"  # one of ORIGINS
+    predicted: int | None = None  # the model's answer when the sample was taken
+    probabilities: tuple[float, ...] | None = None  # the model's probability of each digit
+    model_sha256: str | None = None  # the model file that answered
+    created: str = ""  # ISO 8601 UTC; empty: now
+    picture_reduced: bool = False  # True: `picture` is a reduced copy of a larger upload
+    id: int | None = None  # the row, once stored
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def default_path() -> Path:
+    """$XDG_DATA_HOME/digitpi/samples.db, else ~/.local/share/digitpi/samples.db (the XDG default)."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "digitpi" / FILE_NAME
+
+
+# ---------------------------------------------------------------- pictures
+
+
+def picture_format(picture: bytes) -> str:
+    """Pillow's format name of encoded picture bytes ("PNG", "JPEG", ...), read from the header only."""
+    try:
+        with Image.open(io.BytesIO(picture)) as image:
+            return image.format or "unknown"
+    except Exception:  # Pillow raises many types on foreign bytes; the caller has decoded it already
+        return "unknown"
+
+
+def extension(fmt: str) -> str:
+    if fmt in EXTENSIONS:
+        return EXTENSIONS[fmt]
+    return next((ext for ext, name in Image.registered_extensions().items() if name == fmt), ".bin")
+
+
+def capped(picture: bytes, limits: Limits = LIMITS) -> tuple[bytes, str, bool]:
+    """(bytes, format, reduced): the picture as received when it fits `max_picture_bytes`, else a grey
+    JPEG of it, upright, its longer side `reduced_side` or halved until it fits."""
+    if len(picture) <= limits.max_picture_bytes:
+        return picture, picture_format(picture), False
+    side = limits.reduced_side
+    while True:
+        gray = preprocess.gray_array(preprocess.load_image(picture, side=side), side)
+        buffer = io.BytesIO()
+        Image.fromarray(gray.clip(0, 255).astype(np.uint8), "L").save(buffer, format="JPEG", quality=90)
+        if buffer.tell() <= limits.max_picture_bytes or side <= IMAGE_SIZE:
+            return buffer.getvalue(), "JPEG", True
+        side //= 2
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), "L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def checked(sample: Sample) -> Sample:
+    """`sample` after the checks the schema also makes, as one-line errors rather than SQLite's."""
+    if not (isinstance(sample.label, (int, np.integer)) and 0 <= sample.label < NUM_CLASSES):
+        raise SamplesError(f"label must be a digit 0-{NUM_CLASSES - 1}, got {sample.label!r}")
+    if sample.origin not in ORIGINS:
+        raise SamplesError(f"origin must be one of {', '.join(ORIGINS)}, got {sample.origin!r}")
+    if sample.input.shape != (IMAGE_SIZE, IMAGE_SIZE) or sample.input.dtype != np.uint8:
+        raise SamplesError(f"a sample's input must be uint8 {IMAGE_SIZE}x{IMAGE_SIZE}, got "
+                           f"{sample.input.dtype} {sample.input.shape}")
+    if sample.probabilities is not None and len(sample.probabilities) != NUM_CLASSES:
+        raise SamplesError(f"probabilities must hold {NUM_CLASSES} values")
+    return sample
+
+
+# ---------------------------------------------------------------- the database
+
+
+class SampleStore:
+    """One samples database. Safe to share between a server's threads: one connection, one lock;
+    other processes (`digitpi samples list` while the server runs) read it side by side (WAL)."""
+
+    def __init__(self, path: str | Path, limits: Limits = LIMITS, create: bool = True) -> None:
+        self.path = Path(path)
+        self.limits = limits
+        self.lock = threading.Lock()
+        if not self.path.is_file():
+            if not create:
+                raise SamplesError(f"no samples database {self.path}")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise SamplesError(f"cannot create {self.path.parent}: {e.strerror}") from None
+        try:
+            # autocommit (isolation_level=None): every transaction below is an explicit BEGIN ... COMMIT
+            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            self.setup()
+        except sqlite3.DatabaseError as e:  # not a database, a read-only folder, another program's file
+            if hasattr(self, "db"):
+                self.db.close()
+            raise SamplesError(f"{self.path}: cannot use it as a samples database ({e})") from None
+
+    def setup(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        tables = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and (version != SCHEMA_VERSION or "samples" not in tables):
+            raise sqlite3.DatabaseError(f"schema version {version}, tables {', '.join(sorted(tables))}; "
+                                        f"this digitpi reads version {SCHEMA_VERSION}")
+        self.db.execute("PRAGMA journal_mode = WAL")  # readers and the writer side by side; atomic commits
+        self.db.execute("PRAGMA synchronous = FULL")  # each commit reaches the disk before add() returns
+        if not tables:
+            self.db.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> SampleStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- writing
+
+    def add(self, sample: Sample) -> int:
+        """Store one sample; returns its id once it is on disk. Refuses (FullError) at `max_samples`."""
+        return self.add_many([sample])[0]
+
+    def add_many(self, samples: list[Sample]) -> list[int | None]:
+        """Store samples in one transaction: all or none. Ids, or None for one already stored."""
+        rows = [self.row(checked(s)) for s in samples]
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")  # the count and the inserts, with no other writer between
+            try:
+                count = self.db.execute("SELECT count(*) FROM samples").fetchone()[0]
+                if count + len(rows) > self.limits.max_samples:
+                    raise FullError(f"{self.path} holds {count:,} samples and the limit is "
+                                    f"{self.limits.max_samples:,}: export and delete some (`digitpi samples`)")
+                ids = []
+                for row in rows:
+                    cursor = self.db.execute(
+                        "INSERT OR IGNORE INTO samples (created, label, predicted, probabilities, model_sha256, "
+                        "origin, picture, picture_format, picture_reduced, input) VALUES (?,?,?,?,?,?,?,?,?,?)", row)
+                    ids.append(cursor.lastrowid if cursor.rowcount else None)
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        return ids
+
+    @staticmethod
+    def row(s: Sample) -> tuple:
+        probabilities = None if s.probabilities is None else json.dumps([round(float(p), 6) for p in s.probabilities])
+        return (s.created or now(), int(s.label), None if s.predicted is None else int(s.predicted), probabilities,
+                s.model_sha256, s.origin, s.picture, s.picture_format, int(s.picture_reduced), s.input.tobytes())
+
+    def delete(self, ids: list[int] | None = None, label: int | None = None) -> int:
+        """Delete the samples with these ids and/or this label (both None: every sample); returns how many."""
+        where, params = self.where(ids, label)
+        with self.lock:
+            return self.db.execute(f"DELETE FROM samples{where}", params).rowcount
+
+    def fetch(self, sql: str, params: list | tuple = ()) -> list[tuple]:
+        """Rows of one query, under the lock: a server's threads share one connection and its transaction."""
+        with self.lock:
+            return self.db.execute(sql, params).fetchall()
+
+    # ---------------------------------------------------------------- reading
+
+    @staticmethod
+    def where(ids: list[int] | None = None, label: int | None = None) -> tuple[str, list]:
+        clauses, params = [], []
+        if ids is not None:
+            clauses.append(f"id IN ({', '.join('?' * len(ids))})")
+            params += list(ids)
+        if label is not None:
+            clauses.append("label = ?")
+            params.append(label)
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+    def count(self) -> int:
+        return self.fetch("SELECT count(*) FROM samples")[0][0]
+
+    def stats(self) -> dict:
+        """Counts per digit, and how many of them the model read right when they were taken."""
+        per_digit, right = [0] * NUM_CLASSES, [0] * NUM_CLASSES
+        for label, n, n_right in self.fetch("SELECT label, count(*), sum(predicted = label) FROM samples "
+                                            "GROUP BY label"):
+            per_digit[label], right[label] = n, n_right or 0
+        (first, last, models), = self.fetch("SELECT min(created), max(created), count(DISTINCT model_sha256) "
+                                            "FROM samples")
+        return {"total": sum(per_digit), "limit": self.limits.max_samples, "per_digit": per_digit,
+                "model_right": right, "first": first, "last": last, "models": models}
+
+    def listing(self, label: int | None = None, last: int | None = None) -> list[dict]:
+        """The samples without their pictures, oldest first (the `last` newest if given)."""
+        where, params = self.where(label=label)
+        limit = f" LIMIT {int(last)}" if last is not None else ""
+        rows = self.fetch(f"SELECT {META_COLUMNS} FROM samples{where} ORDER BY id DESC{limit}", params)
+        keys = ("id", "created", "label", "predicted", "probabilities", "model_sha256", "origin", "picture_format",
+                "picture_reduced", "picture_bytes")
+        listed = [dict(zip(keys, row)) for row in rows]
+        for item in listed:
+            item["probabilities"] = json.loads(item["probabilities"]) if item["probabilities"] else None
+            item["picture_reduced"] = bool(item["picture_reduced"])
+        return listed[::-1]
+
+    def samples(self, ids: list[int] | None = None, label: int | None = None) -> Iterator[Sample]:
+        """Every sample with its pictures, oldest first; read in pages, so memory stays flat."""
+        where, params = self.where(ids, label)
+        after = 0
+        while True:
+            joiner = " AND " if where else " WHERE "
+            rows = self.fetch(
+                f"SELECT id, created, label, predicted, probabilities, model_sha256, origin, picture, "
+                f"picture_format, picture_reduced, input FROM samples{where}{joiner}id > ? ORDER BY id LIMIT 256",
+                [*params, after])
+            if not rows:
+                return
+            for (id_, created, label_, predicted, probabilities, sha, origin, picture, fmt, reduced, image) in rows:
+                yield Sample(label=label_, input=np.frombuffer(image, np.uint8).reshape(IMAGE_SIZE, IMAGE_SIZE),
+                             picture=picture, picture_format=fmt, origin=origin, predicted=predicted,
+                             probabilities=tuple(json.loads(probabilities)) if probabilities else None,
+                             model_sha256=sha, created=created, picture_reduced=bool(reduced), id=id_)
+            after = rows[-1][0]
+
+    def inputs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(images uint8 (N, 28, 28), labels int64 (N,), ids (N,)) of every sample: what fine-tuning reads."""
+        rows = self.fetch("SELECT id, label, input FROM samples ORDER BY id")
+        images = np.frombuffer(b"".join(r[2] for r in rows), np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
+        return images.copy(), np.array([r[1] for r in rows], np.int64), np.array([r[0] for r in rows], np.int64)
+
+    def backup(self, dest: Path) -> None:
+        """A consistent copy of the whole database in one file, even while a server writes to it."""
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        tmp.unlink(missing_ok=True)
+        copy = sqlite3.connect(tmp)
+        try:
+            with self.lock:
+                self.db.backup(copy)
+            copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file, no -wal beside it
+        finally:
+            copy.close()
+        tmp.replace(dest)
+
+
+# ---------------------------------------------------------------- export and import
+
+
+CSV_FIELDS = ("id", "created", "label", "predicted", *(f"p{d}" for d in range(NUM_CLASSES)), "model_sha256",
+              "origin", "picture", "picture_reduced", "input")
+
+
+def export_folder(store: SampleStore, dest: Path) -> int:
+    """PNG files and a CSV: DIR/pictures/ID.* as received, DIR/inputs/ID.png as the model saw them,
+    DIR/samples.csv (written last) with one row each. Refuses a folder that already holds an export."""
+    if (dest / EXPORT_CSV).exists():
+        raise SamplesError(f"{dest} already holds an export ({EXPORT_CSV}): choose another folder")
+    (dest / PICTURES).mkdir(parents=True, exist_ok=True)
+    (dest / INPUTS).mkdir(exist_ok=True)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    count = 0
+    for s in store.samples():
+        picture = f"{PICTURES}/{s.id:06d}{extension(s.picture_format)}"
+        image = f"{INPUTS}/{s.id:06d}.png"
+        (dest / picture).write_bytes(s.picture)
+        (dest / image).write_bytes(png_bytes(s.input))
+        probabilities = s.probabilities or ("",) * NUM_CLASSES
+        writer.writerow({"id": s.id, "created": s.created, "label": s.label,
+                         "predicted": "" if s.predicted is None else s.predicted,
+                         **{f"p{d}": p for d, p in enumerate(probabilities)}, "model_sha256": s.model_sha256 or "",
+                         "origin": s.origin, "picture": picture, "picture_reduced": int(s.picture_reduced),
+                         "input": image})
+        count += 1
+    from digitpi.data import write_atomic
+
+    write_atomic(dest / EXPORT_CSV, text.getvalue().encode())
+    return count
+
+
+def export_rows(folder: Path) -> list[dict]:
+    index = folder / EXPORT_CSV
+    try:
+        with open(index, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise SamplesError(f"{index}: unreadable ({e})") from None
+
+
+def read_export(folder: Path, rows: list[dict]) -> Iterator[Sample]:
+    """The samples of an export folder (`export_folder`) as they were stored, from its CSV rows."""
+    index = folder / EXPORT_CSV
+    for number, row in enumerate(rows, start=2):
+        try:
+            image = np.asarray(Image.open(folder / row["input"]).convert("L"))
+            picture = (folder / row["picture"]).read_bytes()
+            probabilities = tuple(float(row[f"p{d}"]) for d in range(NUM_CLASSES)) if row["p0"] else None
+            yield Sample(label=int(row["label"]), input=image, picture=picture,
+                         picture_format=picture_format(picture), origin=row["origin"],
+                         predicted=int(row["predicted"]) if row["predicted"] else None, probabilities=probabilities,
+                         model_sha256=row["model_sha256"] or None, created=row["created"],
+                         picture_reduced=row["picture_reduced"] == "1")
+        except (KeyError, TypeError, ValueError, OSError) as e:  # a missing column or file, a damaged PNG
+            raise SamplesError(f"{index}, line {number}: {preprocess.reason(e)}") from None
+
+
+def read_digit_files(files: list[tuple[int, Path]]) -> Iterator[Sample]:
+    """Pictures sorted into DIR/0 ... DIR/9, read as `digitpi predict` reads a picture; never read by
+    a model, so without an answer. Each file's time is its modification time: importing twice adds nothing."""
+    for digit, path in files:
+        picture = path.read_bytes()
+        stored, fmt, reduced = capped(picture)
+        created = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc)
+        yield Sample(label=digit, input=preprocess.to_mnist(picture, name=str(path)), picture=stored,
+                     picture_format=fmt, origin="import", picture_reduced=reduced,
+                     created=created.isoformat(timespec="milliseconds"))
+
+
+def source_kind(source: Path) -> str:
+    """What `source` holds: "sqlite", "export" or "digits"; a one-line error for anything else."""
+    if source.is_file():
+        with open(source, "rb") as f:
+            if f.read(16) == b"SQLite format 3\x00":
+                return "sqlite"
+        raise SamplesError(f"{source} is not a SQLite database")
+    if not source.is_dir():
+        raise SamplesError(f"no such file or folder {source}")
+    if (source / EXPORT_CSV).is_file():
+        return "export"
+    if any((source / d).is_dir() for d in DIGIT_FOLDERS):
+        return "digits"
+    raise SamplesError(f"{source} holds neither {EXPORT_CSV} (`digitpi samples export`) nor folders 0-9 of pictures")
+
+
+def digit_files(folder: Path) -> list[tuple[int, Path]]:
+    return [(int(digit), path) for digit in DIGIT_FOLDERS
+            for path in sorted((folder / digit).glob("*")) if path.is_file() and not path.name.startswith(".")]
+
+
+def read_source(source: str | Path) -> tuple[int, Iterator[Sample]]:
+    """(how many, the samples one by one) of a samples database, an export folder or a folder per digit:
+    the count first, so a caller can refuse too many before reading a picture."""
+    source = Path(source)
+    kind = source_kind(source)
+    if kind == "sqlite":
+        other = SampleStore(source, create=False)
+
+        def from_db() -> Iterator[Sample]:
+            with other:
+                yield from other.samples()
+
+        return other.count(), from_db()
+    if kind == "export":
+        rows = export_rows(source)
+        return len(rows), read_export(source, rows)
+    files = digit_files(source)
+    return len(files), read_digit_files(files)
+
+
+def import_into(store: SampleStore, source: str | Path, batch: int = 256) -> tuple[int, int]:
+    """Add every sample of `source` to `store`; returns (added, already there). The limit is checked
+    before anything is written; each batch of samples is one transaction."""
+    total, samples = read_source(source)
+    if store.count() + total > store.limits.max_samples:
+        raise FullError(f"{store.path} holds {store.count():,} samples; {total:,} more would pass its limit "
+                        f"of {store.limits.max_samples:,}")
+    added, pending = 0, []
+    for sample in samples:
+        pending.append(sample)
+        if len(pending) == batch:
+            added += sum(id_ is not None for id_ in store.add_many(pending))
+            pending = []
+    added += sum(id_ is not None for id_ in store.add_many(pending)) if pending else 0
+    return added, total - added
+
+
+def read_samples(source: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 (N, 28, 28), labels int64 (N,)) of a samples database or folder: fine-tuning's input."""
+    source = Path(source)
+    if source_kind(source) == "sqlite":
+        with SampleStore(source, create=False) as store:
+            images, labels, _ = store.inputs()
+        return images, labels
+    _, samples = read_source(source)
+    pairs = [(s.input, s.label) for s in samples]
+    images = np.stack([p[0] for p in pairs]) if pairs else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    return images, np.array([p[1] for p in pairs], np.int64)
+
+
+# ---------------------------------------------------------------- for the terminal
+
+
+def format_stats(stats: dict, path: Path) -> str:
+    """Counts per digit and how often the model was right on them, as `digitpi samples stats` prints."""
+    lines = [f"{path}: {stats['total']:,} samples (limit {stats['limit']:,})"]
+    if stats["total"]:
+        lines[0] += f", taken {stats['first'][:16].replace('T', ' ')} to {stats['last'][:16].replace('T', ' ')} UTC"
+    lines.append("digit        " + "".join(f"{d:>6}" for d in range(NUM_CLASSES)) + "   all")
+    lines.append("samples      " + "".join(f"{n:>6}" for n in stats["per_digit"]) + f"{stats['total']:>6}")
+    lines.append("model right  " + "".join(f"{n:>6}" for n in stats["model_right"])
+                 + f"{sum(stats['model_right']):>6}")
+    return "\n".join(lines)
+
+
+def format_listing(rows: list[dict]) -> str:
+    """One line per sample, without pictures, as `digitpi samples list` prints."""
+    lines = [f"{'id':>6}  {'created (UTC)':<19}  label  read   sure  {'origin':<10}  picture"]
+    for r in rows:
+        read = "" if r["predicted"] is None else str(r["predicted"])
+        sure = f"{100 * r['probabilities'][r['predicted']]:.0f} %" if r["probabilities"] and read else ""
+        picture = f"{r['picture_format']} {r['picture_bytes']:,} B" + (" (reduced)" if r["picture_reduced"] else "")
+        lines.append(f"{r['id']:>6}  {r['created'][:19].replace('T', ' '):<19}  {r['label']:>5}  {read:>4}  "
+                     f"{sure:>5}  {r['origin']:<10}  {picture}")
+    return "\n".join(lines)
