@@ -1,8 +1,12 @@
-"""`digitpi finetune` on a synthetic writer: real MNIST *training* digits written mirrored, as children
-often write them, which an MNIST model misreads more often than not. Taught a few of them, a run must
-read the writer's held-out digits far better and keep reading MNIST; the result is a run folder that
-`digitpi export` takes. The test set never enters training: the writer's digits come from the
-training split, the MNIST replay too.
+"""`digitpi finetune` on a synthetic writer: real MNIST *training* digits written with a fat marker
+(each stroke widened by a 5x5 maximum filter), which the default model reads only about 70 % right
+(fast_run: about 77 %). Taught 30 of each digit, a run must read the writer's held-out digits better
+and keep reading MNIST; the result is a run folder that `digitpi export` takes. The test set never
+enters training: the writer's digits come from the training split, the MNIST replay too.
+
+A fat marker, not a mirror: mirrored digits look like other digits (a mirrored 5 is nearly a 2), so
+teaching them costs MNIST accuracy however it is done (measured: -0.6 points on validation digits
+with the default model); a fat marker is a style, like a real writer's.
 """
 
 from __future__ import annotations
@@ -17,22 +21,24 @@ from digitpi import data, finetune, rundir, samples
 from digitpi.cli import main
 from digitpi.config import FinetuneConfig
 
-PER_DIGIT = 16  # samples per digit the writer gives: 4 held out by the default --holdout 0.25
+PER_DIGIT = 40  # samples per digit the writer gives: 10 held out by the default --holdout 0.25, 30 taught
 MNIST_FLOOR = 0.993  # issue 17: the fine-tuned default model keeps at least this on the MNIST test set
 
 
-def mirrored_writer(per_digit: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """`per_digit` MNIST training digits of each class, mirrored left to right."""
+def fat_marker_writer(per_digit: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`per_digit` MNIST training digits of each class, every stroke widened by a 5x5 maximum filter."""
     images, labels = data.load_split("mnist", "train")
     rng = np.random.default_rng(seed)
     picks = np.concatenate([rng.choice(np.flatnonzero(labels == d), per_digit, replace=False) for d in range(10)])
-    return np.ascontiguousarray(images[picks][:, :, ::-1]), labels[picks]
+    padded = np.pad(images[picks], ((0, 0), (2, 2), (2, 2)))
+    fat = np.lib.stride_tricks.sliding_window_view(padded, (5, 5), axis=(1, 2)).max(axis=(-1, -2))
+    return np.ascontiguousarray(fat), labels[picks]
 
 
 @pytest.fixture(scope="module")
 def writer_db(mnist_dir, tmp_path_factory):
     """The writer's samples in a samples database, as `serve --collect` keeps them."""
-    images, labels = mirrored_writer(PER_DIGIT, seed=1)
+    images, labels = fat_marker_writer(PER_DIGIT, seed=1)
     path = tmp_path_factory.mktemp("writer") / "samples.db"
     with samples.SampleStore(path) as store:
         store.add_many([samples.Sample(label=int(label), input=image, picture=samples.png_bytes(image),
@@ -58,13 +64,13 @@ def test_finetune_teaches_the_writer_and_keeps_mnist(fast_run, writer_db, tmp_pa
     out = tmp_path / "taught"
     assert main(["finetune", str(fast_run), "--samples", str(writer_db), "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert "held-out samples (40)" in printed and "MNIST test set" in printed
+    assert "held-out samples (100)" in printed and "MNIST test set" in printed
     report = rundir.load_metrics(out)["finetune"]
-    print(f"\nmirrored writer: {100 * report['holdout_before']:.1f} % -> {100 * report['holdout_after']:.1f} %; "
+    print(f"\nfat-marker writer: {100 * report['holdout_before']:.1f} % -> {100 * report['holdout_after']:.1f} %; "
           f"MNIST {100 * report['mnist_before']:.2f} % -> {100 * rundir.load_metrics(out)['test_accuracy']:.2f} %; "
           f"{report['train_seconds']:.1f} s")
-    assert report["trained_on"] == 120 and report["held_out"] == 40
-    assert report["holdout_after"] >= report["holdout_before"] + 0.25  # mirrored digits: a large, robust gain
+    assert report["trained_on"] == 300 and report["held_out"] == 100
+    assert report["holdout_after"] >= report["holdout_before"] + 0.08  # measured: +11 to +14 points on 500
     assert rundir.load_metrics(out)["test_accuracy"] >= report["mnist_before"] - 0.003
     assert rundir.is_complete(out)
 
@@ -88,10 +94,10 @@ def test_same_seed_same_model(fast_run, writer_db):
 
 def test_the_default_model_keeps_mnist_above_the_floor(trained_run, writer_db, tmp_path):
     report = finetune.finetune_run(trained_run, writer_db, tmp_path / "taught", progress=False)
-    print(f"\ndefault model, mirrored writer: {100 * report['holdout_before']:.1f} % -> "
+    print(f"\ndefault model, fat-marker writer: {100 * report['holdout_before']:.1f} % -> "
           f"{100 * report['holdout_after']:.1f} %; MNIST {100 * report['mnist_after']:.2f} %")
     assert report["mnist_after"] >= MNIST_FLOOR
-    assert report["holdout_after"] >= report["holdout_before"] + 0.25
+    assert report["holdout_after"] >= report["holdout_before"] + 0.12  # measured: +20 to +22 points on 500
 
 
 @pytest.mark.parametrize("argv,words", [

@@ -74,7 +74,7 @@ def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> float 
     """Share of `images` the model reads right; None when there are none."""
     if not len(images):
         return None
-    return train.evaluate(model, torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels))[1]
+    return train.evaluate(model, torch.from_numpy(np.array(images)), torch.from_numpy(labels))[1]  # a writable copy
 
 
 def finetune_model(model: nn.Module, run_cfg: Config, split: Split, cfg: FinetuneConfig,
