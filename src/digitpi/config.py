@@ -113,7 +113,8 @@ def recipe_config(recipe: str | None = None, **overrides) -> Config:
 class FinetuneConfig:
     """`digitpi finetune`: a trained run taught a user's handwriting. Its recipe (optimizer, schedule,
     augmentation, label smoothing) is the run's own; these say how much and on what. Chosen on a
-    synthetic writer made of MNIST training digits (tests/test_finetune.py), never on wild-dev."""
+    synthetic writer made of MNIST training digits (tests/test_finetune.py) and the run's validation
+    digits, never on wild-dev or the test set."""
 
     epochs: int = 3  # passes over the mix of samples and MNIST images
     lr_scale: float = 0.1  # peak learning rate as a fraction of the run's: nudge the weights, not retrain
