@@ -70,6 +70,7 @@ def test_stats_count_per_digit_and_model_answers(store, digits):
     expected = np.bincount(labels, minlength=10)
     expected[3] += 1
     assert stats["per_digit"] == expected.tolist() and stats["total"] == 41
+    assert stats["model_read"] == expected.tolist()  # every sample here carries the model's answer
     assert stats["model_right"] == [0, 0, 0, 1, 0, 0, 0, 0, 0, 0]
     assert [row["id"] for row in store.listing(last=3)] == [39, 40, 41]
     assert {row["label"] for row in store.listing(label=7)} == {7}
@@ -165,6 +166,7 @@ def test_a_folder_per_digit_is_read_as_predict_reads_pictures(tmp_path, digits):
         assert samples.import_into(target, tmp_path / "mine") == (0, 10)
         assert {s.origin for s in target.samples()} == {"import"}
         assert all(s.predicted is None for s in target.samples())
+        assert target.stats()["model_read"] == [0] * 10  # no model read them: none counts as read wrong
     with pytest.raises(samples.SamplesError, match="neither samples.csv"):
         samples.read_samples(tmp_path)
 
@@ -180,7 +182,7 @@ def test_samples_command(tmp_path, digits, capsys):
 
     assert main(["samples", "stats", "--samples", str(db)]) == 0
     out = capsys.readouterr().out
-    assert "6 samples (limit 5,000)" in out and "model right" in out
+    assert "6 samples (limit 5,000)" in out and "model read" in out
     assert main(["samples", "list", "--samples", str(db), "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [r["label"] for r in listed] == labels[:6].tolist()

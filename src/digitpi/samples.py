@@ -269,15 +269,16 @@ class SampleStore:
         return self.fetch("SELECT count(*) FROM samples")[0][0]
 
     def stats(self) -> dict:
-        """Counts per digit, and how many of them the model read right when they were taken."""
-        per_digit, right = [0] * NUM_CLASSES, [0] * NUM_CLASSES
-        for label, n, n_right in self.fetch("SELECT label, count(*), sum(predicted = label) FROM samples "
-                                            "GROUP BY label"):
-            per_digit[label], right[label] = n, n_right or 0
+        """Counts per digit, how many of them a model read when they were taken (imported pictures were
+        not), and how many of those it read right."""
+        per_digit, read, right = [0] * NUM_CLASSES, [0] * NUM_CLASSES, [0] * NUM_CLASSES
+        for label, n, n_read, n_right in self.fetch("SELECT label, count(*), count(predicted), sum(predicted = label) "
+                                                    "FROM samples GROUP BY label"):
+            per_digit[label], read[label], right[label] = n, n_read, n_right or 0
         (first, last, models), = self.fetch("SELECT min(created), max(created), count(DISTINCT model_sha256) "
                                             "FROM samples")
         return {"total": sum(per_digit), "limit": self.limits.max_samples, "per_digit": per_digit,
-                "model_right": right, "first": first, "last": last, "models": models}
+                "model_read": read, "model_right": right, "first": first, "last": last, "models": models}
 
     def listing(self, label: int | None = None, last: int | None = None) -> list[dict]:
         """The samples without their pictures, oldest first (the `last` newest if given)."""
@@ -484,7 +485,8 @@ def format_stats(stats: dict, path: Path) -> str:
         lines[0] += f", taken {stats['first'][:16].replace('T', ' ')} to {stats['last'][:16].replace('T', ' ')} UTC"
     lines.append("digit        " + "".join(f"{d:>6}" for d in range(NUM_CLASSES)) + "   all")
     lines.append("samples      " + "".join(f"{n:>6}" for n in stats["per_digit"]) + f"{stats['total']:>6}")
-    lines.append("model right  " + "".join(f"{n:>6}" for n in stats["model_right"])
+    lines.append("model read   " + "".join(f"{n:>6}" for n in stats["model_read"]) + f"{sum(stats['model_read']):>6}")
+    lines.append("  right      " + "".join(f"{n:>6}" for n in stats["model_right"])
                  + f"{sum(stats['model_right']):>6}")
     return "\n".join(lines)
 
