@@ -171,6 +171,27 @@ def test_a_folder_per_digit_is_read_as_predict_reads_pictures(tmp_path, digits):
         samples.read_samples(tmp_path)
 
 
+def test_importing_pictures_skips_one_without_a_digit_and_says_so(tmp_path, digits, capsys):
+    images, labels = digits
+    for i in range(4):
+        (tmp_path / "mine" / str(labels[i])).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "mine" / str(labels[i]) / f"{i}.png").write_bytes(png(255 - images[i]))
+    blank = tmp_path / "mine" / str(labels[0]) / "blank.png"
+    blank.write_bytes(png(np.full((60, 60), 255, np.uint8)))  # white paper, no digit
+    (tmp_path / "mine" / str(labels[1]) / "notes.png").write_bytes(b"not a picture")
+    db = tmp_path / "s.db"
+    assert main(["samples", "import", str(tmp_path / "mine"), "--samples", str(db)]) == 2
+    captured = capsys.readouterr()
+    errors = captured.err.splitlines()
+    assert len(errors) == 2 and any("blank.png" in e and "no digit" in e for e in errors)
+    assert any("notes.png" in e for e in errors)
+    assert "imported 4 samples" in captured.out and "skipped 2 pictures" in captured.out
+    with samples.SampleStore(db, create=False) as store:
+        assert store.count() == 4
+    with pytest.raises(preprocess.ImageError, match="blank.png|notes.png"):  # fine-tuning reads all or stops
+        samples.read_samples(tmp_path / "mine")
+
+
 def test_samples_command(tmp_path, digits, capsys):
     images, labels = digits
     db = tmp_path / "samples.db"

@@ -194,7 +194,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- samples, finetune
 
 
-def cmd_samples(args: argparse.Namespace) -> None:
+def cmd_samples(args: argparse.Namespace) -> int:
     from digitpi import samples
 
     path = Path(args.samples) if args.samples else samples.default_path()
@@ -213,12 +213,18 @@ def cmd_samples(args: argparse.Namespace) -> None:
             else:
                 print(f"exported {samples.export_folder(store, out):,} samples to {out}")
         elif args.action == "import":
-            added, present = samples.import_into(store, args.source)
-            print(f"imported {added:,} samples into {path}" + (f" ({present:,} were there already)" if present else ""))
+            skipped: list[str] = []
+            added, present = samples.import_into(store, args.source, skipped=skipped)
+            for message in skipped:  # each picture that holds no digit: one line, and the others are imported
+                print(f"digitpi: error: {message}", file=sys.stderr)
+            print(f"imported {added:,} samples into {path}" + (f" ({present:,} were there already)" if present else "")
+                  + (f"; skipped {len(skipped):,} pictures" if skipped else ""))
+            return 2 if skipped else 0
         else:  # delete
             if not (args.ids or args.label is not None or args.all):
                 fail("say which samples to delete: --id N..., --label D or --all")
             print(f"deleted {store.delete(args.ids, args.label):,} samples from {path}")
+    return 0
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:

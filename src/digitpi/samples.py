@@ -392,16 +392,23 @@ def read_export(folder: Path, rows: list[dict]) -> Iterator[Sample]:
             raise SamplesError(f"{index}, line {number}: {preprocess.reason(e)}") from None
 
 
-def read_digit_files(files: list[tuple[int, Path]]) -> Iterator[Sample]:
+def read_digit_files(files: list[tuple[int, Path]], skipped: list[str] | None = None) -> Iterator[Sample]:
     """Pictures sorted into DIR/0 ... DIR/9, read as `digitpi predict` reads a picture; never read by
-    a model, so without an answer. Each file's time is its modification time: importing twice adds nothing."""
+    a model, so without an answer. Each file's time is its modification time: importing twice adds nothing.
+    A picture without a digit, or not a picture, raises; with `skipped`, its one-line error goes there instead."""
     for digit, path in files:
         picture = path.read_bytes()
+        try:
+            image = preprocess.to_mnist(picture, name=str(path))
+        except preprocess.ImageError as e:
+            if skipped is None:
+                raise
+            skipped.append(str(e))
+            continue
         stored, fmt, reduced = capped(picture)
         created = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc)
-        yield Sample(label=digit, input=preprocess.to_mnist(picture, name=str(path)), picture=stored,
-                     picture_format=fmt, origin="import", picture_reduced=reduced,
-                     created=created.isoformat(timespec="milliseconds"))
+        yield Sample(label=digit, input=image, picture=stored, picture_format=fmt, origin="import",
+                     picture_reduced=reduced, created=created.isoformat(timespec="milliseconds"))
 
 
 def source_kind(source: Path) -> str:
@@ -425,9 +432,10 @@ def digit_files(folder: Path) -> list[tuple[int, Path]]:
             for path in sorted((folder / digit).glob("*")) if path.is_file() and not path.name.startswith(".")]
 
 
-def read_source(source: str | Path) -> tuple[int, Iterator[Sample]]:
+def read_source(source: str | Path, skipped: list[str] | None = None) -> tuple[int, Iterator[Sample]]:
     """(how many, the samples one by one) of a samples database, an export folder or a folder per digit:
-    the count first, so a caller can refuse too many before reading a picture."""
+    the count first, so a caller can refuse too many before reading a picture. `skipped`: see
+    `read_digit_files`."""
     source = Path(source)
     kind = source_kind(source)
     if kind == "sqlite":
@@ -442,13 +450,16 @@ def read_source(source: str | Path) -> tuple[int, Iterator[Sample]]:
         rows = export_rows(source)
         return len(rows), read_export(source, rows)
     files = digit_files(source)
-    return len(files), read_digit_files(files)
+    return len(files), read_digit_files(files, skipped)
 
 
-def import_into(store: SampleStore, source: str | Path, batch: int = 256) -> tuple[int, int]:
+def import_into(store: SampleStore, source: str | Path, batch: int = 256,
+                skipped: list[str] | None = None) -> tuple[int, int]:
     """Add every sample of `source` to `store`; returns (added, already there). The limit is checked
-    before anything is written; each batch of samples is one transaction."""
-    total, samples = read_source(source)
+    before anything is written; each batch of samples is one transaction. With `skipped`, a picture of
+    a folder per digit that holds no digit is left out and its one-line error kept there."""
+    skipped = [] if skipped is None else skipped
+    total, samples = read_source(source, skipped)
     if store.count() + total > store.limits.max_samples:
         raise FullError(f"{store.path} holds {store.count():,} samples; {total:,} more would pass its limit "
                         f"of {store.limits.max_samples:,}")
@@ -459,7 +470,7 @@ def import_into(store: SampleStore, source: str | Path, batch: int = 256) -> tup
             added += sum(id_ is not None for id_ in store.add_many(pending))
             pending = []
     added += sum(id_ is not None for id_ in store.add_many(pending)) if pending else 0
-    return added, total - added
+    return added, total - added - len(skipped)
 
 
 def read_samples(source: str | Path) -> tuple[np.ndarray, np.ndarray]:
