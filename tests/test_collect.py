@@ -81,6 +81,7 @@ def test_a_posted_sample_is_in_the_database_with_its_fields(collecting, fast_exp
 
     stats = client.get("/samples/stats").json()
     assert stats["total"] == before["total"] + 11
+    assert sum(stats["model_read"]) == sum(before["model_read"]) + 11  # the server read each one
     with samples.SampleStore(db, create=False) as store:
         stored = {s.id: s for s in store.samples(ids=list(posted))}
     for sample_id, (picture, label, answer) in posted.items():

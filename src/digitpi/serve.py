@@ -128,7 +128,8 @@ class SampleStats(BaseModel):
     total: int = Field(description="samples in the database")
     limit: int = Field(description="samples it may hold")
     per_digit: list[int] = Field(description="samples of each digit 0-9")
-    model_right: list[int] = Field(description="of those, how many the model read right when they were taken")
+    model_read: list[int] = Field(description="of those, how many a model read when they were taken (not imported)")
+    model_right: list[int] = Field(description="of those read, how many the model read right")
 
 
 class SampleSaved(BaseModel):
