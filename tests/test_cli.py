@@ -10,8 +10,9 @@ import pytest
 from digitpi.cli import build_parser, main
 
 COMMANDS = ["data", "summary", "train", "evaluate", "compare", "export", "serve", "service", "predict", "watch",
-            "import-keras", "bench train", "bench infer", "bench serve", "bench preprocess", "bench wild",
-            "bench watch"]
+            "import-keras", "samples", "samples list", "samples stats", "samples export", "samples import",
+            "samples delete", "finetune", "bench train", "bench infer", "bench serve", "bench preprocess", "bench wild",
+            "bench watch", "bench finetune"]
 
 
 def test_every_command_is_listed() -> None:

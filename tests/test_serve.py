@@ -117,12 +117,13 @@ def test_multi_reads_a_page_line_by_line(client, classifier, mnist_test):
 def test_model_health_and_openapi(client, classifier):
     health = client.get("/health").json()
     assert health == {"status": "ok", "model": classifier.card["model"], "precision": classifier.precision,
-                      "backend": classifier.backend_name}
+                      "backend": classifier.backend_name, "collect": False}
     assert client.get("/model").json() == json.loads(json.dumps(serve.public_card(classifier.card)))
     schema = client.get("/openapi.json").json()
     predict = schema["paths"]["/predict"]["post"]
     assert {"multipart/form-data", "image/*", "application/octet-stream"} <= set(predict["requestBody"]["content"])
     assert {"200", "400", "413", "415", "422"} <= set(predict["responses"])
+    assert {"201", "403", "409", "413"} <= set(schema["paths"]["/samples"]["post"]["responses"])  # --collect
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "<canvas" in page.text and "http://" not in page.text and "https://" not in page.text  # nothing external
