@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from digitpi import UserError, data, preprocess
+from digitpi import UserError, files, preprocess
 from digitpi.contract import IMAGE_SIZE, NUM_CLASSES
 
 FILE_NAME = "samples.db"  # in the user's data folder unless `--samples PATH` says otherwise
@@ -362,7 +362,7 @@ def export_folder(store: SampleStore, dest: Path) -> int:
                          "origin": s.origin, "picture": picture, "picture_reduced": int(s.picture_reduced),
                          "input": image})
         count += 1
-    data.write_atomic(dest / EXPORT_CSV, text.getvalue().encode())
+    files.write_atomic(dest / EXPORT_CSV, text.getvalue().encode())
     return count
 
 
