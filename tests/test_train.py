@@ -36,6 +36,33 @@ def test_defaults_are_the_standard_recipe() -> None:
     assert config.recipe_config(model="tiny_cnn") == config.recipe_config("tiny")
 
 
+@pytest.mark.parametrize("recipe", config.REFERENCES)
+def test_a_reference_states_every_hyperparameter(recipe: str) -> None:
+    """A reference must not inherit a default of `Config`: a new field, or a changed default, would change it."""
+    row = config.RECIPES[recipe]
+    assert set(row) == set(config.HYPERPARAMETERS), f"{recipe} must state {set(config.HYPERPARAMETERS) ^ set(row)}"
+    assert set(config.AUGMENTATION) <= set(config.HYPERPARAMETERS)  # AUGMENTATION names real fields
+
+
+@pytest.mark.parametrize("model", ["mlp", "baseline_cnn", "course_cnn"])
+def test_the_course_models_train_as_the_course(model: str) -> None:
+    """Keras, the course: Adam 1e-3, 30 epochs, batch 512, validation_split=0.2; no augmentation, smoothing, decay."""
+    cfg = config.recipe_config(model=model)
+    assert (cfg.model, cfg.optimizer, cfg.lr, cfg.schedule, cfg.epochs, cfg.batch_size, cfg.val_split) == (
+        model, "adam", 1e-3, "constant", 30, 512, 0.2)
+    assert cfg.label_smoothing == cfg.weight_decay == 0 and cfg.model_args == {}
+    assert all(getattr(cfg, name) == 0 for name in config.AUGMENTATION)
+
+
+def test_the_pytorch_example_trains_as_its_source() -> None:
+    """pytorch/examples mnist: Adadelta 1.0, StepLR gamma 0.7 each epoch, batch 64, 14 epochs, nothing else."""
+    cfg = config.recipe_config(model="pytorch_example")
+    assert (cfg.optimizer, cfg.lr, cfg.schedule, cfg.gamma, cfg.epochs, cfg.batch_size, cfg.val_split) == (
+        "adadelta", 1.0, "step", 0.7, 14, 64, 0)
+    assert cfg.label_smoothing == cfg.weight_decay == 0
+    assert all(getattr(cfg, name) == 0 for name in config.AUGMENTATION)
+
+
 @pytest.mark.parametrize("recipe", sorted(config.RECIPES))
 def test_each_recipe_trains_a_few_steps(recipe: str, tensors) -> None:
     x, y, _, _ = tensors

@@ -7,14 +7,15 @@ where `digitpi predict` must start without the training stack installed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass, field, fields
 
 OPTIMIZERS = ("sgd", "adam", "adadelta")  # built in train.OPTIMIZERS
 SCHEDULES = ("onecycle", "constant", "step")  # computed in train.lr_factor
 DEVICES = ("auto", "cpu", "cuda")
 
-# Named presets. Each row overrides `Config` defaults. Ours (standard, fast, tiny, best) were chosen on a
-# validation split carved from the training set, never on the test set; the references (course,
+# Named presets. Ours (standard, fast, tiny, best) override `Config`'s defaults, which are ours too; they were
+# chosen on a validation split carved from the training set, never on the test set. The references (course,
 # pytorch_example) reproduce their sources' recipes (README: "How the numbers were obtained").
 RECIPES: dict[str, dict] = {
     # The default, and `Config`'s defaults: trained to read pictures, not only MNIST arrays.
@@ -43,14 +44,24 @@ RECIPES: dict[str, dict] = {
     # The most accurate single model (150k parameters): wider, two convs per stage, same recipe.
     "best": dict(model="best_cnn", epochs=20, batch_size=128, optimizer="sgd", lr=0.1, schedule="onecycle",
                  label_smoothing=0.1, translate=2.0, rotate=10.0, scale=0.1, val_split=0.0),
-    # The course notebook: Adam, 30 epochs, batch 512, 20 % validation, no augmentation.
-    "course": dict(model="course_cnn", epochs=30, batch_size=512, optimizer="adam", lr=1e-3,
-                   schedule="constant", val_split=0.2, weight_decay=0.0, label_smoothing=0.0),
-    # pytorch/examples mnist: Adadelta lr 1.0, StepLR(step 1, gamma 0.7), batch 64, 14 epochs.
-    "pytorch_example": dict(model="pytorch_example", epochs=14, batch_size=64, optimizer="adadelta",
-                            lr=1.0, schedule="step", gamma=0.7, val_split=0.0, weight_decay=0.0,
-                            label_smoothing=0.0),
+    # The references reproduce their sources and must not move when `Config`'s defaults do: each row states
+    # every hyperparameter (tests/test_train.py checks them against HYPERPARAMETERS), unused ones included.
+    # The course notebook: Keras `model.fit(epochs=30, batch_size=512, validation_split=0.2)` with Adam at
+    # its default 1e-3 and categorical cross-entropy; no augmentation, no smoothing, no weight decay.
+    "course": dict(
+        model="course_cnn", model_args={}, epochs=30, batch_size=512, val_split=0.2,
+        optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="constant", label_smoothing=0.0,
+        translate=0.0, rotate=0.0, scale=0.0, thickness=0.0, aspect=0.0, shear=0.0, elastic=0.0,
+        momentum=0.0, warmup=0.0, gamma=1.0),  # unused by adam and a constant schedule
+    # pytorch/examples mnist: Adadelta lr 1.0, StepLR(step_size=1, gamma=0.7), batch 64, 14 epochs, plain
+    # cross-entropy (nll_loss of log_softmax), no augmentation, no weight decay, no validation split.
+    "pytorch_example": dict(
+        model="pytorch_example", model_args={}, epochs=14, batch_size=64, val_split=0.0,
+        optimizer="adadelta", lr=1.0, weight_decay=0.0, schedule="step", gamma=0.7, label_smoothing=0.0,
+        translate=0.0, rotate=0.0, scale=0.0, thickness=0.0, aspect=0.0, shear=0.0, elastic=0.0,
+        momentum=0.0, warmup=0.0),  # unused by adadelta and a step schedule
 }
+REFERENCES = ("pytorch_example", "course")  # recipes that reproduce a source: stated in full
 RECIPE_FOR_MODEL = {"mlp": "course", "baseline_cnn": "course", "fast_cnn": "standard"}  # else the first naming it
 
 
@@ -97,6 +108,12 @@ class Config:
                 raise ValueError(message)
 
 
+# What a run is trained *on* and *where*, not *how*: a recipe never sets these, the user may.
+RUN_SETTINGS = ("dataset", "data_dir", "seed", "device", "channels_last")
+HYPERPARAMETERS = tuple(f.name for f in fields(Config) if f.name not in RUN_SETTINGS)  # what a recipe decides
+AUGMENTATION = ("translate", "rotate", "scale", "thickness", "aspect", "shear", "elastic")  # 0: that change is off
+
+
 def recipe_config(recipe: str | None = None, **overrides) -> Config:
     """Config from a named recipe plus explicit overrides (None values are ignored)."""
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -106,7 +123,7 @@ def recipe_config(recipe: str | None = None, **overrides) -> Config:
             (name for name, r in RECIPES.items() if r["model"] == model), "standard")
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
-    return Config(**{**RECIPES[recipe], **overrides})
+    return Config(**{**copy.deepcopy(RECIPES[recipe]), **overrides})  # no Config shares a row's model_args
 
 
 @dataclass(frozen=True)

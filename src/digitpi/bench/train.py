@@ -17,9 +17,8 @@ from pathlib import Path
 
 from digitpi import data
 from digitpi.bench import cpu_name
+from digitpi.config import REFERENCES
 from digitpi.contract import IMAGE_SIZE
-
-REFERENCES = ("pytorch_example", "course")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
