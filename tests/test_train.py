@@ -163,23 +163,25 @@ def test_bench_train_measures_and_saves_runs(tmp_path: Path, mnist_test, capsys)
     assert accuracy == row["test_accuracy_mean"]
 
 
-def test_cli_compare_reuses_a_complete_run(fast_run: Path, tmp_path: Path, capsys) -> None:
-    """A complete run in the report folder is reused, not trained again; report.md is written from its files."""
+def test_cli_compare_refuses_a_run_trained_otherwise(fast_run: Path, tmp_path: Path, capsys) -> None:
+    """A run in the report folder trained with other settings is neither reused nor overwritten: one line says why."""
     from digitpi.cli import main
 
     out = tmp_path / "compare"
-    shutil.copytree(fast_run, out / "fast_cnn")
+    shutil.copytree(fast_run, out / "fast_cnn")  # the `fast` recipe: 2 epochs; compare would train `standard`
     before = (out / "fast_cnn" / "model.safetensors").stat().st_mtime_ns
-    assert main(["compare", "fast_cnn", "--out", str(out), "--quiet"]) == 0
-    accuracy = json.loads((out / "fast_cnn" / "metrics.json").read_text())["test_accuracy"]
-    assert f"| fast_cnn | 29,178 | {100 * accuracy:.2f} % |" in (out / "report.md").read_text()
+    assert main(["compare", "fast_cnn", "--out", str(out), "--quiet"]) == 2
+    error = capsys.readouterr().err
+    default = config.Config()  # compare trains a model with its own recipe: for fast_cnn, the default
+    assert error.count("\n") == 1 and f"was trained with other settings: epochs=2 (now {default.epochs})" in error
+    assert f"translate=0.0 (now {default.translate})" in error and "--retrain" in error
     assert (out / "fast_cnn" / "model.safetensors").stat().st_mtime_ns == before
-    capsys.readouterr()
+    assert not (out / "report.md").exists()
 
 
 @pytest.mark.slow
 def test_cli_compare_writes_the_conclusion_table(tmp_path: Path, capsys) -> None:
-    """`digitpi compare` trains each model with its own recipe on the real data, then reuses the runs.
+    """`digitpi compare` trains each model with its own recipe on the real data, then reuses the runs it may.
 
     One epoch each (measured: mlp 93.1 %, fast_cnn above 98 %)."""
     from digitpi.cli import main
@@ -191,10 +193,13 @@ def test_cli_compare_writes_the_conclusion_table(tmp_path: Path, capsys) -> None
         accuracy = json.loads((out / name / "metrics.json").read_text())["test_accuracy"]
         assert f"| {name} | {params:,} | {100 * accuracy:.2f} % |" in report
         assert accuracy > 0.9 and (out / name / "confusion.png").stat().st_size > 0
-    before = (out / "mlp" / "model.safetensors").stat().st_mtime_ns
-    assert main(["compare", "mlp", "--out", str(out), "--quiet"]) == 0  # reused, not retrained
-    assert (out / "mlp" / "model.safetensors").stat().st_mtime_ns == before
     capsys.readouterr()
+    before = (out / "mlp" / "model.safetensors").stat().st_mtime_ns
+    assert main(["compare", "mlp", "--epochs", "1", "--out", str(out), "--quiet"]) == 0  # reused, not retrained
+    assert f"reusing {out / 'mlp'}: trained with the same settings" in capsys.readouterr().out
+    assert main(["compare", "mlp", "--epochs", "5", "--out", str(out), "--quiet"]) == 2  # the issue's case
+    assert "epochs=1 (now 5)" in capsys.readouterr().err
+    assert (out / "mlp" / "model.safetensors").stat().st_mtime_ns == before
 
 
 def test_run_folder_round_trip(tmp_path: Path) -> None:

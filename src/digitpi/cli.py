@@ -165,7 +165,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     with files.writing(args.out) as out:
         writable_dir(out)
         path = compare.compare(args.models, out, epochs=args.epochs, retrain=args.retrain,
-                              data_dir=args.data_dir, progress=not args.quiet)
+                               data_dir=args.data_dir, progress=not args.quiet, log=print)
     print(path.read_text())
     print(f"wrote {path}")
 
@@ -411,7 +411,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("models", nargs="+", help="model names")
     p.add_argument("--out", default=f"{DEFAULT_RUN_DIR}/compare", help="report folder")
     p.add_argument("--epochs", type=int, help="override every recipe's epochs (quick comparisons)")
-    p.add_argument("--retrain", action="store_true", help="train even when a run exists")
+    p.add_argument("--retrain", action="store_true",
+                   help="train even when a run exists (a run is reused only if trained with the same settings)")
     p.add_argument("--data-dir", help="folder holding the four IDX files")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_compare)
