@@ -37,10 +37,25 @@ def test_model(name: str) -> None:
     assert missing == []
 
 
-def test_summary_ends_with_total_params() -> None:
+def test_summary_is_laid_out_as_keras_does() -> None:
     text = models.format_summary(models.create_model("course_cnn"), "course_cnn")
-    assert text.splitlines()[-1] == "Total params: 503,762"
+    lines = text.splitlines()
+    assert lines[0] == 'Model: "course_cnn"'
+    assert lines[2].split() == ["Layer", "(type)", "Output", "Shape", "Param", "#"]
+    assert lines[-4:-1] == ["Total params: 503,762", "Trainable params: 503,762", "Non-trainable params: 0"]
     assert "(None, 128, 1, 1)" in text  # 28 -> 14 -> 7 -> 3 -> 1, as in the course
+    names = [line.split()[0] for line in lines[4:-5] if line.strip()]
+    assert names[:4] == ["zero_pad2d", "conv2d", "re_lu", "max_pool2d"] and names[4:6] == ["zero_pad2d_1", "conv2d_1"]
+    assert len(set(names)) == len(names) and names[-1] == "linear_3"
+
+
+def test_summary_counts_batchnorm_statistics_as_non_trainable() -> None:
+    """Keras counts BatchNorm's moving mean and variance as non-trainable parameters; so does our summary."""
+    text = models.format_summary(models.create_model("fast_cnn"), "fast_cnn")
+    channels = 16 + 32 + 64
+    assert f"Total params: {29_178 + 2 * channels:,}" in text and "Trainable params: 29,178" in text
+    assert f"Non-trainable params: {2 * channels}" in text
+    assert " batch_norm2d (BatchNorm2d) " in text and " 64\n" in text  # 16 channels: 2 x 16 trained + 2 x 16 not
 
 
 def test_unknown_model_is_a_user_error() -> None:

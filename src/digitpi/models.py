@@ -7,7 +7,9 @@ dtype or printing.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -122,19 +124,36 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-SummaryRow = tuple[str, tuple[int, ...], int]  # (layer, output shape without batch, parameters)
+@dataclass(frozen=True)
+class SummaryRow:
+    name: str  # Keras's rule: the type in snake_case, numbered from its second use (conv2d, conv2d_1, ...)
+    kind: str  # the torch type, e.g. Conv2d
+    shape: tuple[int, ...]  # output shape without the batch axis, channels first (torch's order)
+    trainable: int  # parameters the optimiser changes
+    non_trainable: int  # floating-point state it doesn't: BatchNorm's running mean and variance, as Keras counts them
+
+
+def snake_case(kind: str) -> str:
+    """Keras's layer-naming rule: MaxPool2d -> max_pool2d, ReLU -> re_lu."""
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", kind)).lower()
 
 
 def summary(model: nn.Module) -> list[SummaryRow]:
     """One row per leaf layer, with shapes found by running one blank image through the model."""
     rows: list[SummaryRow] = []
+    uses: dict[str, int] = {}
 
-    def record(module: nn.Module, _inputs, output: torch.Tensor, name: str) -> None:
-        params = sum(p.numel() for p in module.parameters())
-        rows.append((f"{name} ({type(module).__name__})", tuple(output.shape[1:]), params))
+    def record(module: nn.Module, _inputs, output: torch.Tensor) -> None:
+        kind = type(module).__name__
+        name = snake_case(kind)
+        uses[name] = uses.get(name, 0) + 1
+        trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
+        state = sum(b.numel() for b in module.buffers() if b.is_floating_point())  # not BN's batch counter
+        rows.append(SummaryRow(name if uses[name] == 1 else f"{name}_{uses[name] - 1}", kind,
+                               tuple(output.shape[1:]), trainable, frozen + state))
 
-    hooks = [m.register_forward_hook(lambda mod, i, o, name=name: record(mod, i, o, name))
-             for name, m in model.named_modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(record) for m in model.modules() if not list(m.children())]
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -146,15 +165,19 @@ def summary(model: nn.Module) -> list[SummaryRow]:
 
 
 def format_summary(model: nn.Module, name: str) -> str:
-    """A Keras-style `model.summary()` table ending in `Total params: N`."""
-    rows = [("Layer (type)", "Output Shape", "Param #")]
-    rows += [(layer, str((None, *shape)), f"{params:,}") for layer, shape, params in summary(model)]
-    widths = [max(len(r[i]) for r in rows) + 3 for i in range(3)]
-    rule = "=" * sum(widths)
-    lines = [f'Model: "{name}"', rule.replace("=", "_")]
-    for i, row in enumerate(rows):
-        lines.append("".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-        lines.append(rule if i == 0 else "")
-    lines[-1] = rule
-    lines.append(f"Total params: {count_params(model):,}")
+    """Keras's `model.summary()` table: layers, output shapes, parameters; then total, trainable, non-trainable."""
+    rows = summary(model)
+    table = [("Layer (type)", "Output Shape", "Param #")]
+    table += [(f"{r.name} ({r.kind})", str((None, *r.shape)), f"{r.trainable + r.non_trainable:,}") for r in rows]
+    widths = [max(len(row[i]) for row in table) + 3 for i in range(3)]
+    width = sum(widths)
+    lines = [f'Model: "{name}"', "_" * width]
+    for i, row in enumerate(table):
+        lines.append(" " + "".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        lines.append("=" * width if i == 0 else "")
+    lines[-1] = "=" * width
+    trainable = sum(r.trainable for r in rows)
+    non_trainable = sum(r.non_trainable for r in rows)
+    lines += [f"Total params: {trainable + non_trainable:,}", f"Trainable params: {trainable:,}",
+              f"Non-trainable params: {non_trainable:,}", "_" * width]
     return "\n".join(lines)
