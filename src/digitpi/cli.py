@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from digitpi import UserError, files
+from digitpi import UserError, __version__, files
 from digitpi.bench import BENCHMARKS
 from digitpi.exportdir import BACKENDS, PRECISIONS
 
@@ -42,6 +42,11 @@ def read_stdin() -> bytes:
     if len(payload) > limit:
         raise preprocess.ImageError(f"more than {limit // 2**20} MB, too large for a picture")
     return payload
+
+
+def plain(text: str) -> str:
+    """`text` as argparse help, which formats help with %: a literal percent sign must be doubled."""
+    return text.replace("%", "%%")
 
 
 def writable_dir(path: str | Path) -> Path:
@@ -100,8 +105,7 @@ def config_help(cls: type | None = None, default_note: str = ", or the recipe's"
     from digitpi.config import Config
 
     source = inspect.getsource(cls or Config)
-    # argparse formats help with %: a literal percent sign in a comment must be doubled
-    return {m[1]: f"{m[3].strip()} (default: {m[2].strip()}{default_note})".replace("%", "%%")
+    return {m[1]: plain(f"{m[3].strip()} (default: {m[2].strip()}{default_note})")
             for m in re.finditer(r"^\s+(\w+): [^=]+= (.+?)  # (.+)$", source, re.M)}
 
 
@@ -381,6 +385,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     """Every command and its flags. A benchmark's own flags are declared by its module, which is
     imported only when `argv` chooses that benchmark (`bench NAME ...`)."""
     parser = argparse.ArgumentParser(prog="digitpi", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"digitpi {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("data", help="where the data is, counts, checksums; --grid writes sample images")
@@ -515,7 +520,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks: " + ", ".join(BENCHMARKS))
     bench = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     for name, description in BENCHMARKS.items():
-        b = bench.add_parser(name, help=description)
+        b = bench.add_parser(name, help=plain(description), description=description)
         b.add_argument("--json", action="store_true", help="print results as JSON")
         if list(argv[:2]) == ["bench", name]:
             importlib.import_module(f"digitpi.bench.{name}").add_arguments(b)
@@ -527,7 +532,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
     try:
-        return args.func(args) or 0
+        code = args.func(args) or 0
+        sys.stdout.flush()  # a closed pipe shows here, inside the try, not at exit
+        return code
+    except BrokenPipeError:  # `digitpi predict ... | head`: the reader has all it wanted; end quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit must not fail
+        return 0  # as `watch` ends: the reader stopped reading, nothing failed
     except UserError as e:
         print(f"digitpi: error: {e}", file=sys.stderr)
         return 2
