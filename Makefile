@@ -26,10 +26,20 @@ $(CORE_VENV)/.installed: pyproject.toml $(shell find src/digitpi -type f -not -p
 install: $(VENV)/.installed
 
 # Debian packages the tests use: Chromium for the browser test, Fashion-MNIST for the data layer,
-# systemd-analyze to verify the unit of `digitpi service`.
+# systemd-analyze to verify the unit of `digitpi service`. Installed by root as is, by anyone else through
+# sudo; without sudo, make stops and prints the one command to run first.
+APT_PACKAGES = chromium dataset-fashion-mnist systemd
+CHROMIUM ?= /usr/bin/chromium
+FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
+SYSTEMD_ANALYZE ?= /usr/bin/systemd-analyze
 system-deps:
-	@if [ ! -x /usr/bin/chromium ] || [ ! -d /usr/share/datasets/fashion-mnist ] || [ ! -x /usr/bin/systemd-analyze ]; then \
-		apt-get update -q && apt-get install -y -q chromium dataset-fashion-mnist systemd; fi
+	@if [ ! -x $(CHROMIUM) ] || [ ! -d $(FASHION_MNIST) ] || [ ! -x $(SYSTEMD_ANALYZE) ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q $(APT_PACKAGES); \
+		elif command -v sudo >/dev/null; then \
+			echo "make test: installing $(APT_PACKAGES) with sudo"; \
+			sudo apt-get update -q && sudo apt-get install -y -q $(APT_PACKAGES); \
+		else echo "make test needs $(APT_PACKAGES) from Debian; as root, run first:"; \
+			echo "  apt-get install $(APT_PACKAGES)"; exit 1; fi; fi
 
 main: $(VENV)/.installed
 	$(VENV)/bin/digitpi train --out $(RUN)
