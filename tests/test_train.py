@@ -84,6 +84,32 @@ def test_training_on_a_subset_learns(tensors) -> None:
     assert result.history["loss"][-1] < result.history["loss"][0]
 
 
+def test_train_loss_is_measured_as_val_loss_is(tensors) -> None:
+    """The comparable curve: plain cross-entropy of the epoch's weights on training images as they are."""
+    x, y, _, _ = tensors
+    cfg = config.recipe_config("standard", epochs=1, val_split=0.0)  # augmented, label smoothing 0.1, last epoch kept
+    result = train.train(cfg, progress=False, train_images=x[:3000], train_labels=y[:3000])
+    sample = train.split_train_val(3000, cfg)[0][:train.TRAIN_MEASURE_IMAGES]
+    loss, accuracy, _ = train.evaluate(result.model, x[sample], y[sample])
+    assert result.history["train_loss"] == [pytest.approx(loss)]
+    assert result.history["train_accuracy"] == [pytest.approx(accuracy)]
+    assert result.history["loss"][0] > loss  # the optimised loss: smoothing and augmentation keep it higher
+    assert result.history["val_loss"] == []  # no validation split: the key is there, with no values
+
+
+def test_loss_plot_labels_each_curve() -> None:
+    from digitpi import report
+
+    history = {"loss": [0.9, 0.6], "accuracy": [0.8, 0.9], "train_loss": [0.3, 0.2], "train_accuracy": [0.9, 0.95],
+               "val_loss": [0.35, 0.25], "val_accuracy": [0.88, 0.93]}
+    figure = report.history_figure(history, "loss", train.while_learning(config.recipe_config("standard")))
+    _, labels = figure.axes[0].get_legend_handles_labels()
+    assert labels == ["train, while learning (running mean, augmented, label smoothing 0.1)",
+                      "train, measured after the epoch", "validation, measured after the epoch"]
+    assert figure.axes[0].get_ylabel() == "cross-entropy"
+    assert train.while_learning(config.recipe_config("course")) == "running mean"  # nothing else in the course
+
+
 def test_same_seed_same_model(tensors) -> None:
     x, y, _, _ = tensors
     runs = [train.train(config.recipe_config("standard", epochs=1, seed=s), progress=False,
@@ -103,7 +129,8 @@ def test_default_model_beats_99_percent(trained_output, mnist_test) -> None:
     assert f"The accuracy on test data is {100 * metrics['test_accuracy']:.2f}%" in stdout
     assert f"The final loss on test data is {metrics['test_loss']:.4f}" in stdout
     history = json.loads((run / "history.json").read_text())
-    assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert set(history) == set(train.HISTORY) == {"loss", "accuracy", "train_loss", "train_accuracy", "val_loss",
+                                                  "val_accuracy"}
     assert len(history["loss"]) == config.Config().epochs
     for name in ("config.json", "model.safetensors", "loss.png", "accuracy.png", "confusion.png",
                  "misclassified.png"):

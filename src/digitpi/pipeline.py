@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from digitpi import data, evaluate, report, rundir
+from digitpi import data, evaluate, report, rundir, train
 from digitpi.models import count_params
-from digitpi.train import TrainResult
 
 
-def finish_run(result: TrainResult, out_dir: Path, plots: bool = True, extra: dict | None = None) -> dict:
+def finish_run(result: train.TrainResult, out_dir: Path, plots: bool = True, extra: dict | None = None) -> dict:
     """Test a finished training, save it in `out_dir` with its plots; returns what metrics.json holds,
     which also keeps `extra` (what `finetune` measured, for one)."""
     cfg = result.config
@@ -35,5 +34,5 @@ def finish_run(result: TrainResult, out_dir: Path, plots: bool = True, extra: di
     rundir.save_run(out_dir, result.model, cfg, result.history, metrics)
     if plots:
         report.plot_run(out_dir, result.history, metrics, images, labels, predictions,
-                        data.dataset_info(cfg.dataset).classes)
+                        data.dataset_info(cfg.dataset).classes, train.while_learning(cfg))
     return metrics

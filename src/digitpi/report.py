@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from digitpi import UserError, files  # noqa: E402
 from digitpi.rundir import PLOTS  # noqa: E402
@@ -53,19 +54,35 @@ def save_image_grid(path: Path, images: np.ndarray, titles: Sequence[str], cols:
     save_figure(fig, path)
 
 
-def plot_history(path: Path, history: dict[str, list[float]], key: str) -> None:
-    """Train vs validation curve of `key` ('loss' or 'accuracy') per epoch, as the course plots it."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+def history_figure(history: dict[str, list[float]], key: str, while_learning: str = "") -> plt.Figure:
+    """`key` ('loss' or 'accuracy') per epoch, each curve labelled with what it measures.
+
+    Two curves compare, measured alike after each epoch: on training images (`train_key`) and on validation
+    images (`val_key`). The third, `key` itself, is Keras's: the running mean while learning (augmentation,
+    label smoothing, dropout), which sits apart from the other two for those reasons, not from a bug.
+    `while_learning` names the reasons that apply to this run. Runs saved before `train_key` existed lack it.
+    """
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
     epochs = range(1, len(history[key]) + 1)
-    ax.plot(epochs, history[key], "o-", label=f"train {key}")
+    ax.plot(epochs, history[key], "o--", color="tab:blue", alpha=0.45, markersize=4,
+            label=f"train, while learning ({while_learning})" if while_learning else "train, while learning")
+    if history.get(f"train_{key}"):
+        ax.plot(epochs, history[f"train_{key}"], "o-", color="tab:blue", label="train, measured after the epoch")
     if history.get(f"val_{key}"):
-        ax.plot(epochs, history[f"val_{key}"], "o-", label=f"validation {key}")
+        ax.plot(epochs, history[f"val_{key}"], "o-", color="tab:orange", label="validation, measured after the epoch")
     ax.set_xlabel("epoch")
-    ax.set_ylabel(key)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("cross-entropy" if key == "loss" else key)
     ax.set_title(f"{key.capitalize()}: train vs validation")
     ax.grid(alpha=0.3)
-    ax.legend()
-    save_figure(fig, path)
+    ax.legend(fontsize=8)
+    fig.text(0.01, -0.02, "measured after the epoch: the epoch's final weights in eval mode, images as they are, "
+             "plain cross-entropy", fontsize=7, color="0.35")
+    return fig
+
+
+def plot_history(path: Path, history: dict[str, list[float]], key: str, while_learning: str = "") -> None:
+    save_figure(history_figure(history, key, while_learning), path)
 
 
 def plot_confusion(path: Path, confusion: np.ndarray, classes: Sequence[str]) -> None:
@@ -99,9 +116,9 @@ def plot_misclassified(path: Path, images: np.ndarray, labels: np.ndarray, preds
 
 
 def plot_run(out_dir: Path, history: dict, metrics: dict, images: np.ndarray, labels: np.ndarray,
-             preds: np.ndarray, classes: Sequence[str]) -> None:
-    """All four pictures of a run, into its folder."""
-    plot_history(out_dir / PLOTS["loss"], history, "loss")
-    plot_history(out_dir / PLOTS["accuracy"], history, "accuracy")
+             preds: np.ndarray, classes: Sequence[str], while_learning: str = "") -> None:
+    """All four pictures of a run, into its folder; `while_learning` as `plot_history` takes it."""
+    plot_history(out_dir / PLOTS["loss"], history, "loss", while_learning)
+    plot_history(out_dir / PLOTS["accuracy"], history, "accuracy", while_learning)
     plot_confusion(out_dir / PLOTS["confusion"], np.array(metrics["confusion"]), classes)
     plot_misclassified(out_dir / PLOTS["misclassified"], images, labels, preds, classes)

@@ -3,7 +3,7 @@
     DIR/config.json        the full `Config`: the run rebuilds its model from it
     DIR/model.safetensors  the weights (no pickle); the header names the model and its args too, and
                            carries the SHA-256 of the tensor bytes, checked whenever the weights are read
-    DIR/history.json       loss and accuracy per epoch, train and validation
+    DIR/history.json       loss and accuracy per epoch: while learning, train and validation (train.HISTORY)
     DIR/metrics.json       test metrics, parameters, training time, best epoch, data checksums
     DIR/loss.png ...       the plots `report.plot_run` draws, named in PLOTS
 
