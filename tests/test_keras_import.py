@@ -156,6 +156,37 @@ def test_onnx_matches_keras_on_real_images(name, saved, test_images, tmp_path):
     assert (onnx_logits.argmax(1) == keras_logits.argmax(1)).all()
 
 
+def fast_cnn_in_keras():
+    """digitpi's fast_cnn written in Keras, for the summary's counts: conv (no bias), pool, BN, ReLU per stage."""
+    model = keras.Sequential([keras.Input((28, 28, 1))])
+    for filters in (16, 32, 64):
+        model.add(layers.Conv2D(filters, 3, padding="same", use_bias=False))
+        model.add(layers.MaxPooling2D(2))
+        model.add(layers.BatchNormalization())
+        model.add(layers.ReLU())
+    model.add(layers.Flatten())
+    model.add(layers.Dense(10))
+    return model
+
+
+@pytest.mark.parametrize("name, build", [("mlp", course_mlp), ("baseline_cnn", course_baseline_cnn),
+                                         ("course_cnn", course_cnn), ("fast_cnn", fast_cnn_in_keras)])
+def test_summary_counts_as_keras_summary_does(name, build):
+    """`digitpi summary`'s three totals are Keras's own for the same network (BatchNorm statistics: non-trainable)."""
+    from keras.src.utils.naming import to_snake_case
+
+    from digitpi.models import create_model, format_summary, snake_case, summary
+
+    model = build()
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    text = format_summary(create_model(name), name)
+    assert f"Total params: {model.count_params():,}\n" in text
+    assert f"Trainable params: {trainable:,}\n" in text
+    assert f"Non-trainable params: {model.count_params() - trainable:,}\n" in text
+    for row in summary(create_model(name)):  # layer names follow Keras's naming rule
+        assert snake_case(row.kind) == to_snake_case(row.kind)
+
+
 def keras2_copy(src, dst, old_list_layout: bool) -> None:
     """Rewrite a Keras 3 .h5 the way Keras 2 / tf.keras wrote it: no InputLayer but a
     batch_input_shape on the first layer, weights named 'layer/kernel:0', attributes as bytes;
