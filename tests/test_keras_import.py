@@ -229,6 +229,18 @@ def test_keras2_file_layout_gives_the_same_model(old_list_layout, saved, test_im
     assert np.abs(ours - keras_logits).max() < TOLERANCE
 
 
+def test_an_untrained_model_is_exported_with_a_warning(saved, mnist_dir, tmp_path, capsys):
+    """The course's MLP saved before `model.fit` reads ~10 % of digits: the folder is written, and the user told."""
+    folder, _ = saved
+    out = tmp_path / "mlp-export"
+    assert main(["import-keras", str(folder / "mlp.h5"), "--out", str(out), "--data-dir", str(mnist_dir)]) == 0
+    accuracy = runtime.read_card(out)["test_accuracy"]["fp32"]
+    err = capsys.readouterr().err
+    assert accuracy < 0.3 and err.count("\n") == 1
+    assert err.startswith(f"digitpi: warning: the imported model reads only {100 * accuracy:.1f} % of the 10,000")
+    assert "saved before model.fit?" in err
+
+
 @pytest.mark.slow
 def test_trained_keras_model_keeps_its_accuracy_on_the_pi(mnist_dir, mnist_test, tmp_path, capsys):
     """Train a small CNN in Keras on real digits, import it with the CLI, read the test set on the
@@ -255,8 +267,9 @@ def test_trained_keras_model_keeps_its_accuracy_on_the_pi(mnist_dir, mnist_test,
 
     assert main(["import-keras", str(h5), "--data-dir", str(mnist_dir)]) == 0
     out = tmp_path / "MNIST CNN-export"
-    printed = capsys.readouterr().out
+    printed, warned = capsys.readouterr()
     assert "exported keras:sequential" in printed and str(out) in printed
+    assert ("warning" in warned) == (keras_accuracy < 0.9)  # trained: no word about an untrained model
 
     card = runtime.read_card(out)
     assert card["source"]["format"] == "keras-h5" and card["source"]["file"] == h5.name

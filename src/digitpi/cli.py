@@ -372,6 +372,8 @@ def cmd_import_keras(args: argparse.Namespace) -> None:
           f"{imported.name!r}, input {imported.input_shape}{match}")
     print(f"input assumed: {card['source']['input']}")
     print(export.format_card(card, out))
+    if warning := keras_import.accuracy_warning(card):
+        print(f"digitpi: warning: {warning}", file=sys.stderr)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:

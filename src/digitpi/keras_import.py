@@ -341,6 +341,18 @@ def import_keras(path: str | Path) -> ImportedModel:
     return ImportedModel(model, name, zoo_match(model), input_shape, source)
 
 
+UNTRAINED_BELOW = 0.90  # test accuracy: the course's trained models read 98-99 %, a model saved before fit ~10 %
+
+
+def accuracy_warning(card: dict) -> str | None:
+    """A sentence for a model that reads too few test digits to have been trained, else None."""
+    accuracy = card["test_accuracy"]["fp32"]
+    if accuracy >= UNTRAINED_BELOW:
+        return None
+    return (f"the imported model reads only {100 * accuracy:.1f} % of the {card['test_images']:,} MNIST test "
+            f"digits (a trained course model reads 98-99 %): was it saved before model.fit? Exported all the same")
+
+
 def default_out_dir(path: Path) -> Path:
     """`MNIST CNN.h5` -> `MNIST CNN-export/` beside it, like a run's `export/` folder."""
     return path.with_name(f"{path.stem}-export")
