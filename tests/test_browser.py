@@ -308,3 +308,58 @@ def test_correcting_a_misread_digit_and_a_teach_round_save_samples(browser, coll
     assert page.locator("#teach-start").is_visible() and page.locator("#teach-save").is_hidden()
     assert not errors
     context.close()
+
+
+# ---------------------------------------------------------------- a tap, and the API docs offline
+
+
+def test_a_tap_leaves_a_dot_that_is_read(browser, photo_server):
+    """A tap draws what a pen would leave, a dot, and the page reads it (Chromium draws no zero-length line)."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
+                                  has_touch=True)
+    page = context.new_page()
+    failed = []
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    page.goto(photo_server + "/")
+    box = page.locator("#board").bounding_box()
+    page.touchscreen.tap(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_function(SETTLED, timeout=15_000)
+    ink = page.evaluate("() => ctx.getImageData(0, 0, board.width, board.height).data.filter((v, i) => i % 4 == 0 "
+                        "&& v > 128).length")
+    assert ink > 100  # the dot is on the board
+    assert page.locator("#digit").text_content().isdigit()
+    assert "blank" not in page.locator("#status").text_content()
+    page.wait_for_load_state("networkidle")
+    assert failed == []  # the favicon included: nothing the page asks for is missing
+    context.close()
+
+
+# ReDoc's "API docs by Redocly" logo, always asked of its CDN; it hides itself when that fails. Nothing else may be.
+OPTIONAL_ELSEWHERE = {"https://cdn.redoc.ly/redoc/logo-mini.svg"}
+
+
+@pytest.mark.parametrize("path, shows", [("/docs", ".opblock-summary-path >> text=/predict"),  # Swagger UI's list
+                                         ("/redoc", "h2 >> text=read a digit")])  # ReDoc's section heading
+def test_api_docs_render_with_no_other_host(browser, photo_server, path, shows):
+    """Swagger UI and ReDoc draw the API with every request to another host refused, as on an offline Pi."""
+    context = browser.new_context()
+    elsewhere = []
+
+    def only_here(route):
+        if route.request.url.startswith(photo_server + "/"):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_here)
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(photo_server + path)
+    page.wait_for_selector(shows, timeout=30_000)  # drawn from /openapi.json by the served script
+    page.wait_for_load_state("networkidle")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"api{path.replace('/', '-')}.png"))
+    assert set(elsewhere) <= OPTIONAL_ELSEWHERE and errors == []
+    context.close()

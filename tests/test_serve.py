@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -127,6 +128,32 @@ def test_model_health_and_openapi(client, classifier):
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "<canvas" in page.text and "http://" not in page.text and "https://" not in page.text  # nothing external
+
+
+LOADED = re.compile(r"""(?:src|href|spec-url)=["']([^"']+)["']|\burl: *["']([^"']+)["']""")  # what a page fetches
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_api_docs_come_from_this_server_alone(client, page):
+    """Offline, as a Pi often is: the docs page and everything it loads are served here, none from a CDN."""
+    r = client.get(page)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    loaded = [a or b for a, b in LOADED.findall(r.text)]
+    assert any(url.endswith(".js") for url in loaded) and "/openapi.json" in loaded and "/favicon.ico" in loaded
+    assert "://" not in r.text  # no other host named anywhere in the page
+    for url in loaded:
+        assert url.startswith("/"), f"{page} loads {url}"
+        asset = client.get(url)
+        assert asset.status_code == 200 and len(asset.content) > 100, url
+    scripts = [url for url in loaded if url.endswith(".js")]
+    assert all(client.get(url).headers["content-type"].split(";")[0].endswith("javascript") for url in scripts)
+
+
+def test_the_favicon(client):
+    r = client.get("/favicon.ico")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/svg+xml"
+    assert r.text.startswith("<svg") and "<path" in r.text
+    assert '<link rel="icon" href="/favicon.ico"' in client.get("/").text
 
 
 def too_big_chunks():

@@ -31,10 +31,11 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -48,6 +49,7 @@ from digitpi.runtime import Classifier
 API_VERSION = "1"  # of the HTTP API below (OpenAPI info.version): changes when a route or a field does
 MAX_BODY_BYTES = 2 * 1024 * 1024  # larger uploads get 413: a 28x28 digit never needs more
 RAW_TYPES = ("image/", "application/octet-stream")  # Content-Type prefixes read as raw image bytes
+FAVICON = "/favicon.ico"  # where browsers look unasked; an SVG, which they read by its Content-Type
 
 
 def find_glibc():
@@ -194,8 +196,9 @@ def answer(digit: reading.Digit) -> dict:
 # ---------------------------------------------------------------- HTTP
 
 
-def page_html() -> str:
-    return resources.files("digitpi").joinpath("static/index.html").read_text(encoding="utf-8")
+def static_file(name: str) -> bytes:
+    """A file of the page, from the installed package."""
+    return resources.files("digitpi").joinpath("static", name).read_bytes()
 
 
 PREDICT_BODY = {
@@ -272,8 +275,12 @@ def create_app(classifier, cfg: ServeConfig | None = None, limit: int = MAX_BODY
     card = public_card(classifier.card)
     decoding = asyncio.Semaphore(cfg.decoders)
     settings = dataclasses.replace(preprocess.SETTINGS, decode_budget=cfg.decode_budget)
-    app = FastAPI(title="digitpi", version=API_VERSION,
-                  description="Reads handwritten digits with a model exported by `digitpi export`.")
+    # /docs (Swagger UI) and /redoc load their scripts from fastapi-offline's package, not a CDN: a Pi is often
+    # offline. No validator badge either: Swagger UI would fetch it from swagger.io.
+    app = FastAPIOffline(title="digitpi", version=API_VERSION, favicon_url=FAVICON,
+                         swagger_ui_parameters={"validatorUrl": None},
+                         description="Reads handwritten digits with a model exported by `digitpi export`.")
+    page, icon = static_file("index.html").decode("utf-8"), static_file("favicon.svg")
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, e: ApiError):
@@ -297,7 +304,11 @@ def create_app(classifier, cfg: ServeConfig | None = None, limit: int = MAX_BODY
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index():
-        return HTMLResponse(page_html())
+        return HTMLResponse(page)
+
+    @app.get(FAVICON, include_in_schema=False)
+    async def favicon():
+        return Response(icon, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/health", summary="is the server up, and what it runs")
     async def health():
