@@ -7,7 +7,7 @@ RUN ?= runs/default
 # The CPU build of torch; a bare `torch` requirement would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: main test install system-deps lint pi-deps pi-test
+.PHONY: main test install system-deps lint notebook pi-deps pi-test
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ system-deps:
 main: $(VENV)/.installed
 	$(VENV)/bin/digitpi train --out $(RUN)
 	$(VENV)/bin/digitpi export $(RUN)
+
+# The course notebook executed in place (its defaults: 2 epochs on all 60,000 images, minutes on a CPU). Its
+# outputs are committed for people who read it on the web; tests/test_notebook.py checks they match its sources.
+notebook: $(VENV)/.installed
+	$(VENV)/bin/python examples/run_notebook.py
 
 test: $(VENV)/.installed $(CORE_VENV)/.installed system-deps
 	$(VENV)/bin/ruff check .

@@ -1,8 +1,12 @@
-"""The course walkthrough notebook runs top to bottom (a real kernel, real MNIST) and is committed clean."""
+"""The course walkthrough notebook: it runs top to bottom (a real kernel, real MNIST), and the outputs committed
+with it, for people who read it on the web, were produced from its current sources by `make notebook`.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -10,15 +14,36 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "course_walkthrough.ipynb"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+NOTEBOOK = EXAMPLES / "course_walkthrough.ipynb"
 MODELS = ("mlp", "baseline_cnn", "course_cnn", "fast_cnn")
+MAX_KB = 1500  # outputs stay small: text and the plots at their saved size
 
 
-def test_notebook_is_committed_without_outputs():
+def runner():
+    """examples/run_notebook.py, the tool that executes the committed copy (examples/ is no package)."""
+    spec = importlib.util.spec_from_file_location("run_notebook", EXAMPLES / "run_notebook.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_committed_outputs_come_from_these_sources():
+    """If a cell changes, `make notebook` must run again: stale outputs would show what the code no longer does."""
     notebook = nbformat.read(NOTEBOOK, as_version=4)
+    assert notebook.metadata["digitpi"]["sources_sha256"] == runner().sources_digest(notebook), \
+        "the notebook's sources changed since its outputs were made: run `make notebook`"
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
-    assert code and all(not cell.outputs and cell.execution_count is None for cell in code)
     assert "EPOCHS = " in code[0].source  # the setting is at the top
+    assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1))  # top to bottom, once
+    outputs = [out for cell in code for out in cell.outputs]
+    assert not [out for out in outputs if out.output_type == "error"]
+    assert not [out for out in outputs if "application/vnd.jupyter.widget-view+json" in out.get("data", {})]
+    text = outputs_text(notebook)
+    assert "2 epoch(s) on 60,000 training images" in text  # the defaults, on the whole training set
+    assert len(re.findall(r"^Epoch 2/2 - \d+ steps in .* - val_accuracy: 0\.9\d{3}$", text, re.M)) == len(MODELS)
+    assert text.count("The accuracy on test data is") == len(MODELS) and "\r" not in text
+    assert NOTEBOOK.stat().st_size < MAX_KB * 1024
 
 
 def outputs_text(notebook) -> str:
@@ -44,9 +69,12 @@ def test_notebook_runs_top_to_bottom(mnist_dir, tmp_path, monkeypatch):
     client.execute()  # raises CellExecutionError, with the cell and its traceback, on any error
 
     text = outputs_text(notebook)
+    last_epochs = re.findall(r"^Epoch 1/1 - \d+ steps in \d+\.\d s - total [\d:]+( s)? - loss: ", text, re.M)
+    assert len(last_epochs) == len(MODELS)  # progress, one line per epoch where no widget can be drawn
+    assert re.search(r"scan\.png: \d \(\d+\.\d %\), true 7$", text, re.M)  # digitpi.read, one call from a file
     assert text.count("The final loss on test data is") == len(MODELS)
     assert text.count("The accuracy on test data is") == len(MODELS)
-    assert "Total params:" in text and "one-hot loss" in text
+    assert "Total params:" in text and "Non-trainable params: 224" in text and "one-hot loss" in text
     assert "| model | parameters |" in text and all(f"| {name} |" in text for name in MODELS)  # the conclusion
     images = [cell for cell in notebook.cells for out in cell.get("outputs", []) if "image/png" in out.get("data", {})]
     assert len(images) >= 2 + 2 * len(MODELS)  # the grid, the Pi's predictions, two plots per model
