@@ -4,24 +4,26 @@ Importing the package imports nothing heavy (no numpy, no torch): the Pi side (r
 must work without torch, and `digitpi --help` must start fast; `read` imports what it needs when called.
 
     >>> import digitpi
-    >>> digitpi.read("photo.jpg").digit                        # one digit, with the model `make main` exports
-    7
-    >>> print(digitpi.read("page.png", model="runs/default/export", page=True))   # a page: a line per line
+    >>> digitpi.read("photo.jpg").label                          # one digit, with the model `make main` exports
+    '7'
+    >>> print(digitpi.read("page.png", model="runs/default/export", page=True).text)   # a page, line by line
     120
     4567
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
-    from digitpi.reader import Page, Reading
+    from digitpi.preprocess import Source
+    from digitpi.reading import Digit, Page
     from digitpi.runtime import Classifier
 
 __version__ = "0.1.0"
+
+DEFAULT_MODEL = Path("runs/default/export")  # what `make main` exports, relative to where it ran
 
 
 class UserError(Exception):
@@ -35,9 +37,20 @@ def one_line(e: BaseException, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def read(picture, model: str | Path | Classifier | None = None, page: bool = False) -> Reading | Page:
-    """Read one digit, or with `page=True` every digit of a page, from a picture (a path, bytes, an image...)
-    with an export folder (None: `runs/default/export`, which `make main` writes): see `digitpi.reader.read`."""
-    from digitpi import reader
+def read(picture: Source, model: str | Path | Classifier | None = None, page: bool = False) -> Digit | Page:
+    """Read one digit from `picture`, or with `page=True` every digit of a page (a `reading.Page`, line by line).
 
-    return reader.read(picture, model, page)
+    `picture`: a file path, bytes, a file object, a PIL image or a numpy array; a photo, a scan or a drawing.
+    `model`: an export folder (`digitpi export`), None for DEFAULT_MODEL, or a `runtime.Classifier` loaded once
+    when reading many pictures. The answer is what `digitpi predict` prints: `reading.Digit` (label,
+    probability, top(k), the 28x28 image the model saw) or `reading.Page`. A picture with no digit raises
+    `preprocess.NoDigitError`, one that is no picture `preprocess.ImageError`.
+    """
+    from digitpi import reading, runtime
+
+    if model is None and not DEFAULT_MODEL.is_dir():
+        raise UserError(f"no model in {DEFAULT_MODEL} (relative to {Path.cwd()}): run `make main` there, "
+                        "or pass model=EXPORT_DIR")
+    classifier = model if isinstance(model, runtime.Classifier) else runtime.Classifier.load(model or DEFAULT_MODEL)
+    answer = reading.read(classifier, picture, page=page)
+    return answer if page else answer.digits[0]
