@@ -147,6 +147,26 @@ def test_large_photo_is_read(mnist_test, classifier) -> None:
     assert classifier.predict(image).labels[0] == labels[1]
 
 
+def test_a_camera_jpeg_with_padded_blocks_has_no_false_edge_stroke(mnist_test, classifier) -> None:
+    """A phone's JPEG whose width is no multiple of its 16-px blocks pads the last block with dark data
+    (wild-dev's desyrani 5.jpg). Decoded at 1/8 scale, the last column holds that padding half and half:
+    a dark line down the right edge that was kept as ink beside the 5 and read "9". Made here by encoding
+    912 px with 6 black columns at the right, then saying 906 px in the JPEG's frame header."""
+    images, labels = mnist_test
+    paper = np.full((1611, 912), 171, dtype=np.uint8)
+    paper[:, 906:] = 0  # what the camera's encoder put in the padding
+    paper[400:1200, 100:900] = 255 - np.asarray(Image.fromarray(images[0]).resize((800, 800), Image.BICUBIC)) * 0.6
+    buffer = io.BytesIO()
+    Image.fromarray(paper).convert("RGB").save(buffer, format="JPEG", quality=92)
+    jpeg = bytearray(buffer.getvalue())
+    sof = jpeg.index(b"\xff\xc0")  # baseline frame header: marker, length, precision, height, width
+    assert struct.unpack(">H", jpeg[sof + 7:sof + 9])[0] == 912
+    jpeg[sof + 7:sof + 9] = struct.pack(">H", 906)
+    gray = np.asarray(preprocess.load_image(bytes(jpeg), side=256), dtype=int)
+    assert gray[:, -1].min() > 150  # paper to the edge: before, the last column read 86
+    assert classifier.predict(preprocess.to_mnist(bytes(jpeg))).labels[0] == labels[0]
+
+
 # ---------------------------------------------------------------- accuracy on real-looking pictures
 
 

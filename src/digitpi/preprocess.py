@@ -159,7 +159,7 @@ def load_upright(source: Source, s: Settings = SETTINGS, side: int | None = None
     try:
         with warnings.catch_warnings():
             quiet_but_for_bombs()
-            width, height = image.size
+            width, height = stored = image.size
             if image.format in JPEG:  # DCT scaling: decode only 1/2, 1/4 or 1/8 of it, longer side >= side
                 longer = max(image.size)
                 image.draft("L", (max(1, image.width * side // longer), max(1, image.height * side // longer)))
@@ -173,6 +173,11 @@ def load_upright(source: Source, s: Settings = SETTINGS, side: int | None = None
             if orientation in (5, 6, 7, 8):  # stored turned by 90 degrees
                 width, height = height, width
             image.load()
+            scale = image.decoderconfig[0] if image.format in JPEG and image.decoderconfig else 1
+            if scale > 1 and (image.width * scale, image.height * scale) != stored:
+                # a drafted JPEG whose size is no multiple of the scale ends in a column (or row) of
+                # partial pixels that libjpeg leaves half dark: a false stroke along the picture's edge
+                image = image.crop((0, 0, max(1, stored[0] // scale), max(1, stored[1] // scale)))
             image = reduced_gray(image, side)
             if orientation in UPRIGHT:
                 image = image.transpose(UPRIGHT[orientation])
