@@ -1,11 +1,12 @@
 """The model card (`model.json` of an export folder): read, checked against its schema, sealed.
 
 The runtime trusts the card for how pixels become model input (scale, shape), for the classes and
-for the NumPy backend's layer list; a card that lost a field or had one edited would otherwise
-start a server that says healthy and fails on every request, or answers quietly wrong. So a card
-is checked when it is read: every field the runtime uses has its type and shape, and its own
-SHA-256 (`card_sha256`, over the rest of the card, written by `digitpi export`) must match, so a
-hand edit is refused by name. Cards written before the checksum existed are checked by schema only.
+for the NumPy backend's layer list (one per member for an ensemble: `model_layers`); a card that
+lost a field or had one edited would otherwise start a server that says healthy and fails on every
+request, or answers quietly wrong. So a card is checked when it is read: every field the runtime
+uses has its type and shape, and its own SHA-256 (`card_sha256`, over the rest of the card, written
+by `digitpi export`) must match, so a hand edit is refused by name. Cards written before the
+checksum existed are checked by schema only.
 
 No torch: the Raspberry Pi reads cards through here.
 """
@@ -116,7 +117,33 @@ def schema_problem(card: dict) -> str | None:
     if not (isinstance(files, dict) and files and all(isinstance(e, dict) and isinstance(e.get("sha256"), str)
                                                       and len(e["sha256"]) == 64 for e in files.values())):
         return "files must list a SHA-256 for each file"
-    layers = card.get("layers")
+    if "members" in card:
+        return members_problem(card)
+    return layers_problem(card.get("layers"))
+
+
+def layers_problem(layers) -> str | None:
     if not isinstance(layers, list) or not layers:
         return "no layer list"
     return next((p for i, layer in enumerate(layers) if (p := layer_problem(i, layer))), None)
+
+
+def members_problem(card: dict) -> str | None:
+    """An ensemble's card: members, each with a model name and a layer list, in place of one layer list."""
+    members = card["members"]
+    if "layers" in card:
+        return "both a layer list and members"
+    if not isinstance(members, list) or len(members) < 2 or not all(isinstance(m, dict) for m in members):
+        return "members must be a list of at least two models"
+    for i, member in enumerate(members):
+        problem = None if is_name(member.get("model")) else "no model name"
+        problem = problem or layers_problem(member.get("layers"))
+        if problem:
+            return f"member {i}: {problem}"
+    return None
+
+
+def model_layers(card: dict) -> list[list[dict]]:
+    """The layer list of each model whose weights the export holds, for the NumPy backend: the card's
+    own for one model, one per member for an ensemble (whose outputs it averages)."""
+    return [member["layers"] for member in card["members"]] if "members" in card else [card["layers"]]

@@ -177,12 +177,15 @@ def cmd_compare(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from digitpi import export
 
-    run_dir = Path(args.run_dir)
-    if not run_dir.is_dir():
-        fail(f"no run folder {run_dir} (train one with `digitpi train --out {run_dir}`)")
-    out = Path(args.out) if args.out else run_dir / "export"
+    run_dirs = [Path(d) for d in args.run_dirs]
+    for run_dir in run_dirs:
+        if not run_dir.is_dir():
+            fail(f"no run folder {run_dir} (train one with `digitpi train --out {run_dir}`)")
+    if len(run_dirs) > 1 and not args.out:
+        fail("several runs are exported as one ensemble: say where with --out DIR")
+    out = Path(args.out) if args.out else run_dirs[0] / "export"
     with files.writing(out):  # a failure (a corrupt checkpoint) removes the folder if this made it
-        card = export.export_run(run_dir, out, args.data_dir, log=lambda line: print("  " + line))
+        card = export.export_runs(run_dirs, out, args.data_dir, log=lambda line: print("  " + line))
     print(export.format_card(card, out))
 
 
@@ -425,8 +428,10 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("export", help="ONNX fp32 + int8, NumPy weights and a model card for the Raspberry Pi")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a training run folder (`digitpi train --out RUN_DIR`)")
-    p.add_argument("--out", metavar="DIR", help="export folder (default: RUN_DIR/export)")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="a training run folder (`digitpi train --out RUN_DIR`); several are exported as one "
+                        "ensemble that averages their probabilities")
+    p.add_argument("--out", metavar="DIR", help="export folder (default: RUN_DIR/export; required for an ensemble)")
     p.add_argument("--data-dir", help="folder holding the four IDX files (int8 calibration, test accuracy)")
     p.set_defaults(func=cmd_export)
 

@@ -6,12 +6,14 @@ them with a run (`rundir`) and `report` draws them.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from digitpi import UserError, data, rundir, train
+from digitpi.config import Config
 from digitpi.contract import NUM_CLASSES
 
 
@@ -40,15 +42,21 @@ TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))  # (down, right) in pixe
 
 def shifted(x: torch.Tensor, down: int, right: int) -> torch.Tensor:
     """Images moved by whole pixels, zeros (background) shifted in."""
+    if not (down or right):  # unshifted: no pad and crop in the graph an ensemble exports
+        return x
     padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
     h, w = x.shape[-2:]
     return padded[..., 1 - down:1 - down + h, 1 - right:1 - right + w]
 
 
 class Ensemble(torch.nn.Module):
-    """Mean log-probability of several models, each optionally over shifted copies (test-time augmentation).
+    """Log of the mean probability of several models, each optionally over shifted copies (test-time
+    augmentation).
 
-    Averaging in log space and returning it as logits keeps `train.evaluate` usable unchanged.
+    Returned as logits, so `train.evaluate` and the runtime's softmax work unchanged: softmax of the
+    output is the mean probability. Computed as logsumexp of the log-probabilities minus log(count),
+    which stays finite where a probability underflows to 0 in float32 (its plain log would be -inf);
+    `runtime.log_mean_softmax` is its NumPy twin and `digitpi export` writes it into one ONNX graph.
     """
 
     def __init__(self, members: list[torch.nn.Module], tta: bool = False) -> None:
@@ -57,16 +65,27 @@ class Ensemble(torch.nn.Module):
         self.shifts = TTA_SHIFTS if tta else TTA_SHIFTS[:1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = [m(shifted(x, *s)).softmax(1) for m in self.members for s in self.shifts]
-        return torch.stack(probs).mean(0).log()
+        log_probs = torch.stack([m(shifted(x, *s)).log_softmax(1) for m in self.members for s in self.shifts])
+        return torch.logsumexp(log_probs, 0) - math.log(len(log_probs))
+
+
+def shared_dataset(run_dirs: list[Path], configs: list[Config]) -> str:
+    """The dataset every run of an ensemble was trained on: members must read the same classes from
+    the same input, or averaging their probabilities means nothing. A mix is a one-line error naming
+    the odd run."""
+    first = configs[0].dataset
+    odd = next(((d, c.dataset) for d, c in zip(run_dirs, configs) if c.dataset != first), None)
+    if odd:
+        raise UserError(f"runs of an ensemble must share a dataset: {run_dirs[0]} was trained on {first}, "
+                        f"{odd[0]} on {odd[1]}")
+    return first
 
 
 def evaluate_dirs(run_dirs: list[Path], data_dir: str | None = None, tta: bool = False) -> dict:
     """Re-measure a saved run on the test set; several runs are measured as one ensemble."""
     loaded = [rundir.load_checkpoint(run_dir) for run_dir in run_dirs]
     cfg = loaded[0][1]
-    if any(c.dataset != cfg.dataset for _, c in loaded):
-        raise UserError("runs of an ensemble must share a dataset")
+    shared_dataset(run_dirs, [c for _, c in loaded])
     single = len(loaded) == 1 and not tta
     model = loaded[0][0] if single else Ensemble([m for m, _ in loaded], tta)
     images, labels = data.load_split(cfg.dataset, "test", data_dir or cfg.data_dir)

@@ -33,6 +33,8 @@ from torch import nn
 
 from digitpi import UserError, __version__, contract, data, files, one_line, rundir, runtime
 from digitpi.card import seal
+from digitpi.config import Config
+from digitpi.evaluate import Ensemble, shared_dataset
 from digitpi.exportdir import CARD, CARD_FORMAT, VARIANTS
 from digitpi.models import count_params
 
@@ -133,12 +135,14 @@ def deployable(model: nn.Module) -> nn.Sequential:
     return nn.Sequential(*layers).eval()
 
 
-def numpy_layers(model: nn.Sequential) -> tuple[list[dict], dict[str, np.ndarray]]:
-    """The layer list of the model card and the arrays of `weights.npz` for `runtime.numpy_forward`."""
+def numpy_layers(model: nn.Sequential, prefix: str = "") -> tuple[list[dict], dict[str, np.ndarray]]:
+    """The layer list of the model card and the arrays of `weights.npz` for `runtime.numpy_forward`;
+    array names start with `prefix` ("m0." for an ensemble's first member)."""
     layers: list[dict] = []
     arrays: dict[str, np.ndarray] = {}
 
     def keep(key: str, tensor: torch.Tensor) -> str:
+        key = prefix + key
         arrays[key] = tensor.detach().cpu().numpy().astype(np.float32)
         return key
 
@@ -260,28 +264,74 @@ class Job:
     info: data.DatasetInfo  # the dataset: classes, calibration and test images
     cfg: ExportConfig
     out_dir: Path
+    # An ensemble's members as the card lists them (model, model_args, run, params, layers), in the
+    # order of `model.members`; then `layers` is empty and the files run them all. (): one model.
+    members: tuple[dict, ...] = ()
 
     def path(self, variant: str) -> Path:
         return self.out_dir / next(v.file for v in VARIANTS if v.name == variant)
 
+    def model_layers(self) -> list[list[dict]]:
+        """The layer list of each model weights.npz holds, as `card.model_layers` reads them back."""
+        return [member["layers"] for member in self.members] if self.members else [self.layers]
+
     def metadata(self) -> dict[str, str]:
         """What the ONNX files carry about themselves (metadata_props), as the card states it."""
-        return {"description": f"digitpi {self.name}: {self.info.name} digits, logits (N, {contract.NUM_CLASSES})",
-                "digitpi.model": self.name, "digitpi.model_args": json.dumps(self.args),
+        if self.members:
+            output = f"log of the mean probability of {len(self.members)} models"
+            args = {"digitpi.members": json.dumps([{k: m[k] for k in ("model", "model_args", "run")}
+                                                   for m in self.members])}
+        else:
+            output, args = "logits", {"digitpi.model_args": json.dumps(self.args)}
+        return {"description": f"digitpi {self.name}: {self.info.name} digits, {output} (N, {contract.NUM_CLASSES})",
+                "digitpi.model": self.name, **args,
                 "digitpi.input": json.dumps(contract.describe(INPUT_NAME)),
                 "digitpi.classes": json.dumps(list(self.info.classes))}
 
 
-def prepare(model: nn.Module, name: str, args: dict, out_dir: Path, cfg: ExportConfig) -> Job:
-    """Check and fold the model and lay out its NumPy weights: an unsupported layer fails here, before
-    any file is written."""
+def prepare(model: nn.Module, name: str, args: dict, out_dir: Path, cfg: ExportConfig, prefix: str = "") -> Job:
+    """Check and fold the model and lay out its NumPy weights (names starting with `prefix`): an
+    unsupported layer fails here, before any file is written."""
     deploy = deployable(model)
-    layers, arrays = numpy_layers(deploy)
+    layers, arrays = numpy_layers(deploy, prefix)
     broken = [key for key, array in arrays.items() if not np.isfinite(array).all()]
     if broken:
         raise ExportError(f"the model's weights hold NaN or infinite values (in {', '.join(broken[:3])}): "
                           "it diverged in training or was saved broken; nothing exported")
     return Job(model, name, args, deploy, layers, arrays, data.dataset_info(cfg.dataset), cfg, out_dir)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One trained model of an ensemble, as `export_ensemble` takes it."""
+
+    model: nn.Module
+    name: str  # its model name, e.g. "fast_cnn"
+    args: dict  # its builder arguments
+    run: str  # where it comes from, for the card: the run folder's name
+
+
+def prepare_ensemble(members: list[Member], out_dir: Path, cfg: ExportConfig) -> Job:
+    """Each member checked and folded as `prepare` does one model, its arrays named "m0.", "m1." ...;
+    the files hold one graph, `evaluate.Ensemble` of the folded members: log of their mean probability.
+    A member that does not take the input contract's images or give one score per class fails here."""
+    jobs = [prepare(m.model, m.name, m.args, out_dir, cfg, prefix=f"m{i}.") for i, m in enumerate(members)]
+    blank = torch.zeros(1, *contract.SHAPE)
+    for member, job in zip(members, jobs):
+        try:
+            with torch.no_grad():
+                shape = tuple(job.deploy(blank).shape)
+        except RuntimeError as e:
+            raise ExportError(f"{member.run}: {member.name} does not take the input {tuple(blank.shape)} "
+                              f"({one_line(e)})") from None
+        if shape != (1, len(job.info.classes)):
+            raise ExportError(f"{member.run}: {member.name} gives {shape[1:]} scores an image, "
+                              f"{job.info.name} has {len(job.info.classes)} classes")
+    described = tuple({"model": m.name, "model_args": m.args, "run": m.run, "params": count_params(m.model),
+                       "layers": job.layers} for m, job in zip(members, jobs))
+    arrays = {key: array for job in jobs for key, array in job.arrays.items()}
+    return Job(Ensemble([m.model for m in members]).eval(), " + ".join(m.name for m in members), {},
+               Ensemble([job.deploy for job in jobs]).eval(), [], arrays, jobs[0].info, cfg, out_dir, described)
 
 
 def write_fp32(job: Job, path: Path) -> str:
@@ -326,7 +376,7 @@ def torch_logits(model: nn.Module, x: np.ndarray, batch: int = 1000) -> np.ndarr
 # How a variant's file is run to get logits (N, 10) of float32 input x, by the backend of its row.
 MEASURERS: dict[str, Callable[[Job, Path, np.ndarray], np.ndarray]] = {
     "onnxruntime": lambda job, path, x: onnx_logits(path, x),
-    "numpy": lambda job, path, x: runtime.NumpyBackend(path, job.layers).logits(x),
+    "numpy": lambda job, path, x: runtime.NumpyBackend(path, job.model_layers()).logits(x),
 }
 
 
@@ -345,6 +395,7 @@ class Measured:
     logits: dict[str, np.ndarray]  # (N, 10) of the torch model ("torch") and of each variant, by name
     accuracy: dict[str, float]  # on the test labels, same keys
     labels: np.ndarray  # (N,) the test labels
+    members: tuple[float, ...] = ()  # an ensemble's members' own test accuracy (torch), in order
 
 
 def measure(job: Job, images: np.ndarray, labels: np.ndarray, log: Callable[[str], None]) -> Measured:
@@ -354,9 +405,12 @@ def measure(job: Job, images: np.ndarray, labels: np.ndarray, log: Callable[[str
     logits = {"torch": torch_logits(job.model, x)}
     logits |= {v.name: MEASURERS[v.backend](job, job.path(v.name), x) for v in VARIANTS}
     accuracy = {k: float((v.argmax(1) == labels).mean()) for k, v in logits.items()}
+    members = tuple(float((torch_logits(m, x).argmax(1) == labels).mean()) for m in job.model.members) \
+        if job.members else ()
     log("test accuracy " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in accuracy.items())
+        + "".join(f", member {i} {100 * a:.2f}%" for i, a in enumerate(members))
         + f" ({time.perf_counter() - start:.1f} s)")
-    return Measured(logits, accuracy, labels)
+    return Measured(logits, accuracy, labels, members)
 
 
 def versions() -> dict[str, str]:
@@ -368,15 +422,19 @@ def model_card(job: Job, measured: Measured, source: dict | None) -> dict:
     """The card `model.json`: what the model is and takes, how each file measured, what each file is."""
     cfg, info, logits = job.cfg, job.info, measured.logits
     files = [job.path(v.name) for v in VARIANTS]
+    # An ensemble lists its members, each with its builder arguments and layer list, where one
+    # model has its own; its output is log(mean probability), whose softmax is that mean.
+    members = [m | {"test_accuracy": a} for m, a in zip(job.members, measured.members)]
+    meaning = ("log of the members' mean probability (logits-compatible); the runtime's softmax of it is "
+               "that mean" if members else "logits; the runtime applies softmax for probabilities")
     return {
         "format": CARD_FORMAT,
         "model": job.name,
-        "model_args": job.args,
+        **({} if members else {"model_args": job.args}),
         "dataset": info.name,
         "classes": list(info.classes),
         "input": contract.describe(INPUT_NAME),
-        "output": {"name": OUTPUT_NAME, "shape": [None, len(info.classes)],
-                   "meaning": "logits; the runtime applies softmax for probabilities"},
+        "output": {"name": OUTPUT_NAME, "shape": [None, len(info.classes)], "meaning": meaning},
         "params": count_params(job.model),
         "test_images": len(measured.labels),
         "test_accuracy": measured.accuracy,
@@ -387,7 +445,7 @@ def model_card(job: Job, measured: Measured, source: dict | None) -> dict:
                          "activations": "int8, MinMax ranges",
                          "calibration": f"{cfg.calibration_images} {info.name} training images "
                                         f"(seed {cfg.calibration_seed}), never test images"},
-        "layers": job.layers,
+        **({"members": members} if members else {"layers": job.layers}),
         "files": {p.name: {"bytes": p.stat().st_size, "sha256": runtime.sha256_file(p)} for p in files},
         "versions": versions(),
         "opset": OPSET,
@@ -409,9 +467,25 @@ def export_model(model: nn.Module, model_name: str, model_args: dict, out_dir: s
     `log(message)` receives one line per step with its time and size.
     """
     cfg = cfg or ExportConfig()
+    return write_export(prepare(model, model_name, model_args, Path(out_dir), cfg), source, log)
+
+
+def export_ensemble(members: list[Member], out_dir: str | Path, cfg: ExportConfig | None = None,
+                    source: dict | None = None, log=None) -> dict:
+    """Export several trained models as one: the same four files and a card that lists the members.
+
+    The ONNX files run every member on the same input and give log(mean of their probabilities), as
+    `evaluate.Ensemble` does; weights.npz holds every member's arrays ("m0.", "m1." ...), which the
+    NumPy backend runs and averages likewise. Each member must be exportable alone (`export_model`).
+    """
+    cfg = cfg or ExportConfig()
+    return write_export(prepare_ensemble(members, Path(out_dir), cfg), source, log)
+
+
+def write_export(job: Job, source: dict | None, log=None) -> dict:
+    """Write, measure and describe a prepared export (see `export_model`); returns the sealed card."""
     log = log or (lambda message: None)
-    job = prepare(model, model_name, model_args, Path(out_dir), cfg)
-    test_x, test_y = data.load_split(cfg.dataset, "test", cfg.data_dir)
+    test_x, test_y = data.load_split(job.cfg.dataset, "test", job.cfg.data_dir)
     job.out_dir.mkdir(parents=True, exist_ok=True)
     (job.out_dir / CARD).unlink(missing_ok=True)  # a half-replaced folder must not look complete
     try:
@@ -432,22 +506,48 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, data_dir:
     The run's own dataset is used for calibration and testing, found in `data_dir` if given.
     """
     run_dir = Path(run_dir)
-    try:
-        model, run_cfg = rundir.load_checkpoint(run_dir)
-    except FileNotFoundError as e:
-        raise ExportError(str(e)) from None
-    except (RuntimeError, ValueError, TypeError) as e:  # weights that do not fit the model the config names
-        raise ExportError(f"{run_dir}: cannot rebuild the model ({one_line(e)})") from None
+    model, run_cfg = load_run(run_dir)
     cfg = ExportConfig(dataset=run_cfg.dataset, data_dir=data_dir or run_cfg.data_dir)
     weights = run_dir / rundir.CHECKPOINT
     source = {"run": str(run_dir.resolve()), "checkpoint_sha256": runtime.sha256_file(weights)}
     return export_model(model, run_cfg.model, run_cfg.model_args, out_dir or run_dir / "export", cfg, source, log)
 
 
+def export_runs(run_dirs: list[str | Path], out_dir: str | Path, data_dir: str | None = None, log=None) -> dict:
+    """Export training runs to `out_dir`: one as `export_run` does, several as one ensemble; returns the card.
+
+    The runs of an ensemble must share a dataset (and so classes, calibration and test images); the
+    first run's data folder is used unless `data_dir` is given.
+    """
+    if len(run_dirs) == 1:
+        return export_run(run_dirs[0], out_dir, data_dir, log)
+    run_dirs = [Path(d) for d in run_dirs]
+    loaded = [load_run(d) for d in run_dirs]
+    dataset = shared_dataset(run_dirs, [run_cfg for _, run_cfg in loaded])
+    cfg = ExportConfig(dataset=dataset, data_dir=data_dir or loaded[0][1].data_dir)
+    members = [Member(model, run_cfg.model, run_cfg.model_args, run_dir.name)
+               for run_dir, (model, run_cfg) in zip(run_dirs, loaded)]
+    source = {"runs": [str(d.resolve()) for d in run_dirs],
+              "checkpoint_sha256": [runtime.sha256_file(d / rundir.CHECKPOINT) for d in run_dirs]}
+    return export_ensemble(members, out_dir, cfg, source, log)
+
+
+def load_run(run_dir: Path) -> tuple[nn.Module, Config]:
+    """The trained model and config of a run folder, or a one-line error saying why not."""
+    try:
+        return rundir.load_checkpoint(run_dir)
+    except FileNotFoundError as e:
+        raise ExportError(str(e)) from None
+    except (RuntimeError, ValueError, TypeError) as e:  # weights that do not fit the model the config names
+        raise ExportError(f"{run_dir}: cannot rebuild the model ({one_line(e)})") from None
+
+
 def format_card(card: dict, out_dir: Path) -> str:
     """A short summary of an export for the terminal."""
     acc = card["test_accuracy"]
     lines = [f"exported {card['model']} ({card['params']:,} parameters) to {out_dir}"]
+    lines += [f"  member {i}: {m['model']} from {m['run']}, {m['params']:,} parameters, test accuracy "
+              f"{100 * m['test_accuracy']:.2f}%" for i, m in enumerate(card.get("members", []))]
     lines += [f"  {name:<16} {entry['bytes'] / 1024:7.1f} KB  sha256 {entry['sha256'][:12]}"
               for name, entry in card["files"].items()]
     lines.append("  test accuracy: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in acc.items()))

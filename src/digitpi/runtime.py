@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from digitpi import UserError, one_line, onnxprobe
-from digitpi.card import ModelFileError, read_card
+from digitpi.card import ModelFileError, model_layers, read_card
 from digitpi.contract import to_model_input
 from digitpi.exportdir import BACKENDS, CARD, DEFAULT_PRECISION, PRECISIONS, variant
 
@@ -67,6 +67,20 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)  # no overflow for large logits
     e = np.exp(z)
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def log_mean_softmax(logits: list[np.ndarray]) -> np.ndarray:
+    """An ensemble's output from its members' logits (each (N, 10)): log of their mean probability, as
+    logsumexp of the log-probabilities minus log(count), finite where a probability underflows.
+    The NumPy twin of `evaluate.Ensemble`; softmax of it is the mean probability."""
+    log_probs = np.stack([log_softmax(x) for x in logits])  # (members, N, 10)
+    top = log_probs.max(axis=0)
+    return top + np.log(np.exp(log_probs - top).mean(axis=0))
 
 
 # ---------------------------------------------------------------- the pure-NumPy forward pass
@@ -144,16 +158,23 @@ def numpy_forward(layers: list[dict], weights, x: np.ndarray) -> np.ndarray:
 
 
 class NumpyBackend:
-    """The exported fp32 weights run by NumPy: slower than onnxruntime, but needs nothing else."""
+    """The exported fp32 weights run by NumPy: slower than onnxruntime, but needs nothing else.
 
-    def __init__(self, path: Path, layers: list[dict]) -> None:
+    `models` holds one layer list (`card.model_layers`): the logits of that model; several (an
+    ensemble's members, their arrays in one file): log of their mean probability, as the ONNX graph gives.
+    """
+
+    def __init__(self, path: Path, models: list[list[dict]]) -> None:
         with np.load(path, allow_pickle=False) as archive:  # no pickle: a weights file cannot run code
             self.weights = {k: archive[k] for k in archive.files}
-        self.layers = layers
+        self.models = models
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        logits = [numpy_forward(layers, self.weights, x) for layers in self.models]
+        return logits[0] if len(logits) == 1 else log_mean_softmax(logits)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        parts = [numpy_forward(self.layers, self.weights, x[i:i + NUMPY_CHUNK]) for i in range(0, len(x), NUMPY_CHUNK)]
-        return np.concatenate(parts)
+        return np.concatenate([self.forward(x[i:i + NUMPY_CHUNK]) for i in range(0, len(x), NUMPY_CHUNK)])
 
 
 class OnnxBackend:
@@ -222,7 +243,7 @@ class Classifier:
             log.warning("digitpi: %s: reading digits with the NumPy backend (fp32 weights)", problem)
         chosen = variant(precision, "numpy")
         path = verified_file(folder, card, chosen.file)
-        return cls.started(card, lambda: NumpyBackend(path, card["layers"]), chosen, path)
+        return cls.started(card, lambda: NumpyBackend(path, model_layers(card)), chosen, path)
 
     @classmethod
     def started(cls, card: dict, make_backend, chosen, path: Path) -> Classifier:

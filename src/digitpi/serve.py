@@ -260,8 +260,13 @@ def stats_body(store: samples.SampleStore) -> SampleStats:
 
 
 def public_card(card: dict) -> dict:
-    """The card as `GET /model` shows it: without the PC's paths (the run folder it was exported from)."""
-    source = {k: v for k, v in card.get("source", {}).items() if not (isinstance(v, str) and os.path.isabs(v))}
+    """The card as `GET /model` shows it: without the PC's paths (the run folder it was exported from,
+    an ensemble's list of them)."""
+
+    def is_path(v) -> bool:
+        return isinstance(v, str) and os.path.isabs(v) or isinstance(v, list) and any(map(is_path, v))
+
+    source = {k: v for k, v in card.get("source", {}).items() if not is_path(v)}
     return {**card, "source": source} if "source" in card else dict(card)
 
 
