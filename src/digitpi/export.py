@@ -1,7 +1,8 @@
 """Export a trained model for the Raspberry Pi: ONNX fp32, ONNX int8, NumPy weights and a model card.
 
 `export_model(model, name, model_args, out_dir)` is the one entry point every producer uses (our
-training runs through `export_run`, an imported Keras model directly). It takes three steps:
+training runs through `export_run`, an imported Keras model directly); `export_ensemble` takes
+several models, each prepared as `export_model` prepares one, into one folder. Both take three steps:
 write (fold BatchNorm into the convolutions, then one file per row of `exportdir.VARIANTS`, each
 by its function in WRITERS: ONNX, int8 calibrated on *training* images, NumPy weights), measure
 (every variant against the torch model on the real test set, by its backend in MEASURERS) and

@@ -5,6 +5,10 @@
     DIR/weights.npz       the fp32 weights, run by the NumPy backend where onnxruntime is missing
     DIR/model.json        the model card, written last: input, classes, test accuracy, SHA-256 per file
 
+An ensemble of runs (`digitpi export RUN_A RUN_B --out DIR`) has the same four files: ONNX graphs that
+run every member and average their probabilities, every member's arrays in weights.npz ("m0.", "m1."
+...), and a card that lists the members where one model's card has its layer list.
+
 `VARIANTS` drives export (one writer and one measurement per row, in `export`), `Classifier.load`,
 the CLI's `--precision`/`--backend` choices and `digitpi bench infer`: a new format is one row
 here plus one writer there. No imports beyond the standard library: the CLI reads this table
