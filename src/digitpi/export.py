@@ -405,9 +405,12 @@ def measure(job: Job, images: np.ndarray, labels: np.ndarray, log: Callable[[str
     x = contract.to_model_input(images)
     logits = {"torch": torch_logits(job.model, x)}
     logits |= {v.name: MEASURERS[v.backend](job, job.path(v.name), x) for v in VARIANTS}
-    accuracy = {k: float((v.argmax(1) == labels).mean()) for k, v in logits.items()}
-    members = tuple(float((torch_logits(m, x).argmax(1) == labels).mean()) for m in job.model.members) \
-        if job.members else ()
+
+    def correct(scores: np.ndarray) -> float:
+        return float((scores.argmax(1) == labels).mean())
+
+    accuracy = {k: correct(v) for k, v in logits.items()}
+    members = tuple(correct(torch_logits(m, x)) for m in job.model.members) if job.members else ()
     log("test accuracy " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in accuracy.items())
         + "".join(f", member {i} {100 * a:.2f}%" for i, a in enumerate(members))
         + f" ({time.perf_counter() - start:.1f} s)")
@@ -427,11 +430,11 @@ def model_card(job: Job, measured: Measured, source: dict | None) -> dict:
     # model has its own; its output is log(mean probability), whose softmax is that mean.
     members = [m | {"test_accuracy": a} for m, a in zip(job.members, measured.members)]
     meaning = ("log of the members' mean probability (logits-compatible); the runtime's softmax of it is "
-               "that mean" if members else "logits; the runtime applies softmax for probabilities")
+               "that mean" if job.members else "logits; the runtime applies softmax for probabilities")
     return {
         "format": CARD_FORMAT,
         "model": job.name,
-        **({} if members else {"model_args": job.args}),
+        **({} if job.members else {"model_args": job.args}),
         "dataset": info.name,
         "classes": list(info.classes),
         "input": contract.describe(INPUT_NAME),
@@ -446,7 +449,7 @@ def model_card(job: Job, measured: Measured, source: dict | None) -> dict:
                          "activations": "int8, MinMax ranges",
                          "calibration": f"{cfg.calibration_images} {info.name} training images "
                                         f"(seed {cfg.calibration_seed}), never test images"},
-        **({"members": members} if members else {"layers": job.layers}),
+        **({"members": members} if job.members else {"layers": job.layers}),
         "files": {p.name: {"bytes": p.stat().st_size, "sha256": runtime.sha256_file(p)} for p in files},
         "versions": versions(),
         "opset": OPSET,
