@@ -119,6 +119,41 @@ def test_same_seed_same_model(tensors) -> None:
     assert runs[0].history == runs[1].history != runs[2].history
 
 
+def ink_centre(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) of the centre of the ink of each image (N, 1, 28, 28), in pixels."""
+    pixel = torch.arange(28.0)
+    mass = images[:, 0].sum((1, 2))
+    return (images[:, 0].sum(2) * pixel).sum(1) / mass, (images[:, 0].sum(1) * pixel).sum(1) / mass
+
+
+def test_continental_strokes_go_on_1s_and_7s_only(tensors) -> None:
+    """The flag and the crossbar add ink to the 1s and 7s drawn for them, where a continental writer
+    puts it (a 1's flag down to the left of its top, a 7's bar across its middle), and nothing else."""
+    x, y, _, _ = tensors
+    batch, labels = train.to_float(x[:2000]), y[:2000]
+    ones, sevens = labels == 1, labels == 7
+    gen = torch.Generator().manual_seed(0)
+
+    def draw(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=gen) * 2 - 1
+
+    out = train.continental(batch, labels, 1.0, draw)
+    stroke = out - batch
+    added = stroke.sum((1, 2, 3))
+    assert torch.all(stroke >= 0) and out.max() <= 1
+    assert torch.all(added[~(ones | sevens)] == 0)
+    assert (added[ones | sevens] > 1).float().mean() > 0.95  # a few pixels each (some fall on ink)
+    rows = (batch[:, 0] > 0.5).any(2).float()
+    top, bottom = rows.argmax(1), 27 - rows.flip(1).argmax(1)
+    head = batch * (torch.arange(28.0)[:, None] <= top[:, None, None, None] + 2)  # each digit's top 3 rows
+    drawn = ones & (added > 3)  # flags not hidden in the 1's own stroke
+    assert torch.all(ink_centre(stroke[ones])[0] < ink_centre(batch[ones])[0])  # near the top of the 1
+    assert torch.all(ink_centre(stroke[drawn])[1] < ink_centre(head[drawn])[1])  # left of its top
+    assert (ink_centre(stroke[sevens])[0] - (top + bottom)[sevens] / 2).abs().max() < 4  # across the 7's middle
+    changed = (train.continental(batch, labels, 0.5, draw) != batch).flatten(1).any(1)
+    assert 0.4 < changed[ones | sevens].float().mean() < 0.6 and not changed[~(ones | sevens)].any()
+
+
 def test_default_model_beats_99_percent(trained_output, mnist_test) -> None:
     """The README's main job: `digitpi train` on the full set, measured on the real 10,000 test images."""
     run, stdout = trained_output

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from digitpi import layout, preprocess
 
@@ -105,6 +105,42 @@ def lighting(xs: np.ndarray, ys: np.ndarray, variant: Variant, rng: np.random.Ge
         softness = rng.uniform(0.05, 0.2) * width  # px: the penumbra of a hand or phone, not a knife edge
         factor *= 1 - np.float32(rng.uniform(0, variant.shadow)) / (1 + np.exp(distance * np.float32(-1 / softness)))
     return factor
+
+
+# Continental handwriting: MNIST's 1s and 7s as many European hands write them. Drawn here with a pen
+# by Pillow at 4x, not by the training augmentation (`train.continental`), then printed as scans.
+CONTINENTAL_ZOOM = 4  # the digits are drawn 112 px tall; CONTINENTAL_LOOK prints them 6-9x MNIST's size
+CONTINENTAL_LOOK = Variant(scale=(1.5, 2.25))
+
+
+def continental(digits: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """White-on-black uint8 (N, 112, 112): each 1 of `digits` (N, 28, 28) given a flag from its top
+    down to the left (35-55 % of its height, 25-50 degrees below the horizontal) and each 7 a bar
+    across its stem at mid-height; other digits enlarged as they are. Pens 2-2.5 MNIST px wide."""
+    out = []
+    for digit, label in zip(digits, labels):
+        big = Image.fromarray(digit).resize((28 * CONTINENTAL_ZOOM,) * 2, Image.BICUBIC)
+        ink = np.asarray(big) > 127
+        rows = np.flatnonzero(ink.any(1))
+        if label in (1, 7) and len(rows):
+            pen = round(rng.uniform(2.0, 2.5) * CONTINENTAL_ZOOM)
+            top, height = rows[0], rows[-1] - rows[0] + 1
+            draw = ImageDraw.Draw(big)
+            if label == 1:
+                x0 = float(np.flatnonzero(ink[top + pen // 2]).mean()) if ink[top + pen // 2].any() else 0.0
+                length, angle = rng.uniform(0.35, 0.55) * height, np.radians(rng.uniform(25, 50))
+                start = (x0, top + pen / 2)
+                end = (x0 - length * np.cos(angle), top + pen / 2 + length * np.sin(angle))
+            else:
+                y = top + round(rng.uniform(0.45, 0.6) * height)
+                x0 = float(np.flatnonzero(ink[y]).mean()) if ink[y].any() else 0.0
+                length = rng.uniform(0.35, 0.5) * height
+                start, end = (x0 - length / 2, y), (x0 + length / 2, y)
+            draw.line([start, end], fill=255, width=pen)
+            for x, y in (start, end):  # round ends, as a pen leaves them
+                draw.ellipse([x - pen / 2, y - pen / 2, x + pen / 2, y + pen / 2], fill=255)
+        out.append(np.asarray(big))
+    return np.stack(out)
 
 
 def row_of(digits: np.ndarray, rng: np.random.Generator, gap: tuple[int, int] = (-2, 6)) -> np.ndarray:
