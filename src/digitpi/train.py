@@ -52,13 +52,15 @@ def segment_ink(start: torch.Tensor, end: torch.Tensor, half_width: torch.Tensor
 
 def continental(x: torch.Tensor, y: torch.Tensor, share: float, draw: Callable[..., torch.Tensor]) -> torch.Tensor:
     """`share` of the 1s given the long flag and of the 7s the crossbar that continental writers draw
-    and MNIST has few of: without them a flagged 1 is read as 7 (README, "What still fails"). The
+    and MNIST has few of: without them a flagged 1 is read as 7 (README, "Continental 1s and 7s"). The
     flag runs from the top of the 1 down to the left, 30-55 % of the digit's height long, 20-55
     degrees below the horizontal (flatter and longer, it is a 7's bar); the bar crosses the 7 at
     45-65 % of its height, 30-50 % of it long. Both are drawn 1.6-2.6 px wide, as MNIST's strokes
     are, before the batch is shifted, turned and zoomed."""
     n, side = x.shape[0], x.shape[-1]
-    u = (draw(n, 6) + 1) / 2  # uniform in [0, 1): which images, then each stroke's length, angle, place, width
+    # uniform in [0, 1): drawn or not; the flag's length; its angle (a 1) or the bar's tilt (a 7: no flag);
+    # the bar's place and length; the pen's width
+    u = (draw(n, 6) + 1) / 2
     ink = x[:, 0] > 0.5
     rows = ink.any(2)
     has_ink = rows.any(1)
