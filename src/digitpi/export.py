@@ -33,7 +33,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from torch import nn
 
 from digitpi import UserError, __version__, contract, data, files, one_line, rundir, runtime
-from digitpi.card import seal
+from digitpi.card import model_layers, seal
 from digitpi.config import Config
 from digitpi.evaluate import Ensemble, shared_dataset
 from digitpi.exportdir import CARD, CARD_FORMAT, VARIANTS
@@ -273,8 +273,8 @@ class Job:
         return self.out_dir / next(v.file for v in VARIANTS if v.name == variant)
 
     def model_layers(self) -> list[list[dict]]:
-        """The layer list of each model weights.npz holds, as `card.model_layers` reads them back."""
-        return [member["layers"] for member in self.members] if self.members else [self.layers]
+        """The layer list of each model weights.npz holds, read as the runtime reads the card's."""
+        return model_layers({"members": self.members} if self.members else {"layers": self.layers})
 
     def metadata(self) -> dict[str, str]:
         """What the ONNX files carry about themselves (metadata_props), as the card states it."""

@@ -173,7 +173,7 @@ def load_upright(source: Source, s: Settings = SETTINGS, side: int | None = None
             if orientation in (5, 6, 7, 8):  # stored turned by 90 degrees
                 width, height = height, width
             image.load()
-            scale = image.decoderconfig[0] if image.format in JPEG and image.decoderconfig else 1
+            scale = draft_scale(image)
             if scale > 1 and (image.width * scale, image.height * scale) != stored:
                 # a drafted JPEG whose size is no multiple of the scale ends in a column (or row) of
                 # partial pixels that libjpeg leaves half dark: a false stroke along the picture's edge
@@ -213,11 +213,16 @@ def decode_cost(image: Image.Image) -> int:
         cost = pixels * PEAK_BYTES.get(image.mode, 4)
     layers = getattr(image, "layer", None)  # a JPEG's components: (id, h, v, table)
     if image.format in JPEG and image.info.get("progressive") and layers:
-        full = image.decoderconfig[0] if image.decoderconfig else 1  # draft's scale
+        full = draft_scale(image)
         h_max, v_max = max(c[1] for c in layers) or 1, max(c[2] for c in layers) or 1
         share = sum(c[1] * c[2] for c in layers) / (h_max * v_max)  # 1.5 for 4:2:0 colour
         cost += int(pixels * full * full * 2 * share)
     return cost
+
+
+def draft_scale(image: Image.Image) -> int:
+    """By how much `draft` told a JPEG to shrink while decoding (1, 2, 4 or 8; 1 for other formats)."""
+    return image.decoderconfig[0] if image.format in JPEG and image.decoderconfig else 1
 
 
 def reduced_gray(image: Image.Image, side: int) -> Image.Image:
@@ -355,7 +360,7 @@ def block_background(ink: np.ndarray, blocks: int) -> np.ndarray:
     opened = neighbourhood(neighbourhood(extended, np.minimum), np.maximum)
     grid = opened[2:-2] if gh >= 3 else opened
     grid = grid[:, 2:-2] if gw >= 3 else grid
-    return stretch(grid.astype(np.float32), (h, w))
+    return stretch(grid, (h, w))
 
 
 def stretch(grid: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

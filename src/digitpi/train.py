@@ -59,18 +59,19 @@ def continental(x: torch.Tensor, y: torch.Tensor, share: float, draw: Callable[.
     are, before the batch is shifted, turned and zoomed."""
     n, side = x.shape[0], x.shape[-1]
     # uniform in [0, 1): drawn or not; the flag's length; its angle (a 1) or the bar's tilt (a 7: no flag);
-    # the bar's place and length; the pen's width
+    # the bar's place and length; the pen's width. Drawn for the whole batch, so the stream of random
+    # numbers does not depend on the labels; only the images that get a stroke are worked on.
     u = (draw(n, 6) + 1) / 2
-    ink = x[:, 0] > 0.5
-    rows = ink.any(2)
-    has_ink = rows.any(1)
+    chosen = (((y == 1) | (y == 7)) & (u[:, 0] < share)).nonzero()[:, 0]
+    images, u, is_one = x[chosen, 0], u[chosen], y[chosen] == 1
+    rows = (images > 0.5).any(2)
     pixel = torch.arange(side, device=x.device, dtype=x.dtype)
     top = rows.float().argmax(1).to(x.dtype)
     bottom = side - 1 - rows.flip(1).float().argmax(1).to(x.dtype)
     height = bottom - top + 1
 
     def centre_column(row: torch.Tensor) -> torch.Tensor:  # ink-weighted column of each image's `row`
-        line = x[:, 0].gather(1, row.long().clamp(0, side - 1)[:, None, None].expand(-1, 1, side))[:, 0]
+        line = images.gather(1, row.long().clamp(0, side - 1)[:, None, None].expand(-1, 1, side))[:, 0]
         return (line * pixel).sum(1) / line.sum(1).clamp_min(1e-6)
 
     half_width = 0.8 + 0.5 * u[:, 5]
@@ -81,12 +82,12 @@ def continental(x: torch.Tensor, y: torch.Tensor, share: float, draw: Callable[.
     bar_length, bar_tilt = height * (0.3 + 0.2 * u[:, 4]), (u[:, 2] - 0.5) * 2  # tilt: +-1 px end to end
     bar_centre = torch.stack([bar_row, centre_column(bar_row)], 1)
     bar_half = torch.stack([-bar_tilt / 2, bar_length / 2], 1)
-    flag = (y == 1) & (u[:, 0] < share) & has_ink
-    bar = (y == 7) & (u[:, 0] < share) & has_ink
-    start = torch.where(flag[:, None], flag_start, bar_centre - bar_half)
-    end = torch.where(flag[:, None], flag_end, bar_centre + bar_half)
-    stroke = segment_ink(start, end, half_width, side) * (flag | bar).to(x.dtype)[:, None, None]
-    return torch.maximum(x, stroke[:, None])
+    start = torch.where(is_one[:, None], flag_start, bar_centre - bar_half)
+    end = torch.where(is_one[:, None], flag_end, bar_centre + bar_half)
+    stroke = segment_ink(start, end, half_width, side) * rows.any(1).to(x.dtype)[:, None, None]  # blank: none
+    out = x.clone()
+    out[chosen, 0] = torch.maximum(images, stroke)
+    return out
 
 
 def augment(x: torch.Tensor, y: torch.Tensor, cfg: Config, gen: torch.Generator) -> torch.Tensor:
