@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -133,6 +135,22 @@ def test_card_lists_the_members_and_loads(ensemble_output, member_runs):
         named = {layer[k] for layer in member["layers"] for k in ("weight", "bias", "scale", "shift") if layer.get(k)}
         assert named and all(name.startswith(f"m{i}.") for name in named) and named <= names
     assert "member 1: fast_cnn from sprint-seed1" in stdout and "int8" in stdout
+
+
+@pytest.mark.slow
+def test_bench_infer_measures_the_ensemble_in_every_backend(ensemble_dir, member_runs):
+    """The README's inference table row of an ensemble: torch runs the members' own checkpoints."""
+    done = subprocess.run([sys.executable, "-m", "digitpi.cli", "bench", "infer", str(ensemble_dir),
+                           "--calls", "5", "--seconds", "0.05", "--json"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    rows = {r["backend"]: r for r in json.loads(done.stdout)["rows"]}
+    assert list(rows) == ["torch", "onnx-fp32", "onnx-int8", "numpy"]
+    tested = json.loads((ensemble_dir / "model.json").read_text())["test_accuracy"]
+    for backend, key in [("torch", "torch"), ("onnx-fp32", "fp32"), ("onnx-int8", "int8"), ("numpy", "numpy")]:
+        row = rows[backend]
+        assert row["model"] == f"{len(SEEDS)} x fast_cnn" and row["epochs"] == 1
+        assert row["test_accuracy"] == tested[key] and row["p50_ms"] > 0 and row["images_per_s_2t"] > 0
+    assert rows["torch"]["file_bytes"] == sum((run / rundir.CHECKPOINT).stat().st_size for run in member_runs)
 
 
 @pytest.mark.slow

@@ -33,7 +33,7 @@ def backend_name(variant: Variant) -> str:
 
 
 VARIANT_OF = {backend_name(v): v for v in VARIANTS}
-BACKENDS = ("torch", *VARIANT_OF)  # torch: the PC-side reference, the run's own weights
+BACKENDS = ("torch", *VARIANT_OF)  # torch: the PC-side reference, the runs' own weights
 BATCH = 256  # images per throughput call
 
 
@@ -52,16 +52,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------- inside a worker process
 
 
+def source_runs(card: dict) -> list[Path]:
+    """The run folders an export came from: one, or an ensemble's members (none for a card without them)."""
+    source = card.get("source", {})
+    return [Path(run) for run in source.get("runs") or ([source["run"]] if "run" in source else [])]
+
+
 def make_predictor(folder: str, backend: str, threads: int):
     """A function uint8 (N, 28, 28) -> probabilities (N, 10) for one backend."""
     if backend == "torch":
         import torch
 
         from digitpi import rundir, train
+        from digitpi.evaluate import Ensemble
         from digitpi.runtime import read_card
 
         torch.set_num_threads(threads)
-        model, _ = rundir.load_checkpoint(read_card(folder)["source"]["run"])
+        models = [rundir.load_checkpoint(run)[0] for run in source_runs(read_card(folder))]
+        model = models[0] if len(models) == 1 else Ensemble(models).eval()
 
         @torch.no_grad()
         def predict(images):
@@ -151,27 +159,34 @@ def export_dirs(dirs: list[str]) -> list[Path]:
     return folders
 
 
+def model_label(card: dict) -> str:
+    """The model's name in the table; an ensemble of one model is "5 x best_cnn", not five names joined."""
+    names = [member["model"] for member in card.get("members", [])]
+    return f"{len(names)} x {names[0]}" if names and len(set(names)) == 1 else card["model"]
+
+
 def run_epochs(card: dict) -> int | None:
-    """Epochs of the source run, when it is still on disk: a 1-epoch reference should say so."""
-    run = Path(card.get("source", {}).get("run", ""))
-    return rundir.load_config(run).epochs if (run / rundir.CONFIG).is_file() else None
+    """Epochs of the source runs (an ensemble's when they agree), when they are still on disk: a 1-epoch
+    reference should say so."""
+    epochs = {rundir.load_config(run).epochs for run in source_runs(card) if (run / rundir.CONFIG).is_file()}
+    return epochs.pop() if len(epochs) == 1 else None
 
 
 def bench_folder(folder: Path, backends: list[str], images_path: str, calls: int, seconds: float) -> list[dict]:
     from digitpi.runtime import read_card
 
     card = read_card(folder)
-    run = Path(card.get("source", {}).get("run", ""))
     rows = []
     for backend in backends:
         if backend == "torch":
-            weights = run / rundir.CHECKPOINT
-            if not weights.is_file() or importlib.util.find_spec("torch") is None:
-                continue  # torch is the PC-side reference: needs torch and the source run
-            size, accuracy_key = weights.stat().st_size, "torch"
+            checkpoints = [run / rundir.CHECKPOINT for run in source_runs(card)]
+            on_disk = checkpoints and all(c.is_file() for c in checkpoints)
+            if not on_disk or importlib.util.find_spec("torch") is None:
+                continue  # torch is the PC-side reference: needs torch and the source runs
+            size, accuracy_key = sum(c.stat().st_size for c in checkpoints), "torch"
         else:
             size, accuracy_key = (folder / VARIANT_OF[backend].file).stat().st_size, VARIANT_OF[backend].name
-        row = {"model": card["model"], "epochs": run_epochs(card), "folder": str(folder), "backend": backend,
+        row = {"model": model_label(card), "epochs": run_epochs(card), "folder": str(folder), "backend": backend,
                "test_accuracy": card["test_accuracy"].get(accuracy_key), "file_bytes": size}
         for threads in (1, 2):
             args = json.dumps([str(folder), backend, threads, images_path, calls, seconds])
