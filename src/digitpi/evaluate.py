@@ -81,17 +81,23 @@ def shared_dataset(run_dirs: list[Path], configs: list[Config]) -> str:
     return first
 
 
+def load_runs(run_dirs: list[Path], tta: bool = False) -> tuple[torch.nn.Module, list[Config]]:
+    """The model of saved runs: one run's own, or several (or one with TTA) as one `Ensemble`."""
+    loaded = [rundir.load_checkpoint(run_dir) for run_dir in run_dirs]
+    configs = [c for _, c in loaded]
+    single = len(loaded) == 1 and not tta
+    return (loaded[0][0] if single else Ensemble([m for m, _ in loaded], tta).eval()), configs
+
+
 def evaluate_dirs(run_dirs: list[Path], data_dir: str | None = None, tta: bool = False) -> dict:
     """Re-measure a saved run on the test set; several runs are measured as one ensemble."""
-    loaded = [rundir.load_checkpoint(run_dir) for run_dir in run_dirs]
-    cfg = loaded[0][1]
-    shared_dataset(run_dirs, [c for _, c in loaded])
-    single = len(loaded) == 1 and not tta
-    model = loaded[0][0] if single else Ensemble([m for m, _ in loaded], tta)
+    model, configs = load_runs(run_dirs, tta)
+    cfg = configs[0]
+    shared_dataset(run_dirs, configs)
     images, labels = data.load_split(cfg.dataset, "test", data_dir or cfg.data_dir)
     metrics = test_metrics(model, images, labels)
     metrics.pop("predictions")
-    name = " + ".join(c.model for _, c in loaded) + (" (TTA)" if tta else "")
+    name = " + ".join(c.model for c in configs) + (" (TTA)" if tta else "")
     return {"run": ", ".join(map(str, run_dirs)), "model": name, "dataset": cfg.dataset, **metrics}
 
 

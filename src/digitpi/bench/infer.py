@@ -63,13 +63,12 @@ def make_predictor(folder: str, backend: str, threads: int):
     if backend == "torch":
         import torch
 
-        from digitpi import rundir, train
-        from digitpi.evaluate import Ensemble
+        from digitpi import train
+        from digitpi.evaluate import load_runs
         from digitpi.runtime import read_card
 
         torch.set_num_threads(threads)
-        models = [rundir.load_checkpoint(run)[0] for run in source_runs(read_card(folder))]
-        model = models[0] if len(models) == 1 else Ensemble(models).eval()
+        model, _ = load_runs(source_runs(read_card(folder)))
 
         @torch.no_grad()
         def predict(images):
