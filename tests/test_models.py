@@ -16,6 +16,7 @@ PARAMS = {
     "fast_cnn": 29_178,
     "mid_cnn": 40_794,
     "tiny_cnn": 9_202,
+    "micro_cnn": 4_924,
     "best_cnn": 150_698,
 }
 

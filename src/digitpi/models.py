@@ -102,10 +102,11 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "baseline_cnn": baseline_cnn,
     "course_cnn": course_cnn,
     "pytorch_example": pytorch_example,
-    # Ours: one builder, four sizes. Each stage is a tuple of conv widths at one resolution (28, 14, 7).
+    # Ours: one builder, five sizes. Each stage is a tuple of conv widths at one resolution (28, 14, 7).
     "fast_cnn": partial(compact_cnn, stages=((16,), (32,), (64,))),  # 99 % in two epochs
     "mid_cnn": partial(compact_cnn, stages=((16, 16), (32, 32), (64,))),  # the default: reads real pens best per second
     "tiny_cnn": partial(compact_cnn, stages=((8, 8), (16, 16), (32,)), head="gap"),  # under 10k parameters
+    "micro_cnn": partial(compact_cnn, stages=((6, 6), (12, 12), (21,)), head="gap"),  # under 5k parameters
     "best_cnn": partial(compact_cnn, stages=((32, 32), (64, 64), (128,))),  # the most accurate, still Pi-sized
 }
 
