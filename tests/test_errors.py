@@ -100,6 +100,18 @@ def test_broken_run_config(config, message, fast_run, tmp_path, capsys):
     assert message in one_line_error(["export", str(run)], capsys)
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"val_split": 0.0}, "held no training images out for validation: train it with --val-split 0.1"),
+    ({"seed": 1}, "must hold out the same validation images"),
+])
+def test_validation_needs_one_held_out_split(change, message, fast_run, tmp_path, capsys):
+    """Runs are measured together on validation images only where none of them trained on those images."""
+    run = copy_run(fast_run, tmp_path)
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, **change}))
+    assert message in one_line_error(["evaluate", str(fast_run), str(run), "--validation"], capsys)
+
+
 def test_run_and_export_files_are_readable_by_others(fast_run, fast_export):
     """Every file gets the mode the umask gives (0644 under the usual 022), as the plots always did: a
     service user on the Pi reads an export another user copied."""

@@ -209,6 +209,35 @@ def test_cli_evaluate_and_data(fast_run: Path, tmp_path: Path) -> None:
     assert (tmp_path / "grid.png").stat().st_size > 0
 
 
+def test_val_seed_chooses_the_split_alone() -> None:
+    """Runs of different seeds hold out the same images when they share `val_seed`."""
+    def held_out(**seeds) -> torch.Tensor:
+        return train.split_train_val(1000, config.Config(**seeds))[1]
+
+    assert torch.equal(held_out(seed=1, val_seed=0), held_out(seed=0))
+    assert not torch.equal(held_out(seed=1), held_out(seed=0))
+
+
+def test_cli_evaluate_on_validation_images(fast_run: Path, tmp_path: Path) -> None:
+    """`evaluate --validation` measures the images the run held out, where its kept epoch read best;
+    a run of another seed that held out the same images (`--val-seed 0`) is measured with it."""
+    evaluated = run_cli("evaluate", str(fast_run), "--validation", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads(evaluated.stdout)
+    history = json.loads((fast_run / "history.json").read_text())
+    assert result["split"] == "validation" and "test_accuracy" not in result
+    assert sum(map(sum, result["confusion"])) == 6_000
+    assert result["val_accuracy"] == pytest.approx(max(history["val_accuracy"]), abs=1 / 6_000)
+    twin = tmp_path / "twin"
+    shutil.copytree(fast_run, twin)
+    cfg = json.loads((twin / "config.json").read_text())
+    (twin / "config.json").write_text(json.dumps({**cfg, "seed": 1, "val_seed": 0}))
+    together = run_cli("evaluate", str(fast_run), str(twin), "--validation")
+    assert together.returncode == 0, together.stderr
+    assert f"validation accuracy  {100 * result['val_accuracy']:.2f}% ({result['val_errors']} errors)" \
+        in together.stdout  # the same weights twice: the same reading
+
+
 @pytest.mark.slow
 def test_bench_train_measures_and_saves_runs(tmp_path: Path, mnist_test, capsys) -> None:
     """`digitpi bench train` on the fast recipe: one seed, no references; the saved run is the measured model."""

@@ -116,9 +116,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type | None = None,
 
     helps = config_help(cls, default_note)
     for f in dataclasses.fields(cls or Config):
-        kind = {"int": int, "float": float, "str": str, "bool": bool}.get(str(f.type))
-        if kind is None and "str" in str(f.type):
-            kind = str
+        kind = {"int": int, "float": float, "str": str, "bool": bool}.get(str(f.type).removesuffix(" | None"))
         if kind is None:
             continue
         flag = "--" + f.name.replace("_", "-")
@@ -156,7 +154,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from digitpi import evaluate
 
-    result = evaluate.evaluate_dirs([Path(d) for d in args.run_dirs], args.data_dir, args.tta)
+    split = "validation" if args.validation else "test"
+    result = evaluate.evaluate_dirs([Path(d) for d in args.run_dirs], args.data_dir, args.tta, split)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -410,9 +409,12 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="test loss, accuracy, per-class accuracy and confusion of a run")
+    p = sub.add_parser("evaluate", help="test (or validation) loss, accuracy, per-class accuracy, confusion")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a run folder; several are evaluated as an ensemble")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average over 1-pixel shifts")
+    p.add_argument("--validation", action="store_true",
+                   help="measure on the training images the runs held out (--val-split; one --val-seed for several), "
+                        "not the test set: where an ensemble's members are chosen")
     p.add_argument("--data-dir", help="folder holding the four IDX files")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_evaluate)

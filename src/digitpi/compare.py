@@ -24,7 +24,8 @@ class Row:
     size: int  # bytes of its weights file
 
 
-SAME = (*HYPERPARAMETERS, "dataset", "seed")  # what a reused run must share; where the data lay and the device don't
+# what a reused run must share; where the data lay and the device don't
+SAME = (*HYPERPARAMETERS, "dataset", "seed", "val_seed")
 
 
 def differences(saved: Config, wanted: Config) -> list[str]:

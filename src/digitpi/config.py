@@ -99,7 +99,8 @@ class Config:
     elastic: float = 0.0  # augmentation: max displacement of a smooth random warp, pixels
     continental: float = 0.5  # augmentation: share of 1s given a long flag and of 7s a crossbar
     val_split: float = 0.1  # fraction of training images held out for validation (0: none)
-    seed: int = 0  # data order, augmentation, initialisation and the validation split
+    seed: int = 0  # data order, augmentation, initialisation and (unless val_seed) the validation split
+    val_seed: int | None = None  # the validation split's own seed: runs that share one are measured together
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda
     channels_last: bool = True  # faster convolutions on CPU
 
@@ -119,7 +120,7 @@ class Config:
 
 
 # What a run is trained *on* and *where*, not *how*: a recipe never sets these, the user may.
-RUN_SETTINGS = ("dataset", "data_dir", "seed", "device", "channels_last")
+RUN_SETTINGS = ("dataset", "data_dir", "seed", "val_seed", "device", "channels_last")
 HYPERPARAMETERS = tuple(f.name for f in fields(Config) if f.name not in RUN_SETTINGS)  # what a recipe decides
 # The knobs of `train.augment`: 0 turns one off
 AUGMENTATION = ("translate", "rotate", "scale", "thickness", "aspect", "shear", "elastic", "continental")

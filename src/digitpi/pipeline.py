@@ -21,7 +21,7 @@ def finish_run(result: train.TrainResult, out_dir: Path, plots: bool = True, ext
     which also keeps `extra` (what `finetune` measured, for one)."""
     cfg = result.config
     images, labels = data.load_split(cfg.dataset, "test", cfg.data_dir)
-    metrics = evaluate.test_metrics(result.model, images, labels)
+    metrics = evaluate.measure(result.model, images, labels)
     predictions = np.array(metrics.pop("predictions"))
     metrics |= {
         "params": count_params(result.model),

@@ -151,8 +151,9 @@ def lr_factor(cfg: Config, step: int, steps_per_epoch: int) -> float:
 
 
 def split_train_val(n: int, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of a seeded, stratification-free random split: same seed, same split."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
+    """Indices of a seeded, stratification-free random split: same seed (`val_seed`, else `seed`), same split."""
+    seed = cfg.seed if cfg.val_seed is None else cfg.val_seed
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_val = int(round(n * cfg.val_split))
     return order[n_val:], order[:n_val]
 
