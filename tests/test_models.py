@@ -29,7 +29,7 @@ def test_every_model_has_a_pinned_size() -> None:
 def test_model(name: str) -> None:
     torch.manual_seed(0)
     model = models.create_model(name)
-    assert models.count_params(model) == PARAMS[name]
+    assert models.count_params(model) == PARAMS[name] == models.check_model(name, {})  # meta device: no weights
     x = torch.rand(4, 1, 28, 28)
     out = model.train()(x)
     assert out.shape == (4, 10) and torch.isfinite(out).all()

@@ -185,6 +185,12 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     (["train", "--epochs", "-1"], "--epochs must be at least 1, got -1"),
     (["train", "--data-dir", "/nonexistent/mnist"], "no mnist files in /nonexistent/mnist"),
     (["train", "--recipe", "slow"], "unknown recipe 'slow'"),
+    (["train", "--model-args", '{"width": 3}'], "cannot build mid_cnn from model args"),
+    (["train", "--model-args", '{"stages": [[8], [0]]}'], "stages must be 1 to 4 lists of positive conv widths"),
+    (["train", "--model", "mlp", "--model-args", '{"hidden": 100000}'], "more than the 100,000,000 digitpi builds"),
+    (["train", "--model", "course_cnn", "--model-args", '{"filters": [8, 8, 8, 8, 8, 8]}'],
+     "cannot build course_cnn from model args"),  # pooled below one pixel: found by a forward pass without weights
+    (["summary", "micro_cnn", "--model-args", '{"head": "wide"}'], "head must be flatten or gap"),
     (["train", "--out", "/proc/digitpi-run"], "cannot write to output folder /proc/digitpi-run"),
     (["evaluate", "/nonexistent/run"], "is not a training run"),
     (["data", "--dataset", "cifar"], "unknown dataset 'cifar'"),
@@ -194,6 +200,16 @@ def test_cli_bad_input_is_one_line(args: list[str], message: str, mnist_dir) -> 
     assert result.returncode != 0
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("value, message", [("[8, 16]", "expected a JSON object {...}, got '[8, 16]'"),
+                                            ('{"stages": [[8]', "not JSON (Expecting ',' delimiter")])
+def test_model_args_that_are_no_json_object(value: str, message: str) -> None:
+    """As for any flag argparse cannot read: usage, then the error on its last line, exit 2."""
+    result = run_cli("train", "--model-args", value)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("digitpi train: error: argument --model-args: ") and message in last, result.stderr
 
 
 def test_cli_evaluate_and_data(fast_run: Path, tmp_path: Path) -> None:
@@ -207,6 +223,24 @@ def test_cli_evaluate_and_data(fast_run: Path, tmp_path: Path) -> None:
     assert shown.returncode == 0, shown.stderr
     assert "train: 60000 images 28x28" in shown.stdout and "sha256 ok" in shown.stdout
     assert (tmp_path / "grid.png").stat().st_size > 0
+
+
+def test_a_layout_the_registry_does_not_name_trains_and_exports(mnist_test, tmp_path: Path) -> None:
+    """`--model-args` builds a layout of one's own (a screen of small models is a CLI command); the run
+    folder carries it to `summary`, `evaluate` and `export` with nothing repeated by hand."""
+    layout = {"stages": [[8], [16], [32]]}  # fast_cnn at half the width
+    run = tmp_path / "narrow"
+    trained = run_cli("train", "--recipe", "sprint", "--model-args", json.dumps(layout), "--quiet", "--out", str(run))
+    assert trained.returncode == 0, trained.stderr
+    assert json.loads((run / "config.json").read_text())["model_args"] == layout
+    summary = run_cli("summary", "fast_cnn", "--model-args", json.dumps(layout))
+    assert "Trainable params: 8,834" in summary.stdout, summary.stderr  # 29,178 at full width
+    accuracy = json.loads((run / "metrics.json").read_text())["test_accuracy"]
+    assert accuracy > 0.98
+    exported = run_cli("export", str(run), "--out", str(tmp_path / "export"))
+    assert exported.returncode == 0, exported.stderr
+    card = json.loads((tmp_path / "export" / "model.json").read_text())
+    assert card["model_args"] == layout and card["params"] == 8_834
 
 
 def test_val_seed_chooses_the_split_alone() -> None:

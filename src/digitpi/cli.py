@@ -92,7 +92,8 @@ def cmd_data(args: argparse.Namespace) -> None:
 def cmd_summary(args: argparse.Namespace) -> None:
     from digitpi import models
 
-    model = models.create_model(args.model)
+    models.check_model(args.model, args.model_args)
+    model = models.create_model(args.model, **args.model_args)
     print(models.format_summary(model, args.model))
 
 
@@ -105,8 +106,22 @@ def config_help(cls: type | None = None, default_note: str = ", or the recipe's"
     from digitpi.config import Config
 
     source = inspect.getsource(cls or Config)
-    return {m[1]: plain(f"{m[3].strip()} (default: {m[2].strip()}{default_note})")
+    return {m[1]: plain(f"{m[3].strip()} (default: {m[2].strip().replace('field(default_factory=dict)', '{}')}"
+                        f"{default_note})")
             for m in re.finditer(r"^\s+(\w+): [^=]+= (.+?)  # (.+)$", source, re.M)}
+
+
+def json_object(text: str) -> dict:
+    """A flag's value given as a JSON object, e.g. --model-args '{"stages": [[6, 6], [12, 12], [21]]}'."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e})") from None
+    except RecursionError:
+        raise argparse.ArgumentTypeError("not JSON a builder takes (nested too deeply)") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object {{...}}, got {text!r}")
+    return value
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type | None = None,
@@ -116,7 +131,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type | None = None,
 
     helps = config_help(cls, default_note)
     for f in dataclasses.fields(cls or Config):
-        kind = {"int": int, "float": float, "str": str, "bool": bool}.get(str(f.type).removesuffix(" | None"))
+        kind = {"int": int, "float": float, "str": str, "bool": bool,
+                "dict": json_object}.get(str(f.type).removesuffix(" | None"))
         if kind is None:
             continue
         flag = "--" + f.name.replace("_", "-")
@@ -134,9 +150,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         cfg = config.recipe_config(args.recipe, **overrides)
     except (ValueError, TypeError) as e:
         fail(str(e))
-    from digitpi.models import create_model
+    from digitpi.models import check_model
 
-    create_model(cfg.model, **cfg.model_args)  # an unknown model fails before any data is read
+    check_model(cfg.model, cfg.model_args)  # an unknown model or unfit --model-args fail before any data is read
     train.pick_device(cfg.device)  # and so does --device cuda where there is no GPU
     folder = args.out or Path(DEFAULT_RUN_DIR) / cfg.model
     if distributed.launched() and os.environ["RANK"] != "0":  # torchrun: rank 0 measures and saves the one run folder
@@ -400,6 +416,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
     p = sub.add_parser("summary", help="layers, output shapes and parameter counts of a model")
     p.add_argument("model", help="a model name (see `digitpi train --help`)")
+    p.add_argument("--model-args", type=json_object, default={}, metavar="JSON",
+                   help="keyword arguments of the model's builder, as for `digitpi train`")
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("train", help="train a model, evaluate it on the test set, save run and plots")

@@ -77,7 +77,7 @@ RECIPE_FOR_MODEL = {"mlp": "course", "baseline_cnn": "course", "fast_cnn": "stan
 @dataclass(frozen=True)
 class Config:
     model: str = "mid_cnn"  # a name in models.MODELS
-    model_args: dict = field(default_factory=dict)  # keyword arguments of the model's builder
+    model_args: dict = field(default_factory=dict)  # keyword arguments of the model's builder, as JSON
     dataset: str = "mnist"  # a name in data.DATASETS
     data_dir: str | None = None  # None: DIGITPI_DATA_DIR, then the cache, then download
     epochs: int = 8  # passes over the training images

@@ -7,7 +7,9 @@ dtype or printing.
 
 from __future__ import annotations
 
+import json
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -80,6 +82,11 @@ def compact_cnn(stages: tuple[tuple[int, ...], ...], head: str = "flatten") -> n
     `head`: "flatten" keeps where features are (more accurate for short training); "gap"
     (global average pooling) keeps the head tiny for the smallest models.
     """
+    if head not in ("flatten", "gap"):
+        raise ValueError(f"head must be flatten or gap, got {head!r}")
+    if not 1 <= len(stages) <= 4 or not all(widths and all(type(c) is int and c >= 1 for c in widths)
+                                            for widths in stages):
+        raise ValueError("stages must be 1 to 4 lists of positive conv widths (each stage halves the image)")
     layers: list[nn.Module] = []
     c_in, side = 1, IMAGE_SIZE
     for widths in stages:
@@ -111,6 +118,10 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+# 400 MB of float32 weights: far beyond any digit reader, well short of filling a training machine's memory.
+MAX_PARAMS = 100_000_000
+
+
 class UnknownModelError(UserError):
     pass
 
@@ -119,6 +130,27 @@ def create_model(name: str, **model_args) -> nn.Module:
     if name not in MODELS:
         raise UnknownModelError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
     return MODELS[name](**model_args)
+
+
+def check_model(name: str, model_args: dict) -> int:
+    """Build a model and run an image through it without any weights (meta device: shapes only), and
+    return its parameter count, so an unknown name, arguments its builder does not take or a layout too
+    large to hold or too deep for a 28x28 image fail before anything runs."""
+    shown = json.dumps(model_args)
+    shown = shown if len(shown) <= 100 else shown[:97] + "..."
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. zero-element layers: the error that follows says it better
+            model = create_model(name, **model_args)
+            params = count_params(model)
+            if params <= MAX_PARAMS:
+                model(torch.empty(1, 1, IMAGE_SIZE, IMAGE_SIZE))
+    except (TypeError, ValueError, RuntimeError) as e:  # what nn layers raise for arguments that do not fit
+        raise UserError(f"cannot build {name} from model args {shown}: {e}") from None
+    if params > MAX_PARAMS:
+        raise UserError(f"{name} with model args {shown} has {params:,} parameters, "
+                        f"more than the {MAX_PARAMS:,} digitpi builds")
+    return params
 
 
 def count_params(model: nn.Module) -> int:
