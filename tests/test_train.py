@@ -225,9 +225,9 @@ def test_cli_evaluate_and_data(fast_run: Path, tmp_path: Path) -> None:
     assert (tmp_path / "grid.png").stat().st_size > 0
 
 
-def test_a_layout_the_registry_does_not_name_trains_and_exports(mnist_test, tmp_path: Path) -> None:
+def test_a_layout_the_registry_does_not_name_trains_and_exports(mnist_dir, tmp_path: Path) -> None:
     """`--model-args` builds a layout of one's own (a screen of small models is a CLI command); the run
-    folder carries it to `summary`, `evaluate` and `export` with nothing repeated by hand."""
+    folder carries it to `export`, which rebuilds and measures it with nothing repeated by hand."""
     layout = {"stages": [[8], [16], [32]]}  # fast_cnn at half the width
     run = tmp_path / "narrow"
     trained = run_cli("train", "--recipe", "sprint", "--model-args", json.dumps(layout), "--quiet", "--out", str(run))
