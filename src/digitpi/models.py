@@ -143,13 +143,12 @@ def check_model(name: str, model_args: dict) -> int:
             warnings.simplefilter("ignore")  # e.g. zero-element layers: the error that follows says it better
             model = create_model(name, **model_args)
             params = count_params(model)
-            if params <= MAX_PARAMS:
-                model(torch.empty(1, 1, IMAGE_SIZE, IMAGE_SIZE))
+            if params > MAX_PARAMS:
+                raise UserError(f"{name} with model args {shown} has {params:,} parameters, "
+                                f"more than the {MAX_PARAMS:,} digitpi builds")
+            model(torch.empty(1, 1, IMAGE_SIZE, IMAGE_SIZE))
     except (TypeError, ValueError, RuntimeError) as e:  # what nn layers raise for arguments that do not fit
         raise UserError(f"cannot build {name} from model args {shown}: {e}") from None
-    if params > MAX_PARAMS:
-        raise UserError(f"{name} with model args {shown} has {params:,} parameters, "
-                        f"more than the {MAX_PARAMS:,} digitpi builds")
     return params
 
 
