@@ -182,10 +182,13 @@ def test_a_camera_jpeg_with_padded_blocks_has_no_false_edge_stroke(mnist_test, c
 
 @pytest.mark.parametrize("look", list(VARIANTS))
 def test_accuracy_on_realistic_pictures(look: str, mnist_test, default_classifier) -> None:
-    """Every test digit as a photo/scan of dark ink on paper still reads at >= 98.5 % accuracy; redrawn
-    with a thin pen at >= 98.0 % (two trainings of the default recipe read 98.47 and 98.78 %)."""
+    """Every third test digit (3,334, both halves of the test set) as a photo/scan of dark ink on paper
+    still reads at >= 98.5 % accuracy; redrawn with a thin pen at >= 98.0 %. Measured with the default
+    model of 2026-12-03: 99.34, 99.19, 99.19 and 98.62 % (scan, photo, shadow, thin pen). All 10,000, as
+    benchmarks/preprocess_accuracy.py draws them, took 5.6 minutes of the suite's 19 on a slow CPU;
+    over them, two trainings of the default recipe read the thin pen at 98.47 and 98.78 %."""
     classifier = default_classifier
-    images, labels = mnist_test
+    images, labels = mnist_test[0][::3], mnist_test[1][::3]
     start = time.perf_counter()
     accuracy, unread = variant_accuracy(classifier, images, labels, VARIANTS[look], np.random.default_rng(0))
     clean = float((classifier.predict(images).labels == labels).mean())
