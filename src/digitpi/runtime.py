@@ -105,7 +105,8 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: l
     """im2col by a strided view, then one matrix product: (N, C, H, W) -> (N, O, H', W').
 
     The columns are laid out (C, kh, kw, N, H', W'), so the one copy that makes them moves whole rows
-    of the image: 1.5-3x faster than letting tensordot gather them kernel-innermost, at batch 1 too."""
+    of the image: 1.2-4.7x faster a layer than letting tensordot gather them kernel-innermost (measured on
+    this project's layer shapes, batch 1 and 256)."""
     cols = windows(pad(x, padding), weight.shape[2:], stride).transpose(1, 4, 5, 0, 2, 3)
     n, height, width = cols.shape[3:]
     out = weight.reshape(len(weight), -1) @ cols.reshape(-1, n * height * width)  # (O, N * H' * W')
