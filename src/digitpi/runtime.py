@@ -110,10 +110,9 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: l
     cols = windows(pad(x, padding), weight.shape[2:], stride).transpose(1, 4, 5, 0, 2, 3)
     n, height, width = cols.shape[3:]
     out = weight.reshape(len(weight), -1) @ cols.reshape(-1, n * height * width)  # (O, N * H' * W')
-    out = out.reshape(-1, n, height, width).transpose(1, 0, 2, 3)
     if bias is not None:
-        out = out + bias[:, None, None]
-    return np.ascontiguousarray(out)
+        out += bias[:, None]  # in place, before the one copy that puts N first
+    return np.ascontiguousarray(out.reshape(-1, n, height, width).transpose(1, 0, 2, 3))
 
 
 def max_pool(x: np.ndarray, kernel: list[int], stride: list[int], padding: list[int]) -> np.ndarray:
