@@ -208,7 +208,7 @@ def test_pictures_that_are_folders_or_too_large(fast_export, tmp_path, capsys):
     err = one_line_error(["predict", "--model", str(fast_export), str(tmp_path)], capsys)
     assert err == f"digitpi: error: {tmp_path}: is a folder, not an image\n"
     bomb = tmp_path / "bomb.png"
-    bomb.write_bytes(png_stream(9400, 9400, "RGBA"))  # 377 KB; 674 MB on the way to grey
+    bomb.write_bytes(png_stream(9400, 9400, "RGBA"))  # a few hundred KB; 674 MB on the way to grey
     assert bomb.stat().st_size < 2**20
     err = one_line_error(["predict", "--model", str(fast_export), str(bomb)], capsys)
     assert "too large to decode (9400x9400 px RGBA needs 674 MB, the limit is 128 MB)" in err

@@ -14,9 +14,10 @@ Every failure is an `ImageError` (a `UserError`) with a one-line message; a blan
 `NoDigitError`. Messages start with the file's path, or with the `name` the caller gives the
 source (`digitpi predict -` says "standard input"); other sources go unnamed.
 
-Memory is bounded by pixels, not by file size: a 377 KB PNG can hold 9400x9400 RGBA pixels (674 MB
-on the way to grey). A picture is decoded at full size only when that fits `Settings.decode_budget`
-(JPEGs are decoded at 1/2 to 1/8 scale first); anything larger is refused before it is decoded."""
+Memory is bounded by pixels, not by file size: a PNG of a few hundred KB can hold 9400x9400 RGBA
+pixels (674 MB on the way to grey). A picture is decoded at full size only when that fits
+`Settings.decode_budget` (JPEGs are decoded at 1/2 to 1/8 scale first); anything larger is refused
+before it is decoded."""
 
 from __future__ import annotations
 
