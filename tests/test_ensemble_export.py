@@ -1,6 +1,6 @@
 """Ensemble export (`digitpi export RUN_A RUN_B --out DIR`): one folder the Pi reads like any other.
 
-Two `sprint` runs (fast_cnn, one epoch, seeds 0 and 1; ~20 s each on this machine's one thread)
+Two `sprint` runs (sprint_cnn, one epoch, seeds 0 and 1; 10-15 s each on this machine)
 are exported together; torch (`evaluate.Ensemble`), ONNX fp32, int8 and NumPy are compared on all
 10,000 real test images. Mistakes (a missing run, runs of two datasets) are checked on untrained
 runs, which cost no training.
@@ -32,7 +32,7 @@ MEMBER_TOLERANCE = 0.001  # the ensemble reads at least as well as its best memb
 
 @pytest.fixture(scope="module")
 def member_runs(mnist_dir, tmp_path_factory) -> list:
-    """`digitpi train --recipe sprint --seed S` for each seed: fast_cnn after one epoch, ~99.2 %."""
+    """`digitpi train --recipe sprint --seed S` for each seed: sprint_cnn after one epoch, ~99.2 %."""
     runs = []
     for seed in SEEDS:
         out = tmp_path_factory.mktemp("run") / f"sprint-seed{seed}"
@@ -119,10 +119,10 @@ def test_card_lists_the_members_and_loads(ensemble_output, member_runs):
     members = checked["members"]
     assert "layers" not in checked and "model_args" not in checked
     assert [m["run"] for m in members] == [run.name for run in member_runs]
-    assert [m["model"] for m in members] == ["fast_cnn"] * len(SEEDS)
-    assert [m["params"] for m in members] == [29_178] * len(SEEDS)
+    assert [m["model"] for m in members] == ["sprint_cnn"] * len(SEEDS)
+    assert [m["params"] for m in members] == [29_290] * len(SEEDS)
     assert checked["params"] == sum(m["params"] for m in members)
-    assert checked["model"] == " + ".join(["fast_cnn"] * len(SEEDS))
+    assert checked["model"] == " + ".join(["sprint_cnn"] * len(SEEDS))
     assert set(checked["test_accuracy"]) == {"torch", "fp32", "int8", "numpy"}
     assert checked["source"]["runs"] == [str(run.resolve()) for run in member_runs]
     from digitpi import serve
@@ -134,7 +134,7 @@ def test_card_lists_the_members_and_loads(ensemble_output, member_runs):
     for i, member in enumerate(members):  # every member's arrays, under its own prefix
         named = {layer[k] for layer in member["layers"] for k in ("weight", "bias", "scale", "shift") if layer.get(k)}
         assert named and all(name.startswith(f"m{i}.") for name in named) and named <= names
-    assert "member 1: fast_cnn from sprint-seed1" in stdout and "int8" in stdout
+    assert "member 1: sprint_cnn from sprint-seed1" in stdout and "int8" in stdout
 
 
 @pytest.mark.slow
@@ -150,7 +150,7 @@ def test_bench_infer_measures_the_ensemble(ensemble_dir, member_runs):
     tested = json.loads((ensemble_dir / "model.json").read_text())["test_accuracy"]
     for backend, key in [("torch", "torch"), ("onnx-int8", "int8")]:
         row = rows[backend]
-        assert row["model"] == f"{len(SEEDS)} x fast_cnn" and row["epochs"] == 1
+        assert row["model"] == f"{len(SEEDS)} x sprint_cnn" and row["epochs"] == 1
         assert row["test_accuracy"] == tested[key] and row["p50_ms"] > 0 and row["images_per_s_2t"] > 0
     assert rows["torch"]["file_bytes"] == sum((run / rundir.CHECKPOINT).stat().st_size for run in member_runs)
 

@@ -14,6 +14,7 @@ PARAMS = {
     "course_cnn": 503_762,
     "pytorch_example": 1_199_882,
     "fast_cnn": 29_178,
+    "sprint_cnn": 29_290,
     "mid_cnn": 40_794,
     "tiny_cnn": 9_202,
     "micro_cnn": 4_924,

@@ -228,19 +228,19 @@ def test_cli_evaluate_and_data(fast_run: Path, tmp_path: Path) -> None:
 def test_a_layout_the_registry_does_not_name_trains_and_exports(mnist_dir, tmp_path: Path) -> None:
     """`--model-args` builds a layout of one's own (a screen of small models is a CLI command); the run
     folder carries it to `export`, which rebuilds and measures it with nothing repeated by hand."""
-    layout = {"stages": [[8], [16], [32]]}  # fast_cnn at half the width
+    layout = {"stages": [[8], [16], [32]]}  # sprint_cnn at half the width
     run = tmp_path / "narrow"
     trained = run_cli("train", "--recipe", "sprint", "--model-args", json.dumps(layout), "--quiet", "--out", str(run))
     assert trained.returncode == 0, trained.stderr
     assert json.loads((run / "config.json").read_text())["model_args"] == layout
-    summary = run_cli("summary", "fast_cnn", "--model-args", json.dumps(layout))
-    assert "Trainable params: 8,834" in summary.stdout, summary.stderr  # 29,178 at full width
+    summary = run_cli("summary", "sprint_cnn", "--model-args", json.dumps(layout))
+    assert "Trainable params: 8,890" in summary.stdout, summary.stderr  # 29,290 at full width
     accuracy = json.loads((run / "metrics.json").read_text())["test_accuracy"]
     assert accuracy > 0.98
     exported = run_cli("export", str(run), "--out", str(tmp_path / "export"))
     assert exported.returncode == 0, exported.stderr
     card = json.loads((tmp_path / "export" / "model.json").read_text())
-    assert card["model_args"] == layout and card["params"] == 8_834
+    assert card["model_args"] == layout and card["params"] == 8_890
 
 
 def test_val_seed_chooses_the_split_alone() -> None:
