@@ -84,6 +84,15 @@ def test_training_on_a_subset_learns(tensors) -> None:
     assert result.history["loss"][-1] < result.history["loss"][0]
 
 
+def test_a_run_stopped_early_keeps_and_reports_its_last_epoch(tensors) -> None:
+    """`bench train` stops a reference at its target: the run it saves says which epoch it holds."""
+    x, y, _, _ = tensors
+    cfg = config.recipe_config("fast", epochs=3, val_split=0.0)
+    result = train.train(cfg, progress=False, train_images=x[:2000], train_labels=y[:2000],
+                         on_epoch_end=lambda _model, epoch, _seconds: epoch == 2)
+    assert result.best_epoch == 2 and len(result.history["loss"]) == 2
+
+
 def test_train_loss_is_measured_as_val_loss_is(tensors) -> None:
     """The comparable curve: plain cross-entropy of the epoch's weights on training images as they are."""
     x, y, _, _ = tensors

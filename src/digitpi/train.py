@@ -267,7 +267,7 @@ def train(cfg: Config, on_epoch_end: EpochHook | None = None, progress: bool = T
     n = len(x_train)
     steps_per_epoch = distributed.steps_per_epoch(n, cfg.batch_size, rank)
     history: dict[str, list[float]] = {key: [] for key in HISTORY}
-    best_acc, best_epoch, best_state = -1.0, cfg.epochs, None
+    best_acc, best_epoch, best_state = -1.0, 0, None
     step, seconds = 0, 0.0
     shown = Progress(cfg.epochs, steps_per_epoch, enabled=progress)
     for epoch in range(1, cfg.epochs + 1):
@@ -315,6 +315,8 @@ def train(cfg: Config, on_epoch_end: EpochHook | None = None, progress: bool = T
             break
     if best_state is not None:
         model.load_state_dict(best_state)
+    else:
+        best_epoch = epoch  # no validation: the last epoch run, also where on_epoch_end stopped early
     model.eval()
     distributed.stop(rank)
     return TrainResult(cfg, model, history, best_epoch, seconds, data.checksums(cfg.dataset),
