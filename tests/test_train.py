@@ -290,11 +290,23 @@ def test_bench_train_measures_and_saves_runs(tmp_path: Path, mnist_test, capsys)
                  "--out", str(tmp_path)]) == 0
     [row] = json.loads(capsys.readouterr().out)["rows"]
     assert row["recipe"] == "fast" and row["params"] == 29_178 and row["flops"] > 0
+    assert row["epochs"] == row["epochs_run"] == 2
     assert row["test_accuracy_mean"] >= 0.99 and row["runs_reaching_target"] == 1
     assert 0 < row["seconds_to_target_mean"] <= row["train_seconds_mean"] + 60
     model, _ = rundir.load_checkpoint(tmp_path / "fast-seed0")
     _, accuracy, _ = train.evaluate(model, torch.from_numpy(mnist_test[0].copy()), torch.from_numpy(mnist_test[1]))
     assert accuracy == row["test_accuracy_mean"]
+
+
+def test_bench_train_table_says_where_a_reference_stopped() -> None:
+    from digitpi.bench.train import Measurement, format_table, summarize
+
+    stopped = Measurement(recipe="pytorch_example", model="pytorch_example", seed=0, params=1_199_882, flops=24_000_000,
+                          epochs=14, data_seconds=0.1, train_seconds=411.2, images_per_second=876.0,
+                          seconds_to_target=411.4, accuracy_per_epoch=[0.98, 0.985, 0.987, 0.988, 0.989, 0.9902],
+                          test_accuracy=0.9902)
+    row = format_table([summarize([stopped], {}, quick=False)], target=0.99).splitlines()[-1]
+    assert "| 6 of 14 |" in row and "| 411.4 / 411.4 |" in row
 
 
 def test_cli_compare_refuses_a_run_trained_otherwise(fast_run: Path, tmp_path: Path, capsys) -> None:

@@ -120,7 +120,7 @@ def summarize(runs: list[Measurement], reference_seconds: dict[str, float | None
     finals = [r.test_accuracy for r in runs]
     row = {
         "recipe": first.recipe, "model": first.model, "params": first.params, "flops": first.flops,
-        "epochs": first.epochs, "seeds": len(runs),
+        "epochs": first.epochs, "epochs_run": max(len(r.accuracy_per_epoch) for r in runs), "seeds": len(runs),
         "train_seconds_mean": statistics.mean(r.train_seconds for r in runs),
         "images_per_second": statistics.mean(r.images_per_second for r in runs),
         "seconds_to_target_mean": statistics.mean(reached) if len(reached) == len(runs) else None,
@@ -149,7 +149,8 @@ def format_table(rows: list[dict], target: float) -> str:
             to_target = f"not reached ({row['runs_reaching_target']}/{row['seeds']} runs)"
         if row["quick"]:
             to_target += " (1 epoch only)"
-        cells = [row["recipe"], row["model"], f"{row['params']:,}", f"{row['flops'] / 1e6:.1f}", str(row["epochs"]),
+        epochs = str(row["epochs"]) if row["epochs_run"] == row["epochs"] else f"{row['epochs_run']} of {row['epochs']}"
+        cells = [row["recipe"], row["model"], f"{row['params']:,}", f"{row['flops'] / 1e6:.1f}", epochs,
                  str(row["seeds"]), f"{row['train_seconds_mean']:.1f}", f"{row['images_per_second']:,.0f}", to_target,
                  f"{100 * row['test_accuracy_mean']:.2f} % / {100 * row['test_accuracy_worst']:.2f} %"]
         for r in refs:
