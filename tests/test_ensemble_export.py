@@ -1,6 +1,6 @@
 """Ensemble export (`digitpi export RUN_A RUN_B --out DIR`): one folder the Pi reads like any other.
 
-Two `sprint` runs (sprint_cnn, one epoch, seeds 0 and 1; 10-15 s each on this machine)
+Two `sprint` runs (sprint_cnn, one epoch, seeds 0 and 1)
 are exported together; torch (`evaluate.Ensemble`), ONNX fp32, int8 and NumPy are compared on all
 10,000 real test images. Mistakes (a missing run, runs of two datasets) are checked on untrained
 runs, which cost no training.
@@ -32,7 +32,7 @@ MEMBER_TOLERANCE = 0.001  # the ensemble reads at least as well as its best memb
 
 @pytest.fixture(scope="module")
 def member_runs(mnist_dir, tmp_path_factory) -> list:
-    """`digitpi train --recipe sprint --seed S` for each seed: sprint_cnn after one epoch, ~99.2 %."""
+    """`digitpi train --recipe sprint --seed S` for each seed: sprint_cnn after one epoch, ~99.1 %."""
     runs = []
     for seed in SEEDS:
         out = tmp_path_factory.mktemp("run") / f"sprint-seed{seed}"

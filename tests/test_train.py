@@ -299,6 +299,7 @@ def test_bench_train_measures_and_saves_runs(tmp_path: Path, mnist_test, capsys)
 
 
 def test_bench_train_table_says_where_a_reference_stopped() -> None:
+    """A reference stopped at the target (`bench train` without --full) ran 6 of its 14 epochs: the table says so."""
     from digitpi.bench.train import Measurement, format_table, summarize
 
     stopped = Measurement(recipe="pytorch_example", model="pytorch_example", seed=0, params=1_199_882, flops=24_000_000,

@@ -33,11 +33,11 @@ RECIPES: dict[str, dict] = {
     # ~99.1 % in a few seconds on a 2-core CPU: the same small CNN, two epochs, no augmentation.
     "fast": dict(model="fast_cnn", epochs=2, batch_size=128, optimizer="sgd", lr=0.1, schedule="onecycle",
                  label_smoothing=0.0, translate=0.0, rotate=0.0, scale=0.0, continental=0.0, val_split=0.1),
-    # 99 % as soon as possible: `fast` in one epoch at twice the peak learning rate. Chosen on the 54k/6k
-    # split over seeds 0-2: one epoch at lr 0.1 read 98.85 % of validation digits (worst 98.80), at 0.2
+    # 99 % as soon as possible: `fast` in one epoch at twice the peak learning rate. Chosen with fast_cnn on the
+    # 54k/6k split over seeds 0-2: one epoch at lr 0.1 read 98.85 % of validation digits (worst 98.80), at 0.2
     # 99.04 % (worst 98.98; two epochs at 0.1: 99.10 %); lr 0.3, batch 256 or a shorter warm-up did worse.
     # sprint_cnn, fast_cnn with a stride-2 stem: over seeds 0-4, 99.02 % (worst 98.85) of validation digits
-    # against 99.03 % (98.88), in training steps 1.21x as fast (benchmarks/sprint-stem.txt).
+    # against 99.03 % (98.88), its training steps 1.21x and its whole epoch 1.17x as fast (benchmarks/sprint-stem.txt).
     "sprint": dict(model="sprint_cnn", epochs=1, batch_size=128, optimizer="sgd", lr=0.2, schedule="onecycle",
                    label_smoothing=0.0, translate=0.0, rotate=0.0, scale=0.0, continental=0.0, val_split=0.1),
     # The two accuracy recipes were chosen on the 54k/6k split (val_split=0.1); their final fit uses all
