@@ -92,11 +92,12 @@ def compact_cnn(stages: tuple[tuple[int, ...], ...], head: str = "flatten", stem
     layers: list[nn.Module] = []
     c_in, side = 1, IMAGE_SIZE
     for stage, widths in enumerate(stages):
+        halved_by_stem = stem and stage == 0  # its first conv halves the image, so the stage does not pool
         for i, c_out in enumerate(widths):
-            strided = stem and stage == i == 0
+            strided = halved_by_stem and i == 0
             layers.append(nn.Conv2d(c_in, c_out, 4 if strided else 3, stride=2 if strided else 1, padding=1,
                                     bias=False))  # BN supplies the bias
-            if i == len(widths) - 1 and not (stem and stage == 0):
+            if i == len(widths) - 1 and not halved_by_stem:
                 layers.append(nn.MaxPool2d(2))
             layers += [nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
             c_in = c_out
