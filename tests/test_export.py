@@ -198,7 +198,7 @@ def test_cli_export_mistakes_are_one_line_errors(tmp_path):
     assert not (tmp_path / "not-a-run" / "export").exists()
 
 
-def test_bench_infer_measures_every_backend(exported_dir):
+def test_bench_infer_measures_every_backend(exported_dir, trained_run):
     done = run_cli("bench", "infer", str(exported_dir), "--calls", "5", "--seconds", "0.05", "--json")
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)["rows"]
@@ -206,9 +206,31 @@ def test_bench_infer_measures_every_backend(exported_dir):
     for row in rows:
         assert row["p99_ms"] >= row["p50_ms"] > 0 and row["images_per_s_1t"] > 0 and row["images_per_s_2t"] > 0
         assert row["peak_rss_mb"] > 0 and row["test_accuracy"] > 0.98
+        assert row["epochs"] == row["epochs_run"] == rundir.load_config(trained_run).epochs
     by_backend = {r["backend"]: r for r in rows}
     assert by_backend["onnx-int8"]["file_bytes"] == (exported_dir / "model.int8.onnx").stat().st_size
     assert by_backend["numpy"]["peak_rss_mb"] < by_backend["torch"]["peak_rss_mb"]  # the Pi side loads no torch
+
+
+def test_bench_infer_says_where_a_source_run_stopped(fast_run, tmp_path):
+    """A reference `bench train` stopped at its target keeps the history of the epochs it ran: the
+    inference table names those, not the config's schedule."""
+    from digitpi.bench.infer import format_table, run_epochs
+
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    for path in fast_run.iterdir():
+        if path.is_file():
+            (stopped / path.name).write_bytes(path.read_bytes())
+    history = json.loads((fast_run / rundir.HISTORY).read_text())
+    (stopped / rundir.HISTORY).write_text(json.dumps({key: values[:1] for key, values in history.items()}))
+    assert run_epochs({"source": {"run": str(fast_run)}}) == {"epochs": 2, "epochs_run": 2}
+    epochs = run_epochs({"source": {"run": str(stopped)}})
+    assert epochs == {"epochs": 2, "epochs_run": 1}
+    row = {"model": "fast_cnn", **epochs, "backend": "numpy", "test_accuracy": 0.99, "file_bytes": 2048,
+           "p50_ms": 0.1, "p99_ms": 0.2, "images_per_s_1t": 1e4, "images_per_s_2t": 2e4, "peak_rss_mb": 50}
+    assert "| fast_cnn (1 of 2 ep) |" in format_table([row])
+    assert "| fast_cnn (2 ep) |" in format_table([row | {"epochs_run": 2}])
 
 
 def test_bench_infer_refuses_a_folder_without_a_card(tmp_path):

@@ -81,6 +81,15 @@ def load_metrics(run_dir: str | Path) -> dict:
     return read_json(Path(run_dir) / METRICS)
 
 
+def epochs_run(run_dir: str | Path) -> int:
+    """Epochs the run trained: fewer than its config's when `digitpi bench train` stopped it at its target."""
+    path = Path(run_dir) / HISTORY
+    per_epoch = read_json(path).get("loss")
+    if not isinstance(per_epoch, list):
+        raise UserError(f"{path}: no per-epoch 'loss' list")
+    return len(per_epoch)
+
+
 # ---------------------------------------------------------------- weights (torch)
 
 

@@ -164,11 +164,13 @@ def model_label(card: dict) -> str:
     return f"{len(names)} x {names[0]}" if names and len(set(names)) == 1 else card["model"]
 
 
-def run_epochs(card: dict) -> int | None:
-    """Epochs of the source runs (an ensemble's when they agree), when they are still on disk: a 1-epoch
-    reference should say so."""
-    epochs = {rundir.load_config(run).epochs for run in source_runs(card) if (run / rundir.CONFIG).is_file()}
-    return epochs.pop() if len(epochs) == 1 else None
+def run_epochs(card: dict) -> dict:
+    """Epochs of the source runs, scheduled and run (an ensemble's when they agree), when the runs are still on
+    disk: a 1-epoch reference should say so, and one stopped at its target say where."""
+    runs = [run for run in source_runs(card) if (run / rundir.CONFIG).is_file() and (run / rundir.HISTORY).is_file()]
+    epochs = {(rundir.load_config(run).epochs, rundir.epochs_run(run)) for run in runs}
+    scheduled, run = epochs.pop() if len(epochs) == 1 else (None, None)
+    return {"epochs": scheduled, "epochs_run": run}
 
 
 def bench_folder(folder: Path, backends: list[str], images_path: str, calls: int, seconds: float) -> list[dict]:
@@ -185,7 +187,7 @@ def bench_folder(folder: Path, backends: list[str], images_path: str, calls: int
             size, accuracy_key = sum(c.stat().st_size for c in checkpoints), "torch"
         else:
             size, accuracy_key = (folder / VARIANT_OF[backend].file).stat().st_size, VARIANT_OF[backend].name
-        row = {"model": model_label(card), "epochs": run_epochs(card), "folder": str(folder), "backend": backend,
+        row = {"model": model_label(card), **run_epochs(card), "folder": str(folder), "backend": backend,
                "test_accuracy": card["test_accuracy"].get(accuracy_key), "file_bytes": size}
         for threads in (1, 2):
             args = json.dumps([str(folder), backend, threads, images_path, calls, seconds])
@@ -200,7 +202,8 @@ def format_table(rows: list[dict]) -> str:
             "b256 img/s 2t", "peak RSS MB")
     lines = [head]
     for r in rows:
-        name = r["model"] + (f" ({r['epochs']} ep)" if r["epochs"] else "")
+        stopped = f"{r['epochs_run']} of " if r["epochs_run"] != r["epochs"] else ""
+        name = r["model"] + (f" ({stopped}{r['epochs']} ep)" if r["epochs"] else "")
         acc = f"{100 * r['test_accuracy']:.2f}%" if r["test_accuracy"] is not None else "-"
         lines.append((name, r["backend"], f"{r['file_bytes'] / 1024:.1f}", acc, f"{r['p50_ms']:.3f}",
                       f"{r['p99_ms']:.3f}", f"{r['images_per_s_1t']:,.0f}", f"{r['images_per_s_2t']:,.0f}",
