@@ -39,6 +39,14 @@ def test_model(name: str) -> None:
     assert missing == []
 
 
+def test_five_by_five_members_keep_the_resolution_and_refuse_even_kernels() -> None:
+    """The README's mixed ensemble trains best_cnn's recipe on one 5x5 conv a stage (--model-args)."""
+    args = {"stages": [[32], [64], [128]], "kernel": 5}
+    assert models.check_model("best_cnn", args) == 268_778  # 5x5 convs 1->32->64->128, then 128*3*3 -> 10
+    with pytest.raises(models.UserError, match="kernel must be an odd positive integer, got 4"):
+        models.check_model("best_cnn", {"kernel": 4})
+
+
 def test_summary_is_laid_out_as_keras_does() -> None:
     text = models.format_summary(models.create_model("course_cnn"), "course_cnn")
     lines = text.splitlines()
