@@ -84,8 +84,8 @@ def compact_cnn(stages: tuple[tuple[int, ...], ...], head: str = "flatten", stem
     (global average pooling) keeps the head tiny for the smallest models.
     `stem`: the first conv is 4x4 with stride 2 and does the first stage's halving in place of its
     max-pool: it computes a quarter of the pixels, at 28x28 where a 1-channel conv is slowest on CPU.
-    `kernel`: the convs' size (odd, so that padding keeps each stage's resolution). 5x5 members make
-    other mistakes than 3x3 ones, which an ensemble of both averages out (README: "Results").
+    `kernel`: the convs' size (odd, so that padding keeps each stage's resolution). 5x5 members share
+    only part of 3x3 ones' mistakes, so an ensemble of both reads more (README: "Results").
     """
     if head not in ("flatten", "gap"):
         raise ValueError(f"head must be flatten or gap, got {head!r}")
