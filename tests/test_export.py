@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -217,11 +218,7 @@ def test_bench_infer_says_where_a_source_run_stopped(fast_run, tmp_path):
     inference table names those, not the config's schedule."""
     from digitpi.bench.infer import format_table, run_epochs
 
-    stopped = tmp_path / "stopped"
-    stopped.mkdir()
-    for path in fast_run.iterdir():
-        if path.is_file():
-            (stopped / path.name).write_bytes(path.read_bytes())
+    stopped = shutil.copytree(fast_run, tmp_path / "stopped")
     history = json.loads((fast_run / rundir.HISTORY).read_text())
     (stopped / rundir.HISTORY).write_text(json.dumps({key: values[:1] for key, values in history.items()}))
     assert run_epochs({"source": {"run": str(fast_run)}}) == {"epochs": 2, "epochs_run": 2}

@@ -177,6 +177,7 @@ def bench_folder(folder: Path, backends: list[str], images_path: str, calls: int
     from digitpi.runtime import read_card
 
     card = read_card(folder)
+    epochs = run_epochs(card)
     rows = []
     for backend in backends:
         if backend == "torch":
@@ -187,7 +188,7 @@ def bench_folder(folder: Path, backends: list[str], images_path: str, calls: int
             size, accuracy_key = sum(c.stat().st_size for c in checkpoints), "torch"
         else:
             size, accuracy_key = (folder / VARIANT_OF[backend].file).stat().st_size, VARIANT_OF[backend].name
-        row = {"model": model_label(card), **run_epochs(card), "folder": str(folder), "backend": backend,
+        row = {"model": model_label(card), **epochs, "folder": str(folder), "backend": backend,
                "test_accuracy": card["test_accuracy"].get(accuracy_key), "file_bytes": size}
         for threads in (1, 2):
             args = json.dumps([str(folder), backend, threads, images_path, calls, seconds])
