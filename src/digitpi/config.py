@@ -77,7 +77,8 @@ RECIPES: dict[str, dict] = {
         momentum=0.0, warmup=0.0),  # unused by adadelta and a step schedule
 }
 REFERENCES = ("pytorch_example", "course")  # recipes that reproduce a source: stated in full
-RECIPE_FOR_MODEL = {"mlp": "course", "baseline_cnn": "course", "fast_cnn": "standard"}  # else the first naming it
+# The recipe of a model trained without --recipe: these, else the first recipe naming it, else standard
+RECIPE_FOR_MODEL = {"mlp": "course", "baseline_cnn": "course", "fast_cnn": "standard", "best5_cnn": "best"}
 
 
 @dataclass(frozen=True)
