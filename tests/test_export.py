@@ -47,6 +47,13 @@ def test_int8_is_small_and_as_accurate_as_fp32(fast_export, mnist_test):
     assert card["test_accuracy"]["fp32"] == pytest.approx(accuracy["fp32"])
 
 
+def test_the_default_models_int8_reads_as_fp32(exported_dir):
+    """The card's accuracies are measured here, through onnxruntime's fused int8 kernels. With 8-bit
+    weights, on an x86 CPU without VNNI, those overflowed: 99.24 % in int8 against 99.57 % in fp32."""
+    accuracy = json.loads((exported_dir / "model.json").read_text())["test_accuracy"]
+    assert abs(accuracy["int8"] - accuracy["fp32"]) <= 0.001
+
+
 def test_numpy_backend_predicts_the_labels_of_onnx_fp32(fast_export, mnist_test):
     images = mnist_test[0]
     numpy_run = runtime.Classifier.load(fast_export, backend="numpy")
