@@ -449,8 +449,8 @@ def model_card(job: Job, measured: Measured, source: dict | None) -> dict:
         "fp32_max_abs_logit_diff_vs_torch": float(np.abs(logits["fp32"] - logits["torch"]).max()),
         "int8_agrees_with_fp32": float((logits["int8"].argmax(1) == logits["fp32"].argmax(1)).mean()),
         "quantization": {"method": "onnxruntime static post-training quantization", "format": cfg.quant_format,
-                         "weights": ("int8" + (", 7-bit range" if cfg.reduce_range else "")
-                                     + (" per channel" if cfg.per_channel else " per tensor")),
+                         "weights": f"int8{', 7-bit range' if cfg.reduce_range else ''} "
+                                    f"per {'channel' if cfg.per_channel else 'tensor'}",
                          "activations": "int8, MinMax ranges",
                          "calibration": f"{cfg.calibration_images} {info.name} training images "
                                         f"(seed {cfg.calibration_seed}), never test images"},
