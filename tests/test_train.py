@@ -50,6 +50,7 @@ def test_the_course_models_train_as_the_course(model: str) -> None:
     cfg = config.recipe_config(model=model)
     assert (cfg.model, cfg.optimizer, cfg.lr, cfg.schedule, cfg.epochs, cfg.batch_size, cfg.val_split) == (
         model, "adam", 1e-3, "constant", 30, 512, 0.2)
+    assert (cfg.beta1, cfg.beta2) == (0.9, 0.999)  # Keras Adam's
     assert cfg.label_smoothing == cfg.weight_decay == 0 and cfg.model_args == {}
     assert all(getattr(cfg, name) == 0 for name in config.AUGMENTATION)
 
@@ -192,6 +193,7 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("args, message", [
     (["train", "--model", "resnet"], "unknown model 'resnet'"),
     (["train", "--epochs", "-1"], "--epochs must be at least 1, got -1"),
+    (["train", "--recipe", "sprint", "--beta2", "1"], "--beta1 and --beta2 must be in [0, 1), got 0.7 and 1.0"),
     (["train", "--data-dir", "/nonexistent/mnist"], "no mnist files in /nonexistent/mnist"),
     (["train", "--recipe", "slow"], "unknown recipe 'slow'"),
     (["train", "--model-args", '{"width": 3}'], "cannot build mid_cnn from model args"),

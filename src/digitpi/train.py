@@ -134,7 +134,7 @@ def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
 
 OPTIMIZERS: dict[str, Callable] = {
     "sgd": lambda groups, cfg: torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True),
-    "adam": lambda groups, cfg: torch.optim.Adam(groups, lr=cfg.lr),
+    "adam": lambda groups, cfg: torch.optim.Adam(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2)),
     "adadelta": lambda groups, cfg: torch.optim.Adadelta(groups, lr=cfg.lr),
 }
 
