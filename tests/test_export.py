@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import platform
 import shutil
 import subprocess
 import sys
@@ -52,6 +54,35 @@ def test_the_default_models_int8_reads_as_fp32(exported_dir):
     weights, on an x86 CPU without VNNI, those overflowed: 99.24 % in int8 against 99.57 % in fp32."""
     accuracy = json.loads((exported_dir / "model.json").read_text())["test_accuracy"]
     assert abs(accuracy["int8"] - accuracy["fp32"]) <= 0.001
+
+
+def test_an_8bit_int8_export_says_where_it_misreads(fast_run, fast_export, tmp_path, monkeypatch, caplog):
+    """An export made before weights were kept to 7 bits still loads, with one line saying why it may misread
+    on an x86 CPU without VNNI and what to do; a 7-bit export, fp32, VNNI or an ARM CPU load quietly."""
+    model, run_cfg = export.load_run(fast_run)
+    old = tmp_path / "8-bit"
+    export.export_model(model, run_cfg.model, run_cfg.model_args, old, export.ExportConfig(reduce_range=False))
+    assert json.loads((old / CARD).read_text())["quantization"]["weights"] == "int8 per channel"
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(runtime, "CPUINFO", cpuinfo)
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+
+    def warnings_on_loading(flags: str, *exports, **load) -> list[str]:
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="digitpi.runtime"):
+            for folder in exports:
+                runtime.Classifier.load(folder, **load)
+        return [record.getMessage() for record in caplog.records]
+
+    avx2 = "fpu sse2 avx avx2 fma"  # this machine's CPU, and CI's
+    [line] = warnings_on_loading(avx2, old, fast_export)
+    assert "8-bit weights" in line and "x86 without VNNI" in line and line.endswith("use --precision fp32")
+    assert warnings_on_loading(avx2, old, precision="fp32") == []
+    assert warnings_on_loading(f"{avx2} avx512f avx512_vnni", old) == []
+    assert warnings_on_loading(f"{avx2} avx_vnni", old) == []
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert warnings_on_loading(avx2, old) == []
 
 
 def test_numpy_backend_predicts_the_labels_of_onnx_fp32(fast_export, mnist_test):
