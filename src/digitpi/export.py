@@ -36,7 +36,7 @@ from digitpi import UserError, __version__, contract, data, files, one_line, run
 from digitpi.card import model_layers, seal
 from digitpi.config import Config
 from digitpi.evaluate import Ensemble, shared_dataset
-from digitpi.exportdir import CARD, CARD_FORMAT, VARIANTS
+from digitpi.exportdir import CARD, CARD_FORMAT, SEVEN_BIT, VARIANTS
 from digitpi.models import count_params
 
 OPSET = 18  # the torch.export-based exporter's own opset: no version conversion step
@@ -449,7 +449,7 @@ def model_card(job: Job, measured: Measured, source: dict | None) -> dict:
         "fp32_max_abs_logit_diff_vs_torch": float(np.abs(logits["fp32"] - logits["torch"]).max()),
         "int8_agrees_with_fp32": float((logits["int8"].argmax(1) == logits["fp32"].argmax(1)).mean()),
         "quantization": {"method": "onnxruntime static post-training quantization", "format": cfg.quant_format,
-                         "weights": f"int8{', 7-bit range' if cfg.reduce_range else ''} "
+                         "weights": f"int8{', ' + SEVEN_BIT if cfg.reduce_range else ''} "
                                     f"per {'channel' if cfg.per_channel else 'tensor'}",
                          "activations": "int8, MinMax ranges",
                          "calibration": f"{cfg.calibration_images} {info.name} training images "

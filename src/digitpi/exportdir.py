@@ -37,6 +37,9 @@ VARIANTS = (
     Variant("int8", "model.int8.onnx", "int8", "onnxruntime"),
     Variant("numpy", "weights.npz", "fp32", "numpy"),
 )
+# In the card's quantization "weights" where int8 weights keep to 7 bits, whose sums do not overflow on x86
+# without VNNI: export writes it, `Classifier.load` warns about a file without it.
+SEVEN_BIT = "7-bit range"
 DEFAULT_PRECISION = "int8"  # what `Classifier.load` runs unless told: a third of the size, as accurate
 PRECISIONS = tuple(sorted(dict.fromkeys(v.precision for v in VARIANTS), key=lambda p: p != DEFAULT_PRECISION))
 BACKENDS = ("auto", *dict.fromkeys(v.backend for v in VARIANTS))  # auto: onnxruntime when installed, else numpy
