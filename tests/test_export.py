@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from digitpi import export, rundir, runtime
+from digitpi import card, export, rundir, runtime
 from digitpi.contract import PIXEL_SCALE
 from digitpi.exportdir import BACKENDS, CARD, PRECISIONS, VARIANTS
 
@@ -81,6 +81,10 @@ def test_an_8bit_int8_export_says_where_it_misreads(fast_run, fast_export, tmp_p
     assert warnings_on_loading(avx2, old, precision="fp32") == []
     assert warnings_on_loading(f"{avx2} avx512f avx512_vnni", old) == []
     assert warnings_on_loading(f"{avx2} avx_vnni", old) == []
+    written = json.loads((old / CARD).read_text())
+    for quantization in (None, ["int8"], 7):  # the card's free words as another tool may write them: no 7-bit mark
+        (old / CARD).write_text(json.dumps(card.seal({**written, "quantization": quantization})))
+        assert len(warnings_on_loading(avx2, old)) == 1
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")
     assert warnings_on_loading(avx2, old) == []
 

@@ -261,7 +261,8 @@ class Classifier:
             path = verified_file(folder, card, chosen.file)
             problem = onnxprobe.problem(path, card["files"][chosen.file]["sha256"])
             if problem is None:
-                weights = card.get("quantization", {}).get("weights", "")
+                quantization = card.get("quantization")  # a card's words, not checked by read_card: any JSON
+                weights = str(quantization.get("weights", "")) if isinstance(quantization, dict) else ""
                 if chosen.precision == "int8" and SEVEN_BIT not in weights and int8_sums_overflow_here():
                     log.warning("digitpi: %s has 8-bit weights, whose int8 sums overflow on this CPU (x86 without "
                                 "VNNI) and misread digits: export it again, or use --precision fp32", path)
