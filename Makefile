@@ -52,7 +52,7 @@ notebook: $(VENV)/.installed
 
 test: $(VENV)/.installed $(CORE_VENV)/.installed system-deps
 	$(VENV)/bin/ruff check .
-	DIGITPI_CORE_PYTHON=$(CORE_VENV)/bin/python $(VENV)/bin/pytest -q
+	DIGITPI_CORE_PYTHON=$(CORE_VENV)/bin/python $(VENV)/bin/pytest -q -n auto --dist loadfile
 
 # The Pi side on emulated ARM (README, "On the Raspberry Pi"): Debian bookworm arm64 and armhf userlands
 # run by qemu-user. Userlands and wheels are cached in PI_CACHE, keyed by what they hold; the model is

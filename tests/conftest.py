@@ -13,6 +13,11 @@ from pathlib import Path
 
 import pytest
 
+# `pytest -n N` (make test): the workers share the cores, so each (and what it starts) gets its share of threads
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 1))
+if WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // WORKERS)))
+
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist"
 
 
@@ -36,17 +41,33 @@ def mnist_test(mnist_dir):
 
 @pytest.fixture(scope="session")
 def trained_output(mnist_dir, tmp_path_factory) -> tuple[Path, str]:
-    """`digitpi train` of the default model on the full training set, as a user runs it: (run folder, stdout)."""
+    """`digitpi train` of the default model on the full training set, as a user runs it: (run folder, stdout).
+
+    Trained once per suite: under `pytest -n N` the first worker to ask trains it with all the machine's
+    threads (the model `make main` trains here); a worker that asks meanwhile waits for it."""
     import contextlib
     import io
 
+    import torch
+    from filelock import FileLock
+
     from digitpi import cli
 
-    out = tmp_path_factory.mktemp("run") / "standard"
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        assert cli.main(["train", "--out", str(out), "--seed", "0"]) == 0
-    return out, stdout.getvalue()
+    shared = tmp_path_factory.getbasetemp()
+    shared = shared.parent if "PYTEST_XDIST_WORKER" in os.environ else shared  # the workers' common folder
+    out, printed = shared / "default-run", shared / "default-run.stdout"
+    with FileLock(shared / "default-run.lock"):
+        if not printed.exists():  # written last: a failed training leaves no run for the others
+            stdout, threads = io.StringIO(), torch.get_num_threads()
+            if WORKERS > 1:
+                torch.set_num_threads(os.cpu_count() or threads)
+            try:
+                with contextlib.redirect_stdout(stdout):
+                    assert cli.main(["train", "--out", str(out), "--seed", "0"]) == 0
+            finally:
+                torch.set_num_threads(threads)
+            printed.write_text(stdout.getvalue())
+    return out, printed.read_text()
 
 
 @pytest.fixture(scope="session")
