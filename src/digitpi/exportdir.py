@@ -50,3 +50,10 @@ def variant(precision: str, backend: str) -> Variant:
     runs them whatever `precision` says (it has no int8 kernels)."""
     rows = [v for v in VARIANTS if v.backend == backend]
     return next((v for v in rows if v.precision == precision), rows[0])
+
+
+def has_seven_bit_weights(card: dict) -> bool:
+    """Whether the card marks its int8 weights as 7-bit. The quantization entry is free text that read_card
+    does not check, so a card from another tool may hold any JSON there: anything else is "not marked"."""
+    quantization = card.get("quantization")
+    return isinstance(quantization, dict) and SEVEN_BIT in str(quantization.get("weights", ""))

@@ -22,7 +22,7 @@ import numpy as np
 from digitpi import UserError, one_line, onnxprobe
 from digitpi.card import ModelFileError, model_layers, read_card
 from digitpi.contract import to_model_input
-from digitpi.exportdir import BACKENDS, CARD, DEFAULT_PRECISION, PRECISIONS, SEVEN_BIT, variant
+from digitpi.exportdir import BACKENDS, CARD, DEFAULT_PRECISION, PRECISIONS, has_seven_bit_weights, variant
 
 NUMPY_CHUNK = 32  # images per NumPy pass: im2col columns of C x 9 x 32 x 784 floats, 14 MB in mid_cnn, 29 in best_cnn
 
@@ -261,9 +261,7 @@ class Classifier:
             path = verified_file(folder, card, chosen.file)
             problem = onnxprobe.problem(path, card["files"][chosen.file]["sha256"])
             if problem is None:
-                quantization = card.get("quantization")  # a card's words, not checked by read_card: any JSON
-                weights = str(quantization.get("weights", "")) if isinstance(quantization, dict) else ""
-                if chosen.precision == "int8" and SEVEN_BIT not in weights and int8_sums_overflow_here():
+                if chosen.precision == "int8" and not has_seven_bit_weights(card) and int8_sums_overflow_here():
                     log.warning("digitpi: %s has 8-bit weights, whose int8 sums overflow on this CPU (x86 without "
                                 "VNNI) and misread digits: export it again, or use --precision fp32", path)
                 return cls.started(card, lambda: OnnxBackend(path, threads), chosen, path)
