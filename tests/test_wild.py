@@ -44,16 +44,17 @@ def test_bench_wild_reads_real_handwriting(exported_dir, wild_dir, tmp_path, cap
 
 def test_a_continental_writer_is_read(exported_dir, wild_dir, capsys) -> None:
     """All 519 single digits; the writer whose 1s carry a long flag (kitonjicsm/digit-eye, 20 of each
-    digit). Before the default recipe drew such 1s (and crossed 7s), it read 8 of those 1s, as 7;
-    with it, 14, 15 and 17 (seeds 0-2), and all their 7s still. In all, 95.4 % (seed 0). Seed 0 trained
-    with one thread instead of two (torch sums in another order) read 11: the margin is within training noise."""
+    digit). Without continental 1s in training the default recipe read 7-8 of those 1s (seeds 0-2; the
+    rest as 7); with them, 14, 15 and 17, 13-15 on another CPU, 11 for seed 0 trained with one thread
+    (torch sums in another order), and all their 7s still. 10 sits between the two: it fails without
+    the feature, not with the noise of another machine's training. In all, 95.4 % (seed 0)."""
     assert main(["bench", "wild", "--model", str(exported_dir), "--data", str(wild_dir), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     right = {digit: sum(r["read"] == r["expected"] for r in result["results"] if f"digit-eye/{digit}/" in r["file"])
              for digit in "17"}
     print(f"\nwild-dev: {100 * result['single']['accuracy']:.1f} % of {result['single']['pictures']}; "
           f"the continental writer's 1s {right['1']} / 20, 7s {right['7']} / 20")
-    assert right["1"] >= 12 and right["7"] >= 19
+    assert right["1"] >= 10 and right["7"] >= 19
     assert result["single"]["accuracy"] >= 0.94
 
 
