@@ -5,7 +5,8 @@ images, then print every combination's accuracy and how many errors its members 
 The last epoch, as the final fit on all 60,000 images keeps it: `digitpi evaluate --validation` reads
 the run's kept weights, which with a validation split are its best epoch on these very images.
 
-    python benchmarks/ensemble_screen.py train OUT.pt RECIPE SEED [FIELD=NUMBER ...]   e.g. shear=15
+    python benchmarks/ensemble_screen.py train OUT.pt RECIPE SEED [FIELD=VALUE ...]
+        e.g. shear=15, continental=0.5, model=best5_cnn, 'model_args={"kernel": 7}' (a value is JSON, else text)
     python benchmarks/ensemble_screen.py read OUT.pt [OUT.pt ...]
 (needs DIGITPI_DATA_DIR or the cache)
 """
@@ -13,6 +14,7 @@ the run's kept weights, which with a validation split are its best epoch on thes
 from __future__ import annotations
 
 import itertools
+import json
 import sys
 
 import torch
@@ -21,8 +23,15 @@ from digitpi import data, train
 from digitpi.config import recipe_config
 
 
+def json_or_text(value: str) -> object:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value  # a name, as model=best5_cnn
+
+
 def train_candidate(out: str, recipe: str, seed: str, *flags: str) -> None:
-    overrides = {k: float(v) for k, v in (flag.split("=") for flag in flags)}  # augmentation amounts
+    overrides = {k: json_or_text(v) for k, v in (flag.split("=", 1) for flag in flags)}
     cfg = recipe_config(recipe, seed=int(seed), val_split=0.1, val_seed=0, **overrides)
     images, labels = data.load_split(cfg.dataset, "train", cfg.data_dir)
     _, val_idx = train.split_train_val(len(images), cfg)
