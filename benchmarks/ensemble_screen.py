@@ -6,33 +6,30 @@ The last epoch, as the final fit on all 60,000 images keeps it: `digitpi evaluat
 the run's kept weights, which with a validation split are its best epoch on these very images.
 
     python benchmarks/ensemble_screen.py train OUT.pt RECIPE SEED [FIELD=VALUE ...]
-        e.g. shear=15, continental=0.5, model=best5_cnn, 'model_args={"kernel": 7}' (a value is JSON, else text)
+        e.g. shear=15, model=best5_cnn, 'model_args={"kernel": 7}': a field of `digitpi train`, typed as its flag
     python benchmarks/ensemble_screen.py read OUT.pt [OUT.pt ...]
 (needs DIGITPI_DATA_DIR or the cache)
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
-import json
 import sys
 
 import torch
 
 from digitpi import data, train
+from digitpi.cli import add_config_flags
 from digitpi.config import recipe_config
 
 
-def json_or_text(value: str) -> object:
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError:
-        return value  # a name, as model=best5_cnn
-
-
 def train_candidate(out: str, recipe: str, seed: str, *flags: str) -> None:
-    overrides = {k: json_or_text(v) for k, v in (flag.split("=", 1) for flag in flags)}
-    cfg = recipe_config(recipe, seed=int(seed), val_split=0.1, val_seed=0, **overrides)
+    parser = argparse.ArgumentParser(prog="ensemble_screen.py train")
+    add_config_flags(parser)  # the train command's flags, so a value is read as `digitpi train` reads it
+    pairs = (flag.split("=", 1) for flag in flags)
+    overrides = vars(parser.parse_args([f"--{field.replace('_', '-')}={value}" for field, value in pairs]))
+    cfg = recipe_config(recipe, **{**overrides, "seed": int(seed), "val_split": 0.1, "val_seed": 0})
     images, labels = data.load_split(cfg.dataset, "train", cfg.data_dir)
     _, val_idx = train.split_train_val(len(images), cfg)
     x, y = torch.from_numpy(images.copy())[val_idx], torch.from_numpy(labels)[val_idx]
