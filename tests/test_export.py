@@ -56,9 +56,11 @@ def test_the_default_models_int8_reads_as_fp32(exported_dir):
     assert abs(accuracy["int8"] - accuracy["fp32"]) <= 0.001
 
 
-def test_an_8bit_int8_export_says_where_it_misreads(fast_run, fast_export, tmp_path, monkeypatch, caplog):
-    """An export made before weights were kept to 7 bits still loads, with one line saying why it may misread
-    on an x86 CPU without VNNI and what to do; a 7-bit export, fp32, VNNI or an ARM CPU load quietly."""
+def test_an_8bit_int8_export_runs_fp32_where_it_misreads(fast_run, fast_export, mnist_test, tmp_path, monkeypatch,
+                                                          caplog):
+    """An export made before weights were kept to 7 bits still loads. On an x86 CPU without VNNI, where its
+    int8 sums overflow, the runtime's default runs its fp32 file instead and says so in one line; int8 asked
+    for runs int8, with a line saying what to do. A 7-bit export, fp32 asked for, VNNI or ARM: no line."""
     model, run_cfg = export.load_run(fast_run)
     old = tmp_path / "8-bit"
     export.export_model(model, run_cfg.model, run_cfg.model_args, old, export.ExportConfig(reduce_range=False))
@@ -67,26 +69,37 @@ def test_an_8bit_int8_export_says_where_it_misreads(fast_run, fast_export, tmp_p
     monkeypatch.setattr(runtime, "CPUINFO", cpuinfo)
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
 
-    def warnings_on_loading(flags: str, *exports, **load) -> list[str]:
+    def load(flags: str, folder, **options) -> tuple[runtime.Classifier, list[str]]:
         cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="digitpi.runtime"):
-            for folder in exports:
-                runtime.Classifier.load(folder, **load)
-        return [record.getMessage() for record in caplog.records]
+            classifier = runtime.Classifier.load(folder, **options)
+        return classifier, [record.getMessage() for record in caplog.records]
+
+    def runs(flags: str, folder, **options) -> tuple[str, int]:
+        classifier, lines = load(flags, folder, **options)
+        return classifier.precision, len(lines)
 
     avx2 = "fpu sse2 avx avx2 fma"  # this machine's CPU, and CI's
-    [line] = warnings_on_loading(avx2, old, fast_export)
-    assert "8-bit weights" in line and "x86 without VNNI" in line and line.endswith("use --precision fp32")
-    assert warnings_on_loading(avx2, old, precision="fp32") == []
-    assert warnings_on_loading(f"{avx2} avx512f avx512_vnni", old) == []
-    assert warnings_on_loading(f"{avx2} avx_vnni", old) == []
+    default, [line] = load(avx2, old)
+    assert default.precision == "fp32" and default.backend_name == "onnxruntime"
+    assert "8-bit weights" in line and "x86 without VNNI" in line and "reading digits with fp32 weights" in line
+    images, labels = mnist_test
+    card_accuracy = json.loads((old / CARD).read_text())["test_accuracy"]
+    assert (default.predict(images).labels == labels).mean() == pytest.approx(card_accuracy["fp32"])
+    asked, [line] = load(avx2, old, precision="int8")
+    assert asked.precision == "int8" and line.endswith("use --precision fp32")
+    assert runs(avx2, old, precision="fp32") == ("fp32", 0)
+    assert runs(avx2, old, backend="numpy") == ("fp32", 0)
+    assert runs(avx2, fast_export) == ("int8", 0)
+    assert runs(f"{avx2} avx512f avx512_vnni", old) == ("int8", 0)
+    assert runs(f"{avx2} avx_vnni", old) == ("int8", 0)
     written = json.loads((old / CARD).read_text())
     for quantization in (None, ["int8"], 7):  # the card's free words as another tool may write them: no 7-bit mark
         (old / CARD).write_text(json.dumps(card.seal({**written, "quantization": quantization})))
-        assert len(warnings_on_loading(avx2, old)) == 1
+        assert runs(avx2, old) == ("fp32", 1)
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")
-    assert warnings_on_loading(avx2, old) == []
+    assert runs(avx2, old) == ("int8", 0)
 
 
 def test_numpy_backend_predicts_the_labels_of_onnx_fp32(fast_export, mnist_test):

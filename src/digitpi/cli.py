@@ -290,7 +290,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         fail(f"{STDIN} (-) can be read only once")
     if args.save_input:
         files.check_replaceable(Path(args.save_input))  # a FIFO or a device there: refused before any work
-    classifier = runtime.Classifier.load(args.model, **({"precision": args.precision} if args.precision else {}))
+    classifier = runtime.Classifier.load(args.model, precision=args.precision)
     top = min(args.top, len(classifier.classes))
     records, seen, failed = [], [], 0
     for image in args.images:
@@ -328,7 +328,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     # OpenCV and the source are checked before the model loads: a missing camera says so at once
     capture = watch.open_video(args.video) if args.video is not None else watch.open_camera(args.camera)
     try:
-        classifier = runtime.Classifier.load(args.model, **({"precision": args.precision} if args.precision else {}))
+        classifier = runtime.Classifier.load(args.model, precision=args.precision)
         frames = (watch.video_frames(capture, args.every) if args.video is not None
                   else watch.camera_frames(capture, args.every))
         for sight in watch.changes(classifier, frames, args.steady):
@@ -461,7 +461,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
                                                          "(default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
     p.add_argument("--precision", choices=PRECISIONS, help="which exported model to run (default: the runtime's)")
-    p.add_argument("--backend", choices=BACKENDS,
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="what runs the model (default: auto, onnxruntime when installed)")
     p.add_argument("--allowed-hosts", metavar="NAMES",
                    help="comma-separated Host names the server answers besides localhost, e.g. digits.example.org "

@@ -240,15 +240,18 @@ class Classifier:
         self.classes = list(card["classes"])
 
     @classmethod
-    def load(cls, folder: str | Path, precision: str = DEFAULT_PRECISION, backend: str = "auto",
+    def load(cls, folder: str | Path, precision: str | None = None, backend: str = "auto",
              threads: int = 1) -> Classifier:
         """Load an export folder after checking the card's SHA-256 of the file that will run.
 
+        `precision=None` runs DEFAULT_PRECISION (int8), except an int8 file that misreads on this CPU
+        (8-bit weights on x86 without VNNI, see int8_sums_overflow_here): then fp32, and one line says
+        why. An explicit "int8" runs int8 there too, with the same line as a warning.
         `backend="auto"` takes onnxruntime when it is installed and runs this file on this CPU, else
         NumPy (which runs the fp32 weights whatever `precision` says, as it has no int8 kernels) and
         logs one line saying why.
         """
-        if precision not in PRECISIONS:
+        if precision is not None and precision not in PRECISIONS:
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if backend not in BACKENDS:
             raise UserError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -257,18 +260,24 @@ class Classifier:
             raise ModelFileError(f"no export folder {folder}")
         card = read_card(folder)
         if backend != "numpy":  # onnxruntime only after a child process has run this file here (onnxprobe)
-            chosen = variant(precision, "onnxruntime")
+            chosen = variant(precision or DEFAULT_PRECISION, "onnxruntime")
+            overflows = chosen.precision == "int8" and not has_seven_bit_weights(card) and int8_sums_overflow_here()
+            int8_file = folder / chosen.file
+            if overflows and precision is None:
+                chosen = variant("fp32", "onnxruntime")
             path = verified_file(folder, card, chosen.file)
             problem = onnxprobe.problem(path, card["files"][chosen.file]["sha256"])
             if problem is None:
-                if chosen.precision == "int8" and not has_seven_bit_weights(card) and int8_sums_overflow_here():
+                if overflows:
                     log.warning("digitpi: %s has 8-bit weights, whose int8 sums overflow on this CPU (x86 without "
-                                "VNNI) and misread digits: export it again, or use --precision fp32", path)
+                                "VNNI) and misread digits: %s", int8_file,
+                                "reading digits with fp32 weights (export it again for int8)" if precision is None
+                                else "export it again, or use --precision fp32")
                 return cls.started(card, lambda: OnnxBackend(path, threads), chosen, path)
             if backend == "onnxruntime":
                 raise UserError(f"{problem}: use the NumPy backend (--backend numpy)")
             log.warning("digitpi: %s: reading digits with the NumPy backend (fp32 weights)", problem)
-        chosen = variant(precision, "numpy")
+        chosen = variant(precision or DEFAULT_PRECISION, "numpy")
         path = verified_file(folder, card, chosen.file)
         return cls.started(card, lambda: NumpyBackend(path, model_layers(card)), chosen, path)
 

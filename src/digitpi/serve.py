@@ -72,7 +72,7 @@ class ServeConfig:
     host: str = "127.0.0.1"  # localhost only; 0.0.0.0 shows the page to the local network
     port: int = 8000  # TCP port of the page and the API
     precision: str | None = None  # "int8" or "fp32"; None takes the runtime's default
-    backend: str | None = None  # onnxruntime execution backend; None takes the runtime's default
+    backend: str = "auto"  # what runs the model: auto (onnxruntime where it runs, else NumPy) | onnxruntime | numpy
     allowed_hosts: tuple[str, ...] = ()  # Host names besides localhost (and the machine's own name off loopback)
     header_timeout: float = 10.0  # s from a connection (or its last answer) to a request's full headers
     body_timeout: float = 30.0  # s from a request's headers to the end of its body (2 MB at 70 KB/s)
@@ -145,11 +145,10 @@ class SampleSaved(BaseModel):
 # ---------------------------------------------------------------- the model and the image pipeline
 
 
-def load_classifier(model_dir: str | Path, precision: str | None = None, backend: str | None = None):
-    """The runtime classifier, loaded once (a missing or altered export is a UserError); options left
-    None keep the runtime's defaults. One onnxruntime thread per request: requests run side by side."""
-    options = {k: v for k, v in {"precision": precision, "backend": backend}.items() if v is not None}
-    return Classifier.load(model_dir, **options)
+def load_classifier(model_dir: str | Path, precision: str | None = None, backend: str = "auto"):
+    """The runtime classifier, loaded once (a missing or altered export is a UserError). One onnxruntime
+    thread per request: requests run side by side."""
+    return Classifier.load(model_dir, precision=precision, backend=backend)
 
 
 def png_data_url(image: np.ndarray) -> str:

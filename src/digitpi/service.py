@@ -33,7 +33,7 @@ class ServiceConfig:
     user: str  # who the server runs as; never needs root
     host: str = "0.0.0.0"  # every interface: the point of a Pi on a desk is to be reached from the network
     port: int = 8000
-    precision: str | None = None  # None: the runtime's default (int8)
+    precision: str | None = None  # None: the runtime's default (int8, or fp32 where an old int8 file misreads)
 
 
 def command_line(executable: list[str], config: ServiceConfig) -> list[str]:

@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> None:
     core = one_core()
     cv2 = watch.opencv()
     cv2.setNumThreads(1)
-    classifier = Classifier.load(args.model, **({"precision": args.precision} if args.precision else {}))
+    classifier = Classifier.load(args.model, precision=args.precision)
     images, labels = data.load_split("mnist", "test", args.data_dir)
     rng = np.random.default_rng(16)
     sheets = sheets_of(labels, args.sheets, rng)

@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> None:
         raise UserError(f"--every must be at least 1, got {args.every}")
     folder = Path(args.data or os.environ.get(ENV_WILD_DIR) or DEFAULT_DIR)
     rows = rows_of(folder, args.every)
-    classifier = Classifier.load(args.model, **({"precision": args.precision} if args.precision else {}))
+    classifier = Classifier.load(args.model, precision=args.precision)
     start = time.perf_counter()
     read = [read_one(classifier, folder, row) for row in rows]
     seconds = time.perf_counter() - start
