@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -83,18 +84,15 @@ def arm64_site(wheel, tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("core", userland.ARCHES["arm64"].cores)
-def test_arm64_full_test_set(arm64, arm64_site, core, model, card, test_set, results, tmp_path):
-    images, labels, _, _ = test_set
-    env = {"PYTHONPATH": str(arm64_site), "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    done = userland.run("arm64", arm64[core], core, [str(HERE / "armcheck.py"), str(model), str(images), str(labels),
-                                                    str(tmp_path), "onnxruntime:fp32", "auto:int8", "numpy:fp32"],
-                        env=env)
+def test_arm64_full_test_set(full_test_set, core, model, card, test_set, results):
+    run, out = full_test_set[core]
+    done = run.result()
     assert done.returncode == 0, done.stderr
     assert "NumPy backend" not in done.stderr  # auto took onnxruntime: no fallback warning
     report = json.loads(done.stdout)
     assert report["onnxruntime"] == ARM64_REQUIREMENTS[2].split("==")[1]
     assert [r["backend"] for r in report["runs"]] == ["onnxruntime", "onnxruntime", "numpy"]
-    check_full_test_set(results, "arm64", core, report, model, card, test_set, tmp_path)
+    check_full_test_set(results, "arm64", core, report, model, card, test_set, out)
 
 
 @pytest.mark.parametrize("core", userland.ARCHES["arm64"].cores)
@@ -183,20 +181,16 @@ def test_armhf_install_leaves_out_onnxruntime(armhf, armhf_venv):
     assert onnxruntime == "None" and torch == "None"
 
 
-def test_armhf_full_test_set(armhf, armhf_venv, model, card, test_set, results, tmp_path):
-    python, _ = armhf_venv
-    core = "cortex-a7"
-    images, labels, _, _ = test_set
-    done = userland.run("armhf", armhf[core], core, [str(HERE / "armcheck.py"), str(model), str(images), str(labels),
-                                                    str(tmp_path), "auto:int8"],
-                        python=python, env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+def test_armhf_full_test_set(full_test_set, model, card, test_set, results):
+    run, out = full_test_set["cortex-a7"]
+    done = run.result()
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["onnxruntime"] is None
     assert [(r["backend"], r["precision"]) for r in report["runs"]] == [("numpy", "fp32")]  # chosen by itself
     warning = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(warning) == 1 and "onnxruntime is not installed" in warning[0] and "NumPy" in warning[0], done.stderr
-    check_full_test_set(results, "armhf", core, report, model, card, test_set, tmp_path)
+    check_full_test_set(results, "armhf", "cortex-a7", report, model, card, test_set, out)
 
 
 def test_armhf_predict_reads_pictures_as_x86(armhf, armhf_venv, model, pictures, tmp_path):
@@ -207,3 +201,27 @@ def test_armhf_predict_reads_pictures_as_x86(armhf, armhf_venv, model, pictures,
                                   {"XDG_CACHE_HOME": str(tmp_path / "cache")}, python=python)
     assert digits == x86_answers(model, pictures, "numpy", "fp32"), stderr
     assert "onnxruntime is not installed" in stderr  # the runtime says which backend reads
+
+
+# ---------------------------------------------------------------- the full test set on every core at once
+
+
+@pytest.fixture(scope="session")
+def full_test_set(arm64, arm64_site, armhf, armhf_venv, model, test_set, tmp_path_factory):
+    """armcheck.py over the whole test set on every emulated core, all started here: {core: (its run's
+    Future, its output folder)}. One emulator keeps one CPU core busy for minutes, so the runs share the
+    PC's cores side by side instead of waiting for each other, test after test."""
+    images, labels, _, _ = test_set
+    armhf_python, _ = armhf_venv
+    jobs = {core: ("arm64", root, None, {"PYTHONPATH": str(arm64_site)}, ("onnxruntime:fp32", "auto:int8",
+                                                                          "numpy:fp32"))
+            for core, root in arm64.items()}
+    jobs |= {core: ("armhf", root, armhf_python, {}, ("auto:int8",)) for core, root in armhf.items()}
+    with ThreadPoolExecutor(len(jobs)) as pool:  # leaving it waits for every run, so none outlives the session
+        runs = {}
+        for core, (arch, root, python, env, variants) in jobs.items():
+            out = tmp_path_factory.mktemp(core)
+            argv = [str(HERE / "armcheck.py"), str(model), str(images), str(labels), str(out), *variants]
+            env = {**env, "XDG_CACHE_HOME": str(out / "cache")}
+            runs[core] = (pool.submit(userland.run, arch, root, core, argv, env=env, python=python), out)
+        yield runs
