@@ -7,6 +7,9 @@ answers, no torch; and an onnxruntime that dies at import (1.21.0) met by the ru
 
 armhf (32-bit Raspberry Pi OS), as a Pi 2 (Cortex-A7): Debian's numpy and Pillow, the wheel installed by
 pip in a venv as the README says, which must not ask for onnxruntime; the NumPy backend chosen by itself.
+
+The three full-test-set runs take minutes of emulation each: the `full_test_set` fixture (at the end)
+starts them all at once, and each test checks its own.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import userland
 ARM64_REQUIREMENTS = ("numpy==2.4.6", "Pillow==13.0.0", "onnxruntime==1.32.0")
 # The onnxruntime that kills Python with SIGILL at import on a Pi 4 / Pi 3 (onnxruntime issues 23957, 24112).
 CRASHING_ONNXRUNTIME = "onnxruntime==1.21.0"
+ARM64_VARIANTS = ("onnxruntime:fp32", "auto:int8", "numpy:fp32")  # backend:precision, as armcheck.py reads them
 ACCURACY_POINTS = 0.05  # the ARM accuracy must be within this many percentage points of x86's
 HERE = Path(__file__).resolve().parent
 
@@ -213,9 +217,8 @@ def full_test_set(arm64, arm64_site, armhf, armhf_venv, model, test_set, tmp_pat
     PC's cores side by side instead of waiting for each other, test after test."""
     images, labels, _, _ = test_set
     armhf_python, _ = armhf_venv
-    jobs = {core: ("arm64", root, None, {"PYTHONPATH": str(arm64_site)}, ("onnxruntime:fp32", "auto:int8",
-                                                                          "numpy:fp32"))
-            for core, root in arm64.items()}
+    arm64_env = {"PYTHONPATH": str(arm64_site)}
+    jobs = {core: ("arm64", root, None, arm64_env, ARM64_VARIANTS) for core, root in arm64.items()}
     jobs |= {core: ("armhf", root, armhf_python, {}, ("auto:int8",)) for core, root in armhf.items()}
     with ThreadPoolExecutor(len(jobs)) as pool:  # leaving it waits for every run, so none outlives the session
         runs = {}

@@ -38,9 +38,9 @@ VARIANTS = (
     Variant("numpy", "weights.npz", "fp32", "numpy"),
 )
 # In the card's quantization "weights" where int8 weights keep to 7 bits, whose sums do not overflow on x86
-# without VNNI: export writes it, `Classifier.load` warns about a file without it.
+# without VNNI: export writes it; there, `Classifier.load` runs a file without it in fp32 unless int8 is asked for.
 SEVEN_BIT = "7-bit range"
-DEFAULT_PRECISION = "int8"  # what `Classifier.load` runs unless told: a third of the size, as accurate
+DEFAULT_PRECISION = "int8"  # what `Classifier.load` runs unless told (but see its docstring): a third of the size
 PRECISIONS = tuple(sorted(dict.fromkeys(v.precision for v in VARIANTS), key=lambda p: p != DEFAULT_PRECISION))
 BACKENDS = ("auto", *dict.fromkeys(v.backend for v in VARIANTS))  # auto: onnxruntime when installed, else numpy
 
