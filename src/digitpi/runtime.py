@@ -260,17 +260,15 @@ class Classifier:
             raise ModelFileError(f"no export folder {folder}")
         card = read_card(folder)
         if backend != "numpy":  # onnxruntime only after a child process has run this file here (onnxprobe)
-            chosen = variant(precision or DEFAULT_PRECISION, "onnxruntime")
-            overflows = chosen.precision == "int8" and not has_seven_bit_weights(card) and int8_sums_overflow_here()
-            int8_file = folder / chosen.file
-            if overflows and precision is None:
-                chosen = variant("fp32", "onnxruntime")
+            asked = variant(precision or DEFAULT_PRECISION, "onnxruntime")
+            overflows = asked.precision == "int8" and not has_seven_bit_weights(card) and int8_sums_overflow_here()
+            chosen = variant("fp32", "onnxruntime") if overflows and precision is None else asked
             path = verified_file(folder, card, chosen.file)
             problem = onnxprobe.problem(path, card["files"][chosen.file]["sha256"])
             if problem is None:
                 if overflows:
                     log.warning("digitpi: %s has 8-bit weights, whose int8 sums overflow on this CPU (x86 without "
-                                "VNNI) and misread digits: %s", int8_file,
+                                "VNNI) and misread digits: %s", folder / asked.file,
                                 "reading digits with fp32 weights (export it again for int8)" if precision is None
                                 else "export it again, or use --precision fp32")
                 return cls.started(card, lambda: OnnxBackend(path, threads), chosen, path)

@@ -28,7 +28,6 @@ import sys
 import time
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 
 import numpy as np
 from fastapi import Query, Request
@@ -143,12 +142,6 @@ class SampleSaved(BaseModel):
 
 
 # ---------------------------------------------------------------- the model and the image pipeline
-
-
-def load_classifier(model_dir: str | Path, precision: str | None = None, backend: str = "auto"):
-    """The runtime classifier, loaded once (a missing or altered export is a UserError). One onnxruntime
-    thread per request: requests run side by side."""
-    return Classifier.load(model_dir, precision=precision, backend=backend)
 
 
 def png_data_url(image: np.ndarray) -> str:
@@ -403,7 +396,8 @@ def serve(cfg: ServeConfig, log_level: str = "info") -> None:
         raise UserError(f"--port must be between 0 and 65535, got {cfg.port}")
     if cfg.samples and not cfg.collect:
         raise UserError("--samples names the database --collect writes: add --collect")
-    classifier = load_classifier(cfg.model_dir, cfg.precision, cfg.backend)
+    # loaded once; a missing or altered export is a UserError. One onnxruntime thread a request: they run side by side
+    classifier = Classifier.load(cfg.model_dir, precision=cfg.precision, backend=cfg.backend)
     store = samples.SampleStore(cfg.samples or samples.default_path()) if cfg.collect else None
     try:  # a busy port is a user mistake: say so in one line before uvicorn logs a traceback
         with socket.create_server((cfg.host, cfg.port)):
