@@ -8,8 +8,8 @@ answers, no torch; and an onnxruntime that dies at import (1.21.0) met by the ru
 armhf (32-bit Raspberry Pi OS), as a Pi 2 (Cortex-A7): Debian's numpy and Pillow, the wheel installed by
 pip in a venv as the README says, which must not ask for onnxruntime; the NumPy backend chosen by itself.
 
-The three full-test-set runs take minutes of emulation each: the `full_test_set` fixture (at the end)
-starts them all at once, and each test checks its own.
+The full-test-set runs take minutes of emulation each: the `full_test_set` fixture (at the end) starts
+those of the selected tests all at once, and each test checks its own.
 """
 
 from __future__ import annotations
@@ -185,8 +185,9 @@ def test_armhf_install_leaves_out_onnxruntime(armhf, armhf_venv):
     assert onnxruntime == "None" and torch == "None"
 
 
-def test_armhf_full_test_set(full_test_set, model, card, test_set, results):
-    run, out = full_test_set["cortex-a7"]
+@pytest.mark.parametrize("core", userland.ARCHES["armhf"].cores)
+def test_armhf_full_test_set(full_test_set, core, model, card, test_set, results):
+    run, out = full_test_set[core]
     done = run.result()
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
@@ -194,7 +195,7 @@ def test_armhf_full_test_set(full_test_set, model, card, test_set, results):
     assert [(r["backend"], r["precision"]) for r in report["runs"]] == [("numpy", "fp32")]  # chosen by itself
     warning = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(warning) == 1 and "onnxruntime is not installed" in warning[0] and "NumPy" in warning[0], done.stderr
-    check_full_test_set(results, "armhf", "cortex-a7", report, model, card, test_set, out)
+    check_full_test_set(results, "armhf", core, report, model, card, test_set, out)
 
 
 def test_armhf_predict_reads_pictures_as_x86(armhf, armhf_venv, model, pictures, tmp_path):
@@ -211,15 +212,19 @@ def test_armhf_predict_reads_pictures_as_x86(armhf, armhf_venv, model, pictures,
 
 
 @pytest.fixture(scope="session")
-def full_test_set(arm64, arm64_site, armhf, armhf_venv, model, test_set, tmp_path_factory):
-    """armcheck.py over the whole test set on every emulated core, all started here: {core: (its run's
-    Future, its output folder)}. One emulator keeps one CPU core busy for minutes, so the runs share the
-    PC's cores side by side instead of waiting for each other, test after test."""
+def full_test_set(request, model, test_set, tmp_path_factory):
+    """armcheck.py over the whole test set on every emulated core a selected test checks (`-k a53`: one),
+    all started here: {core: (its run's Future, its output folder)}. One emulator keeps one CPU core busy
+    for minutes, so the runs share the PC's cores side by side instead of waiting for each other."""
     images, labels, _, _ = test_set
-    armhf_python, _ = armhf_venv
-    arm64_env = {"PYTHONPATH": str(arm64_site)}
-    jobs = {core: ("arm64", root, None, arm64_env, ARM64_VARIANTS) for core, root in arm64.items()}
-    jobs |= {core: ("armhf", root, armhf_python, {}, ("auto:int8",)) for core, root in armhf.items()}
+    cores = {item.callspec.params["core"] for item in request.session.items if "full_test_set" in item.fixturenames}
+    jobs = {}
+    for arch, variants in (("arm64", ARM64_VARIANTS), ("armhf", ("auto:int8",))):
+        if chosen := cores & set(userland.ARCHES[arch].cores):  # only then is its userland made
+            roots = request.getfixturevalue(arch)
+            python, env = ((None, {"PYTHONPATH": str(request.getfixturevalue("arm64_site"))}) if arch == "arm64"
+                           else (request.getfixturevalue("armhf_venv")[0], {}))
+            jobs |= {core: (arch, roots[core], python, env, variants) for core in sorted(chosen)}
     with ThreadPoolExecutor(len(jobs)) as pool:  # leaving it waits for every run, so none outlives the session
         runs = {}
         for core, (arch, root, python, env, variants) in jobs.items():
