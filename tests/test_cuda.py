@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from digitpi import config, data, train
+from digitpi import UserError, config, data, train
 
 HAS_CUDA = torch.cuda.is_available()
 NO_CUDA = f"no CUDA device here (torch {torch.__version__}, CUDA build {torch.version.cuda}): GPU path not exercised"
@@ -32,6 +32,9 @@ def subset(mnist_dir):
 @needs_cuda
 def test_auto_picks_the_gpu() -> None:
     assert train.pick_device("auto").type == "cuda"
+    assert train.pick_device("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(UserError, match=r"torch sees \d+ GPU"):  # one past the last GPU
+        train.pick_device(f"cuda:{torch.cuda.device_count()}")
 
 
 @needs_cuda
@@ -59,12 +62,13 @@ def test_gpu_and_cpu_train_the_same_recipe_alike(subset) -> None:
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="a GPU is present: the GPU tests above run instead")
-def test_device_cuda_without_a_gpu_is_one_line(mnist_dir, tmp_path: Path) -> None:
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_device_cuda_without_a_gpu_is_one_line(device: str, mnist_dir, tmp_path: Path) -> None:
     """Asked for a GPU this machine lacks, `digitpi train` says so before reading data or making a folder."""
     out = tmp_path / "run"
-    done = subprocess.run([sys.executable, "-m", "digitpi", "train", "--device", "cuda", "--out", str(out)],
+    done = subprocess.run([sys.executable, "-m", "digitpi", "train", "--device", device, "--out", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
-    assert done.stderr.count("\n") == 1 and "--device cuda: no CUDA device here" in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1 and f"--device {device}: no CUDA device here" in done.stderr, done.stderr
     assert not out.exists()
     assert train.pick_device("auto").type == "cpu"

@@ -50,4 +50,5 @@ def test_torchrun_two_cpu_processes_train_one_run(mnist_dir: Path, tmp_path: Pat
     history = json.loads((runs / "ddp" / rundir.HISTORY).read_text())
     assert len(history["val_accuracy"]) == 1 and history["val_accuracy"][0] > 0.985
     assert metrics["test_accuracy"] >= 0.985
+    assert metrics["processes"] == 2 and metrics["device"] == "cpu"  # what a rerun needs to train the same weights
     assert rundir.load_config(runs / "ddp").batch_size == 128  # the global batch, as one process trains it

@@ -215,6 +215,16 @@ def test_runs_of_two_datasets_are_refused(tmp_path, capsys):
     assert not (tmp_path / "out").exists()  # refused before anything is written
 
 
+def test_a_run_named_twice_is_refused(tmp_path, capsys, monkeypatch):
+    """`runs/best-{0,1,1}`: the same run twice would weigh it double; evaluate and export both refuse it."""
+    run, other = untrained_run(tmp_path / "digits"), untrained_run(tmp_path / "other")
+    monkeypatch.chdir(tmp_path)  # the same folder by two names
+    for command in (["export", str(run), str(other), "digits/", "--out", str(tmp_path / "out")],
+                    ["evaluate", str(run), str(other), "digits/"]):
+        assert "digits is named twice" in one_line_error(command, capsys)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_missing_member_and_a_missing_out_are_refused(tmp_path, capsys):
     run = untrained_run(tmp_path / "digits")
     err = one_line_error(["export", str(run), str(tmp_path / "no-such-run"), "--out", str(tmp_path / "out")], capsys)

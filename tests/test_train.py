@@ -196,6 +196,7 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     (["train", "--recipe", "sprint", "--beta2", "1"], "--beta1 and --beta2 must be in [0, 1), got 0.7 and 1.0"),
     (["train", "--data-dir", "/nonexistent/mnist"], "no mnist files in /nonexistent/mnist"),
     (["train", "--recipe", "slow"], "unknown recipe 'slow'"),
+    (["train", "--device", "gpu"], "--device must be one of auto, cpu, cuda or cuda:N (one GPU of several), got gpu"),
     (["train", "--model-args", '{"width": 3}'], "cannot build mid_cnn from model args"),
     (["train", "--model-args", '{"stages": [[8], [0]]}'], "stages must be 1 to 4 lists of positive conv widths"),
     (["train", "--model", "mlp", "--model-args", '{"hidden": 100000}'], "more than the 100,000,000 digitpi builds"),
@@ -310,6 +311,18 @@ def test_bench_train_table_says_where_a_reference_stopped() -> None:
                           test_accuracy=0.9902)
     row = format_table([summarize([stopped], {}, quick=False)], target=0.99).splitlines()[-1]
     assert "| 6 of 14 |" in row and "| 411.4 / 411.4 |" in row
+
+
+@pytest.mark.parametrize(("reference_seconds", "shown"), [(3.7, "0.37x"), (34.0, "3.4x"), (532.9, "53x")])
+def test_bench_train_table_shows_every_speedup(reference_seconds: float, shown: str) -> None:
+    """A speedup under 1 (`--quick` references run one epoch) reads 0.37x, not 0x; under 10, two digits."""
+    from digitpi.bench.train import Measurement, format_table, summarize
+
+    fast = Measurement(recipe="fast", model="fast_cnn", seed=0, params=29_178, flops=3_800_000, epochs=2,
+                       data_seconds=0.1, train_seconds=10.0, images_per_second=10_000.0, seconds_to_target=10.0,
+                       accuracy_per_epoch=[0.985, 0.991], test_accuracy=0.991)
+    row = format_table([summarize([fast], {"course": reference_seconds}, quick=True)], target=0.99).splitlines()[-1]
+    assert row.endswith(f"| {shown} |")
 
 
 def test_cli_compare_refuses_a_run_trained_otherwise(fast_run: Path, tmp_path: Path, capsys) -> None:

@@ -423,7 +423,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model, evaluate it on the test set, save run and plots")
     p.add_argument("--recipe", help="named hyperparameter preset (default: the model's own)")
     p.add_argument("--out", help=f"run folder (default: {DEFAULT_RUN_DIR}/MODEL)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines")
     add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
@@ -444,7 +444,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--retrain", action="store_true",
                    help="train even when a run exists (a run is reused only if trained with the same settings)")
     p.add_argument("--data-dir", help="folder holding the four IDX files")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, no per-epoch lines")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("export", help="ONNX fp32 + int8, NumPy weights and a model card for the Raspberry Pi")
@@ -507,7 +507,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--samples", required=True, metavar="DB_OR_DIR",
                    help="a samples database, `samples export` folder, or folders 0/ ... 9/ of pictures")
     p.add_argument("--out", metavar="DIR", help="the new run folder (default: RUN_DIR-finetuned)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines")
     from digitpi.config import FinetuneConfig
 
     add_config_flags(p, FinetuneConfig, default_note="")

@@ -8,6 +8,7 @@ where `digitpi predict` must start without the training stack installed.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field, fields
 
 OPTIMIZERS = ("sgd", "adam", "adadelta")  # built in train.OPTIMIZERS
@@ -115,7 +116,7 @@ class Config:
     val_split: float = 0.1  # fraction of training images held out for validation (0: none)
     seed: int = 0  # data order, augmentation, initialisation and (unless val_seed) the validation split
     val_seed: int | None = None  # the validation split's own seed: runs that share one are measured together
-    device: str = "auto"  # auto (CUDA when present) | cpu | cuda
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
     channels_last: bool = True  # faster convolutions on CPU
 
     def __post_init__(self) -> None:
@@ -128,7 +129,8 @@ class Config:
              f"--beta1 and --beta2 must be in [0, 1), got {self.beta1} and {self.beta2}"),
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
-            (self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}"),
+            (self.device in DEVICES or re.fullmatch(r"cuda:\d+", self.device) is not None,
+             f"--device must be one of {', '.join(DEVICES)} or cuda:N (one GPU of several), got {self.device}"),
         ]
         for ok, message in checks:
             if not ok:

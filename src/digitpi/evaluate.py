@@ -77,7 +77,12 @@ class Ensemble(torch.nn.Module):
 def shared_dataset(run_dirs: list[Path], configs: list[Config]) -> str:
     """The dataset every run of an ensemble was trained on: members must read the same classes from
     the same input, or averaging their probabilities means nothing. A mix is a one-line error naming
-    the odd run."""
+    the odd run, and so is a run named twice (a slip in a brace list would weigh it double)."""
+    seen: set[Path] = set()
+    for run_dir in run_dirs:
+        if run_dir.resolve() in seen:
+            raise UserError(f"{run_dir} is named twice: an ensemble's members are different runs")
+        seen.add(run_dir.resolve())
     first = configs[0].dataset
     odd = next(((d, c.dataset) for d, c in zip(run_dirs, configs) if c.dataset != first), None)
     if odd:

@@ -41,6 +41,7 @@ class Result:
     train_seconds: float  # the loop alone
     images_per_epoch: int  # samples (repeated) + MNIST replay
     repeats: int  # how many times each training sample appears per epoch
+    device: str  # where it trained: cpu, cuda
 
 
 def split_samples(images: np.ndarray, labels: np.ndarray, holdout: float, seed: int) -> Split:
@@ -87,7 +88,7 @@ def finetune_model(model: nn.Module, run_cfg: Config, split: Split, cfg: Finetun
     images, labels, repeats = mix(split, cfg, loop_cfg.dataset, loop_cfg.data_dir)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     result = train.train(loop_cfg, progress=progress, train_images=images, train_labels=labels, initial_state=state)
-    return Result(result.model, loop_cfg, result.history, result.train_seconds, len(labels), repeats)
+    return Result(result.model, loop_cfg, result.history, result.train_seconds, len(labels), repeats, result.device)
 
 
 def finetune_run(run_dir: Path, source: Path, out_dir: Path, cfg: FinetuneConfig | None = None,
@@ -117,7 +118,7 @@ def finetune_run(run_dir: Path, source: Path, out_dir: Path, cfg: FinetuneConfig
         "mnist_before": before["mnist"], "train_seconds": round(tuned.train_seconds, 2),
     }
     result = train.TrainResult(tuned.config, tuned.model, tuned.history, cfg.epochs, tuned.train_seconds,
-                               data.checksums(run_cfg.dataset))
+                               data.checksums(run_cfg.dataset), device=tuned.device)
     metrics = pipeline.finish_run(result, out_dir, extra={"finetune": report})  # MNIST after: its test_accuracy
     return {**report, "mnist_after": metrics["test_accuracy"], "seconds": round(time.perf_counter() - start, 2)}
 

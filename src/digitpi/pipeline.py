@@ -29,6 +29,8 @@ def finish_run(result: train.TrainResult, out_dir: Path, plots: bool = True, ext
         "best_epoch": result.best_epoch,
         "data_sha256": result.data_checksums,
         "torch": torch.__version__,
+        "device": result.device,
+        "processes": result.processes,
         **(extra or {}),
     }
     rundir.save_run(out_dir, result.model, cfg, result.history, metrics)

@@ -25,13 +25,18 @@ from digitpi.progress import Progress
 
 
 def pick_device(name: str) -> torch.device:
-    """`auto`: CUDA when torch sees a GPU, else the CPU; `cuda` where there is none is the user's mistake."""
+    """`auto`: CUDA when torch sees a GPU, else the CPU; `cuda` (or `cuda:N`) where there is none is the user's
+    mistake."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
         why = f"torch {torch.__version__} is built without CUDA" if torch.version.cuda is None else "torch sees no GPU"
         raise UserError(f"--device {name}: no CUDA device here ({why}); use --device cpu or auto")
-    return torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: torch sees {torch.cuda.device_count()} GPU(s), cuda:0 to "
+                        f"cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -224,6 +229,8 @@ class TrainResult:
     train_seconds: float  # the training loop, per-epoch validation included, the train_* measurement not
     data_checksums: dict[str, str]
     rank: int = 0  # under torchrun, this process's rank: only rank 0 measures and saves
+    processes: int = 1  # under torchrun, how many trained together: one seed, other weights than one process
+    device: str = "cpu"  # where it trained (cpu, cuda): the same seed gives other weights on a GPU
 
 
 EpochHook = Callable[[nn.Module, int, float], bool | None]  # (model, epoch, training seconds) -> stop?
@@ -320,4 +327,4 @@ def train(cfg: Config, on_epoch_end: EpochHook | None = None, progress: bool = T
     model.eval()
     distributed.stop(rank)
     return TrainResult(cfg, model, history, best_epoch, seconds, data.checksums(cfg.dataset),
-                       rank.rank if rank else 0)
+                       rank.rank if rank else 0, rank.world if rank else 1, device.type)

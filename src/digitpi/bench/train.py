@@ -156,7 +156,7 @@ def format_table(rows: list[dict], target: float) -> str:
         for r in refs:
             ratio = row["speedup"].get(r)
             if ratio:
-                cells.append(f"{ratio:.0f}x")
+                cells.append(f"{ratio:.0f}x" if ratio >= 10 else f"{ratio:.2g}x")  # 0.37x, 3.4x, 17x
             else:  # None: the reference never reached the target; absent: this row is a reference or never did
                 cells.append("reference never got there" if r in row["speedup"] else "")
         lines.append("| " + " | ".join(cells) + " |")
