@@ -81,6 +81,14 @@ def test_damaged_checkpoint(how, message, fast_run, tmp_path, capsys):
     assert message in one_line_error(["evaluate", str(run)], capsys)
 
 
+def test_a_checkpoint_larger_than_any_model_is_not_read(fast_run, tmp_path, capsys):
+    """A 2 GB file in place of the weights (sparse: it takes no disk) is refused by its size, not read into memory."""
+    run = copy_run(fast_run, tmp_path)
+    with open(run / "model.safetensors", "r+b") as f:
+        f.truncate(2 * 10**9)
+    assert "2.0 GB, more than the weights of any model" in one_line_error(["evaluate", str(run)], capsys)
+
+
 def test_checkpoints_carry_a_checksum(fast_run):
     raw = (fast_run / "model.safetensors").read_bytes()
     header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
@@ -92,6 +100,10 @@ def test_checkpoints_carry_a_checksum(fast_run):
     ("{not json", "unreadable"),
     ('{"model": "fast_cnn", "epochs": "many"}', "not a valid run config"),
     ('{"model": "fast_cnn", "model_args": {"width": 3}}', "cannot build model"),
+    ('{"model": "fast_cnn", "data_dir": 5}', "data_dir must be str or null, got 5"),
+    ('{"model": "fast_cnn", "seed": "zero"}', "seed must be int, got 'zero'"),
+    ('{"model": "fast_cnn", "seed": 1e23}', "seed must be int, got 1e+23"),
+    ('{"model": "nope_cnn"}', "config.json: unknown model 'nope_cnn'"),
 ])
 def test_broken_run_config(config, message, fast_run, tmp_path, capsys):
     run = copy_run(fast_run, tmp_path)
@@ -123,6 +135,51 @@ def test_run_and_export_files_are_readable_by_others(fast_run, fast_export):
 
 
 # ---------------------------------------------------------------- export folders
+
+
+def test_export_replaces_an_export_and_nothing_else(fast_run, fast_export, tmp_path, capsys):
+    """An earlier export is replaced whole (and the output says so); a folder holding a user's own
+    model.onnx, or a folder where an export's file goes, is refused and left as it was."""
+    from digitpi.runtime import Classifier
+
+    again = tmp_path / "again"
+    shutil.copytree(fast_export, again)
+    (again / "notes.txt").write_text("mine")
+    assert main(["export", str(fast_run), "--out", str(again)]) == 0
+    assert f"replacing the export in {again}" in capsys.readouterr().out
+    assert Classifier.load(again).card["model"] == "fast_cnn" and (again / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in again.iterdir()) == ["model.int8.onnx", "model.json", "model.onnx", "notes.txt",
+                                                        "weights.npz"]  # no staging folder left
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "model.onnx").write_bytes(b"my own model")
+    err = one_line_error(["export", str(fast_run), "--out", str(mine)], capsys)
+    assert "holds model.onnx that no digitpi export wrote: not replaced" in err
+    assert (mine / "model.onnx").read_bytes() == b"my own model" and len(list(mine.iterdir())) == 1
+    (mine / "model.onnx").unlink()
+    (mine / "weights.npz").mkdir()
+    assert "weights.npz is a folder, not a regular file" in one_line_error(
+        ["export", str(fast_run), "--out", str(mine)], capsys)
+    assert [p.name for p in mine.iterdir()] == ["weights.npz"]
+
+
+def test_an_export_cut_short_leaves_the_earlier_export_whole(fast_run, fast_export, tmp_path, monkeypatch, capsys):
+    """Ctrl-C (or a failure) after a file is written: the folder still holds the earlier export, and it loads."""
+    from digitpi import export
+    from digitpi.runtime import Classifier
+
+    folder = tmp_path / "export"
+    shutil.copytree(fast_export, folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def interrupted(job, log):
+        export.WRITERS["fp32"](job, job.path("fp32"))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "write_variants", interrupted)
+    assert main(["export", str(fast_run), "--out", str(folder)]) == 130
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    Classifier.load(folder)
 
 
 def edited_export(fast_export: Path, tmp_path: Path, edit, reseal: bool = False) -> Path:

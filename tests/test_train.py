@@ -197,6 +197,15 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     (["train", "--data-dir", "/nonexistent/mnist"], "no mnist files in /nonexistent/mnist"),
     (["train", "--recipe", "slow"], "unknown recipe 'slow'"),
     (["train", "--device", "gpu"], "--device must be one of auto, cpu, cuda or cuda:N (one GPU of several), got gpu"),
+    (["train", "--device", "cuda:99999999999999999999"], "not a device torch knows"),
+    (["train", "--seed", str(10**23)], "--seed and --val-seed must be in [0, 2**63)"),
+    (["train", "--label-smoothing", "5"], "--label-smoothing must be in [0, 1), got 5.0"),
+    (["train", "--rotate", "-5"], "augmentation amounts must be 0 or more"),
+    (["train", "--val-split", "0.999995"], "--val-split 0.999995 leaves 0 of 60000 images to train on"),
+    (["bench", "train", "--seeds", "0"], "--seeds must be at least 1, got 0"),
+    (["bench", "train", "--recipes", "fast,nope"], "unknown recipe 'nope'"),
+    (["bench", "train", "--recipes", "", "--references", ""], "nothing to measure"),
+    (["bench", "train", "--recipes", "fast", "--out", "/proc/version"], "cannot write to output folder /proc/version"),
     (["train", "--model-args", '{"width": 3}'], "cannot build mid_cnn from model args"),
     (["train", "--model-args", '{"stages": [[8], [0]]}'], "stages must be 1 to 4 lists of positive conv widths"),
     (["train", "--model", "mlp", "--model-args", '{"hidden": 100000}'], "more than the 100,000,000 digitpi builds"),
@@ -394,3 +403,26 @@ def test_a_run_without_mistakes_still_gets_its_misclassified_picture(mnist_test,
     report.plot_misclassified(tmp_path / "some.png", images, labels, (labels + 1) % 10, classes)
     with Image.open(tmp_path / "none.png") as none, Image.open(tmp_path / "some.png") as some:
         assert none.format == some.format == "PNG" and none.height < some.height
+
+
+def test_training_over_a_run_says_its_export_is_stale(fast_run: Path, fast_export: Path, tmp_path: Path) -> None:
+    """`train --out RUN` again replaces the run (as `make main` does each time); the export inside it no longer
+    describes those weights, and the output says to export again."""
+    run = tmp_path / "run"
+    shutil.copytree(fast_run, run)
+    shutil.copytree(fast_export, run / "export")
+    done = run_cli("train", "--recipe", "fast", "--epochs", "1", "--quiet", "--out", str(run))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == f"{run / 'export'} holds an export of the weights this run replaced: " \
+                          f"`digitpi export {run}` again\n"
+    assert rundir.load_config(run).epochs == 1
+
+
+def test_a_run_saved_without_plots_keeps_none_of_the_run_it_replaced(fast_run: Path, tmp_path: Path) -> None:
+    """`bench train --out` saves runs without plots: the plots of a run there before would show other weights."""
+    run = tmp_path / "run"
+    shutil.copytree(fast_run, run)
+    assert all((run / name).is_file() for name in rundir.PLOTS.values())
+    model, cfg = rundir.load_checkpoint(run)
+    rundir.save_run(run, model, cfg, {}, {})
+    assert not any((run / name).exists() for name in rundir.PLOTS.values())

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from digitpi import UserError, __version__, files
 from digitpi.bench import BENCHMARKS
-from digitpi.exportdir import BACKENDS, PRECISIONS
+from digitpi.exportdir import BACKENDS, PRECISIONS, is_export
 
 DEFAULT_RUN_DIR = "runs"
 SAMPLES_DEFAULT = "default: $XDG_DATA_HOME/digitpi/samples.db, else ~/.local/share/digitpi/samples.db"
@@ -163,6 +163,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         result = train.train(cfg, progress=not args.quiet)
         metrics = pipeline.finish_run(result, out)
     print(f"saved run to {out}")
+    if is_export(out / "export"):
+        print(f"{out / 'export'} holds an export of the weights this run replaced: `digitpi export {out}` again",
+              file=sys.stderr)
     print(f"The final loss on test data is {metrics['test_loss']:.4f}")
     print(f"The accuracy on test data is {100 * metrics['test_accuracy']:.2f}%")
 

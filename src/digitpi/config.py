@@ -8,6 +8,7 @@ where `digitpi predict` must start without the training stack installed.
 from __future__ import annotations
 
 import copy
+import math
 import re
 from dataclasses import dataclass, field, fields
 
@@ -120,6 +121,11 @@ class Config:
     channels_last: bool = True  # faster convolutions on CPU
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # a hand-edited config.json may hold anything: each value its field's type
+            value, allowed = getattr(self, f.name), FIELD_TYPES[f.type]
+            if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed) or (
+                    isinstance(value, float) and not math.isfinite(value)):
+                raise ValueError(f"{f.name} must be {f.type.replace(' | None', ' or null')}, got {value!r}")
         checks = [
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
@@ -129,6 +135,14 @@ class Config:
              f"--beta1 and --beta2 must be in [0, 1), got {self.beta1} and {self.beta2}"),
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
+            (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
+            (self.weight_decay >= 0 and self.gamma > 0 and 0 <= self.warmup <= 1,
+             "--weight-decay must be 0 or more, --gamma positive, --warmup in [0, 1]"),
+            (all(getattr(self, name) >= 0 for name in AUGMENTATION),
+             f"augmentation amounts must be 0 or more ({', '.join('--' + n for n in AUGMENTATION)})"),
+            (all(0 <= s < 2**63 for s in (self.seed, self.val_seed or 0)),
+             f"--seed and --val-seed must be in [0, 2**63), got {self.seed} and {self.val_seed}"),
             (self.device in DEVICES or re.fullmatch(r"cuda:\d+", self.device) is not None,
              f"--device must be one of {', '.join(DEVICES)} or cuda:N (one GPU of several), got {self.device}"),
         ]
@@ -136,6 +150,10 @@ class Config:
             if not ok:
                 raise ValueError(message)
 
+
+# The Python type each annotation of `Config` allows (ints are floats too: JSON writes 1.0 as 1 if edited by hand)
+FIELD_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "dict": (dict,),
+               "str | None": (str, type(None)), "int | None": (int, type(None))}
 
 # What a run is trained *on* and *where*, not *how*: a recipe never sets these, the user may.
 RUN_SETTINGS = ("dataset", "data_dir", "seed", "val_seed", "device", "channels_last")
@@ -171,6 +189,11 @@ class FinetuneConfig:
     seed: int = 0  # the held-out samples, the MNIST images drawn, data order and augmentation
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # a hand-edited config.json may hold anything: each value its field's type
+            value, allowed = getattr(self, f.name), FIELD_TYPES[f.type]
+            if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed) or (
+                    isinstance(value, float) and not math.isfinite(value)):
+                raise ValueError(f"{f.name} must be {f.type.replace(' | None', ' or null')}, got {value!r}")
         checks = [
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.lr_scale > 0, f"--lr-scale must be positive, got {self.lr_scale}"),

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import datetime
 import io
 import json
 import logging
+import os
+import shutil
 import tempfile
 import time
 import warnings
@@ -32,7 +35,7 @@ import torch
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from torch import nn
 
-from digitpi import UserError, __version__, contract, data, files, one_line, rundir, runtime
+from digitpi import UserError, __version__, contract, data, exportdir, files, one_line, rundir, runtime
 from digitpi.card import model_layers, seal
 from digitpi.config import Config
 from digitpi.evaluate import Ensemble, shared_dataset
@@ -492,20 +495,46 @@ def export_ensemble(members: list[Member], out_dir: str | Path, cfg: ExportConfi
 
 
 def write_export(job: Job, source: dict | None, log=None) -> dict:
-    """Write, measure and describe a prepared export (see `export_model`); returns the sealed card."""
+    """Write, measure and describe a prepared export (see `export_model`); returns the sealed card.
+
+    The files are made and measured in a hidden folder inside `out_dir`, then moved into place, the card
+    last: until then a failure or Ctrl-C leaves `out_dir` as it was, an earlier export whole. Files of an
+    export's names that no digitpi export wrote (a user's own model.onnx) are refused, not replaced."""
     log = log or (lambda message: None)
+    check_out_dir(job.out_dir, log)
     test_x, test_y = data.load_split(job.cfg.dataset, "test", job.cfg.data_dir)
     job.out_dir.mkdir(parents=True, exist_ok=True)
-    (job.out_dir / CARD).unlink(missing_ok=True)  # a half-replaced folder must not look complete
+    files.remove_stale(job.out_dir / STAGING)  # left by a killed export
+    staged = dataclasses.replace(job, out_dir=files.temporary_name(job.out_dir / STAGING))
     try:
-        write_variants(job, log)
-        sealed = seal(model_card(job, measure(job, test_x, test_y, log), source))
-        files.write_atomic(job.out_dir / CARD, (json.dumps(sealed, indent=2) + "\n").encode())
-    except BaseException:  # files without a card are no export: leave none behind
-        for variant in VARIANTS:
-            job.path(variant.name).unlink(missing_ok=True)
-        raise
+        staged.out_dir.mkdir()
+        write_variants(staged, log)
+        sealed = seal(model_card(staged, measure(staged, test_x, test_y, log), source))
+        files.write_atomic(staged.out_dir / CARD, (json.dumps(sealed, indent=2) + "\n").encode())
+        (job.out_dir / CARD).unlink(missing_ok=True)  # cut short from here, the files have no card: no export
+        for name in exportdir.FILES:  # the card last
+            os.replace(staged.out_dir / name, job.out_dir / name)
+    except OSError as e:
+        raise ExportError(f"cannot write {job.out_dir}: {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(staged.out_dir, ignore_errors=True)
     return sealed
+
+
+STAGING = "export"  # the hidden folder an export is made in: OUT/.export.PID-TOKEN.tmp
+
+
+def check_out_dir(out_dir: Path, log: Callable[[str], None]) -> None:
+    """Refuse to write where an export's file names hold something else: a folder or link, or files with
+    no digitpi card beside them. An earlier export there is replaced, and the log says so."""
+    present = [name for name in exportdir.FILES if os.path.lexists(out_dir / name)]
+    for name in present:
+        files.check_replaceable(out_dir / name)
+    if present and not exportdir.is_export(out_dir):
+        raise ExportError(f"{out_dir} holds {', '.join(present)} that no digitpi export wrote: not replaced "
+                          "(move them away, or choose another --out)")
+    if present:
+        log(f"replacing the export in {out_dir}")
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path | None = None, data_dir: str | None = None,

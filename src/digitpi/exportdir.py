@@ -17,7 +17,9 @@ while it builds its parser.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 CARD = "model.json"
 CARD_FORMAT = "digitpi-export/1"
@@ -43,6 +45,19 @@ SEVEN_BIT = "7-bit range"
 DEFAULT_PRECISION = "int8"  # what `Classifier.load` runs unless told (but see its docstring): a third of the size
 PRECISIONS = tuple(sorted(dict.fromkeys(v.precision for v in VARIANTS), key=lambda p: p != DEFAULT_PRECISION))
 BACKENDS = ("auto", *dict.fromkeys(v.backend for v in VARIANTS))  # auto: onnxruntime when installed, else numpy
+
+
+FILES = (*(v.file for v in VARIANTS), CARD)  # all an export folder holds, card last: the order they are put in place
+
+
+def is_export(folder: Path) -> bool:
+    """Whether `folder` has a digitpi model card (sound or not): whose files `digitpi export` may replace,
+    where a user's own model.onnx or a Keras model.json must be left alone."""
+    try:
+        card = json.loads((folder / CARD).read_text())
+    except (OSError, ValueError, RecursionError):  # ValueError: not UTF-8, not JSON
+        return False
+    return isinstance(card, dict) and card.get("format") == CARD_FORMAT
 
 
 def variant(precision: str, backend: str) -> Variant:

@@ -17,6 +17,7 @@ import contextlib
 import os
 import re
 import secrets
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,7 +62,7 @@ def process_alive(pid: int) -> bool:
 
 
 def remove_stale(path: Path) -> None:
-    """Delete temporary files of `path` left behind by processes that no longer run (killed mid-write)."""
+    """Delete temporary files (or folders) of `path` left behind by processes that no longer run (killed mid-write)."""
     pattern = re.compile(re.escape(f".{path.name}.") + r"(\d+)-[0-9a-f]{8}\.tmp")
     try:
         names = os.listdir(path.parent)
@@ -70,8 +71,9 @@ def remove_stale(path: Path) -> None:
     for name in names:
         match = pattern.fullmatch(name)
         if match and int(match[1]) != os.getpid() and not process_alive(int(match[1])):
+            stale = path.parent / name
             with contextlib.suppress(OSError):
-                os.unlink(path.parent / name)
+                shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else os.unlink(stale)
 
 
 def write_atomic(path: str | os.PathLike, payload: bytes) -> None:

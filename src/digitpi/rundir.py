@@ -45,8 +45,12 @@ def is_complete(run_dir: Path) -> bool:
 
 
 def save_run(out_dir: Path, model: nn.Module, cfg: Config, history: dict, metrics: dict) -> None:
-    """Checkpoint, config, history and metrics of a run; each file written atomically, the metrics last."""
+    """Checkpoint, config, history and metrics of a run; each file written atomically, the metrics last.
+    Plots of a run saved there before are removed: `report.plot_run` draws this run's, if asked."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    for name in PLOTS.values():
+        if (out_dir / name).is_file():
+            (out_dir / name).unlink()
     save_checkpoint(out_dir / CHECKPOINT, model, cfg)
     write_json(out_dir / CONFIG, asdict(cfg))
     write_json(out_dir / HISTORY, history)
@@ -124,12 +128,19 @@ def read_checkpoint(path: Path) -> tuple[dict, dict]:
     Checkpoints from before the checksum (no `tensors_sha256`) are read unchecked."""
     from safetensors.torch import load
 
+    from digitpi.models import MAX_PARAMS
+
     try:
+        if path.stat().st_size > 4 * MAX_PARAMS + 2**24:  # float32 weights of the largest model digitpi builds
+            raise UserError(f"{path}: {path.stat().st_size / 1e9:.1f} GB, more than the weights of any model "
+                            f"digitpi builds ({MAX_PARAMS:,} parameters): not read")
         raw = path.read_bytes()
         metadata, tensors = tensor_bytes(raw)
         state = load(raw)
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    except UserError:
+        raise
     except Exception as e:  # safetensors' SafetensorError (not a RuntimeError), JSON, a truncated file
         raise UserError(f"{path}: not a readable checkpoint, corrupt or truncated ({one_line(e, 100)})") from None
     if DIGEST_KEY in metadata and hashlib.sha256(tensors).hexdigest() != metadata[DIGEST_KEY]:
@@ -154,6 +165,8 @@ def load_checkpoint(run_dir: str | Path) -> tuple[nn.Module, Config]:
         model = create_model(cfg.model, **cfg.model_args)
     except (TypeError, ValueError) as e:  # model_args the builder does not take
         raise UserError(f"{config_path}: cannot build model {cfg.model!r} ({e})") from None
+    except UserError as e:  # a model this version does not have
+        raise UserError(f"{config_path}: {e}") from None
     header, state = read_checkpoint(weights_path)
     try:
         if "model" in header and header["model"] != cfg.model:

@@ -29,7 +29,10 @@ def pick_device(name: str) -> torch.device:
     mistake."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # cuda:99999999999999999999
+        raise UserError(f"--device {name}: not a device torch knows") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         why = f"torch {torch.__version__} is built without CUDA" if torch.version.cuda is None else "torch sees no GPU"
         raise UserError(f"--device {name}: no CUDA device here ({why}); use --device cpu or auto")
@@ -273,6 +276,8 @@ def train(cfg: Config, on_epoch_end: EpochHook | None = None, progress: bool = T
 
     n = len(x_train)
     steps_per_epoch = distributed.steps_per_epoch(n, cfg.batch_size, rank)
+    if not steps_per_epoch:
+        raise UserError(f"--val-split {cfg.val_split} leaves {n} of {len(train_images)} images to train on")
     history: dict[str, list[float]] = {key: [] for key in HISTORY}
     best_acc, best_epoch, best_state = -1.0, 0, None
     step, seconds = 0, 0.0

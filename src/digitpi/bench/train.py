@@ -9,21 +9,21 @@ Top-level imports stay torch-free: the CLI imports this module to build `bench t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from digitpi import data
+from digitpi import UserError, config, data, files
 from digitpi.bench import cpu_name
-from digitpi.config import REFERENCES
 from digitpi.contract import IMAGE_SIZE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipes", default="fast,tiny", help="our recipes, comma-separated (default: fast,tiny)")
-    parser.add_argument("--references", default=",".join(REFERENCES),
+    parser.add_argument("--references", default=",".join(config.REFERENCES),
                         help="reference recipes, comma-separated, or '' for none (default: %(default)s)")
     parser.add_argument("--seeds", type=int, default=3, help="runs per recipe of ours (default: 3)")
     parser.add_argument("--quick", action="store_true",
@@ -77,7 +77,7 @@ def measure(recipe: str, seed: int, target: float, data_dir: str | None, epochs:
             stop_at_target: bool = False, out_dir: Path | None = None) -> Measurement:
     import torch
 
-    from digitpi import config, models, pipeline, train
+    from digitpi import models, pipeline, train
 
     start = time.perf_counter()
     images, labels = data.load_split("mnist", "train", data_dir)
@@ -164,11 +164,28 @@ def format_table(rows: list[dict], target: float) -> str:
 
 
 def run(args: argparse.Namespace) -> None:
-    import torch
-
     ours = [r for r in args.recipes.split(",") if r]
     out_dir = Path(args.out) if args.out else None
     references = [r for r in args.references.split(",") if r]
+    # Mistakes end the benchmark before its first minute of training, not after it
+    if args.seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {args.seeds}")
+    if not ours + references:
+        raise UserError("nothing to measure: name --recipes, --references or both")
+    try:
+        for recipe in ours + references:
+            config.recipe_config(recipe)
+    except ValueError as e:  # an unknown name
+        raise UserError(str(e)) from None
+    with contextlib.ExitStack() as stack:
+        if out_dir is not None:
+            stack.enter_context(files.writing(out_dir))  # a file there, or another benchmark writing it: one line now
+        measure_all(args, ours, references, out_dir)
+
+
+def measure_all(args: argparse.Namespace, ours: list[str], references: list[str], out_dir: Path | None) -> None:
+    import torch
+
     rows, reference_seconds = [], {}
     for recipe in references:
         m = measure(recipe, 0, args.target, args.data_dir, epochs=1 if args.quick else None,
