@@ -225,6 +225,16 @@ def test_incomplete_or_edited_card(edit, reseal, message, fast_export, tmp_path,
     assert served.returncode == 2 and served.stderr.count("\n") == 1 and message in served.stderr
 
 
+def test_a_card_too_large_to_be_one_is_not_read(fast_export, tmp_path, mnist_test, capsys):
+    """A 32 MB model.json (sparse) is refused by its size: cards are KB, and the Pi has 1 GB."""
+    folder = tmp_path / "export"
+    shutil.copytree(fast_export, folder)
+    with open(folder / "model.json", "r+b") as f:
+        f.truncate(2**25)
+    picture = scan_png(tmp_path, mnist_test)
+    assert "too large for a model card" in one_line_error(["predict", "--model", str(folder), str(picture)], capsys)
+
+
 def test_a_layer_naming_a_missing_weight_fails_at_start(fast_export, tmp_path, mnist_test, capsys):
     folder = edited_export(fast_export, tmp_path, missing_weight, reseal=True)
     served = run_cli("serve", "--model", str(folder), "--backend", "numpy", "--port", "0")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from digitpi import UserError
 from digitpi.contract import IMAGE_SIZE, SHAPE
-from digitpi.exportdir import CARD, CARD_FORMAT
+from digitpi.exportdir import CARD, CARD_FORMAT, MAX_CARD_BYTES
 
 CHECKSUM = "card_sha256"
 
@@ -47,6 +47,8 @@ def read_card(folder: str | Path) -> dict:
     if not path.is_file():
         raise ModelFileError(f"no model card {CARD} in {folder}: export a run with `digitpi export RUN_DIR`")
     try:
+        if path.stat().st_size > MAX_CARD_BYTES:
+            raise ModelFileError(f"{path}: {path.stat().st_size:,} bytes, too large for a model card")
         card = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ModelFileError(f"{path}: unreadable model card ({e})") from None

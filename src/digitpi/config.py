@@ -88,6 +88,21 @@ REFERENCES = ("pytorch_example", "course")  # recipes that reproduce a source: s
 RECIPE_FOR_MODEL = {"mlp": "course", "baseline_cnn": "course", "fast_cnn": "standard", "best5_cnn": "best"}
 
 
+# The Python types each annotation of a config allows (an int is a float too: 1 for 1.0 in a hand-edited JSON)
+FIELD_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "dict": (dict,),
+               "str | None": (str, type(None)), "int | None": (int, type(None))}
+
+
+def check_types(config) -> None:
+    """Each field of a config dataclass holds its annotation's type: a hand-edited config.json may hold
+    anything, and a string seed or a NaN rate would fail deep in torch instead of here."""
+    for f in fields(config):
+        value, allowed = getattr(config, f.name), FIELD_TYPES[f.type]
+        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed) or (
+                isinstance(value, float) and not math.isfinite(value)):
+            raise ValueError(f"{f.name} must be {f.type.replace(' | None', ' or null')}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class Config:
     model: str = "mid_cnn"  # a name in models.MODELS
@@ -121,11 +136,7 @@ class Config:
     channels_last: bool = True  # faster convolutions on CPU
 
     def __post_init__(self) -> None:
-        for f in fields(self):  # a hand-edited config.json may hold anything: each value its field's type
-            value, allowed = getattr(self, f.name), FIELD_TYPES[f.type]
-            if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed) or (
-                    isinstance(value, float) and not math.isfinite(value)):
-                raise ValueError(f"{f.name} must be {f.type.replace(' | None', ' or null')}, got {value!r}")
+        check_types(self)
         checks = [
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
@@ -150,10 +161,6 @@ class Config:
             if not ok:
                 raise ValueError(message)
 
-
-# The Python type each annotation of `Config` allows (ints are floats too: JSON writes 1.0 as 1 if edited by hand)
-FIELD_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "dict": (dict,),
-               "str | None": (str, type(None)), "int | None": (int, type(None))}
 
 # What a run is trained *on* and *where*, not *how*: a recipe never sets these, the user may.
 RUN_SETTINGS = ("dataset", "data_dir", "seed", "val_seed", "device", "channels_last")
@@ -189,11 +196,7 @@ class FinetuneConfig:
     seed: int = 0  # the held-out samples, the MNIST images drawn, data order and augmentation
 
     def __post_init__(self) -> None:
-        for f in fields(self):  # a hand-edited config.json may hold anything: each value its field's type
-            value, allowed = getattr(self, f.name), FIELD_TYPES[f.type]
-            if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed) or (
-                    isinstance(value, float) and not math.isfinite(value)):
-                raise ValueError(f"{f.name} must be {f.type.replace(' | None', ' or null')}, got {value!r}")
+        check_types(self)
         checks = [
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.lr_scale > 0, f"--lr-scale must be positive, got {self.lr_scale}"),

@@ -494,6 +494,9 @@ def export_ensemble(members: list[Member], out_dir: str | Path, cfg: ExportConfi
     return write_export(prepare_ensemble(members, Path(out_dir), cfg), source, log)
 
 
+STAGING = "export"  # the hidden folder an export is made in: OUT/.export.PID-TOKEN.tmp
+
+
 def write_export(job: Job, source: dict | None, log=None) -> dict:
     """Write, measure and describe a prepared export (see `export_model`); returns the sealed card.
 
@@ -519,9 +522,6 @@ def write_export(job: Job, source: dict | None, log=None) -> dict:
     finally:
         shutil.rmtree(staged.out_dir, ignore_errors=True)
     return sealed
-
-
-STAGING = "export"  # the hidden folder an export is made in: OUT/.export.PID-TOKEN.tmp
 
 
 def check_out_dir(out_dir: Path, log: Callable[[str], None]) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 CARD = "model.json"
 CARD_FORMAT = "digitpi-export/1"
+MAX_CARD_BYTES = 2**24  # cards are a few KB, an ensemble's tens of KB
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,11 @@ FILES = (*(v.file for v in VARIANTS), CARD)  # all an export folder holds, card 
 def is_export(folder: Path) -> bool:
     """Whether `folder` has a digitpi model card (sound or not): whose files `digitpi export` may replace,
     where a user's own model.onnx or a Keras model.json must be left alone."""
+    path = folder / CARD
     try:
-        card = json.loads((folder / CARD).read_text())
+        if not path.is_file() or path.stat().st_size > MAX_CARD_BYTES:  # a FIFO would hang the read
+            return False
+        card = json.loads(path.read_text())
     except (OSError, ValueError, RecursionError):  # ValueError: not UTF-8, not JSON
         return False
     return isinstance(card, dict) and card.get("format") == CARD_FORMAT
