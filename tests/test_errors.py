@@ -99,11 +99,14 @@ def test_checkpoints_carry_a_checksum(fast_run):
     ("[1, 2]", "expected a JSON object, found a list"),
     ("{not json", "unreadable"),
     ('{"model": "fast_cnn", "epochs": "many"}', "not a valid run config"),
-    ('{"model": "fast_cnn", "model_args": {"width": 3}}', "cannot build model"),
+    ('{"model": "fast_cnn", "model_args": {"width": 3}}', "cannot build fast_cnn from model args"),
     ('{"model": "fast_cnn", "data_dir": 5}', "data_dir must be str or null, got 5"),
     ('{"model": "fast_cnn", "seed": "zero"}', "seed must be int, got 'zero'"),
     ('{"model": "fast_cnn", "seed": 1e23}', "seed must be int, got 1e+23"),
     ('{"model": "nope_cnn"}', "config.json: unknown model 'nope_cnn'"),
+    ('{"model": "fast_cnn", "model_args": {"stages": [[30000], [30000]]}}', "more than the 100,000,000 digitpi builds"),
+    ("[" * 100_000, "unreadable"),
+    ('{"model": "fast_cnn", "device": "cuda\\nTraceback (most recent call last):"}', "--device must be one of"),
 ])
 def test_broken_run_config(config, message, fast_run, tmp_path, capsys):
     run = copy_run(fast_run, tmp_path)
@@ -146,7 +149,7 @@ def test_export_replaces_an_export_and_nothing_else(fast_run, fast_export, tmp_p
     shutil.copytree(fast_export, again)
     (again / "notes.txt").write_text("mine")
     assert main(["export", str(fast_run), "--out", str(again)]) == 0
-    assert f"replacing the export in {again}" in capsys.readouterr().out
+    assert f"replaced the export that was in {again}" in capsys.readouterr().out
     assert Classifier.load(again).card["model"] == "fast_cnn" and (again / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in again.iterdir()) == ["model.int8.onnx", "model.json", "model.onnx", "notes.txt",
                                                         "weights.npz"]  # no staging folder left
@@ -161,6 +164,34 @@ def test_export_replaces_an_export_and_nothing_else(fast_run, fast_export, tmp_p
     assert "weights.npz is a folder, not a regular file" in one_line_error(
         ["export", str(fast_run), "--out", str(mine)], capsys)
     assert [p.name for p in mine.iterdir()] == ["weights.npz"]
+
+
+def test_an_export_cut_short_while_moving_in_keeps_its_card_and_is_replaced(fast_run, fast_export, tmp_path,
+                                                                             monkeypatch, capsys):
+    """A rename that fails after the first file: the error names the file, the earlier card stays (the
+    runtime checks each file against it by SHA-256), and the next export replaces the folder's files."""
+    from digitpi.runtime import Classifier
+
+    folder = tmp_path / "export"
+    shutil.copytree(fast_export, folder)
+    card_before = (folder / "model.json").read_bytes()
+    real_replace, moved = os.replace, []
+
+    def failing(src, dst):  # into the export folder: the first move works, the next fails
+        if Path(dst).parent == folder:
+            if moved:
+                raise PermissionError(1, "Operation not permitted")
+            moved.append(Path(dst).name)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    err = one_line_error(["export", str(fast_run), "--out", str(folder)], capsys)
+    assert f"cannot write {folder / 'model.int8.onnx'}: Operation not permitted" in err
+    assert moved == ["model.onnx"] and (folder / "model.json").read_bytes() == card_before
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert main(["export", str(fast_run), "--out", str(folder)]) == 0
+    Classifier.load(folder, precision="fp32")
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]
 
 
 def test_an_export_cut_short_leaves_the_earlier_export_whole(fast_run, fast_export, tmp_path, monkeypatch, capsys):

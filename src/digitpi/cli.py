@@ -18,11 +18,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from digitpi import UserError, __version__, files
+from digitpi import UserError, __version__, files, one_line
 from digitpi.bench import BENCHMARKS
 from digitpi.exportdir import BACKENDS, PRECISIONS, is_export
 
 DEFAULT_RUN_DIR = "runs"
+ERROR_CHARS = 1000  # an error line quoting a value from a file is cut here
 SAMPLES_DEFAULT = "default: $XDG_DATA_HOME/digitpi/samples.db, else ~/.local/share/digitpi/samples.db"
 STDIN = "standard input"  # what messages call the image `-` reads
 DESCRIPTION = "Train a handwritten-digit classifier on a PC; read digits with it on a Raspberry Pi."
@@ -568,14 +569,14 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `digitpi predict ... | head`: the reader has all it wanted; end quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit must not fail
         return 0  # as `watch` ends: the reader stopped reading, nothing failed
-    except UserError as e:
-        print(f"digitpi: error: {e}", file=sys.stderr)
+    except UserError as e:  # one line, even where a message quotes a value with a newline from a file
+        print(f"digitpi: error: {one_line(e, ERROR_CHARS)}", file=sys.stderr)
         return 2
     except OSError as e:
         if os.environ.get("DIGITPI_DEBUG"):
             raise
         where = f": {e.filename}" if e.filename else ""
-        print(f"digitpi: error: {e.strerror or e}{where}", file=sys.stderr)
+        print(f"digitpi: error: {one_line(f'{e.strerror or e}{where}', ERROR_CHARS)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C: whatever was being written is left as it was
         print("digitpi: interrupted", file=sys.stderr)

@@ -501,10 +501,12 @@ def write_export(job: Job, source: dict | None, log=None) -> dict:
     """Write, measure and describe a prepared export (see `export_model`); returns the sealed card.
 
     The files are made and measured in a hidden folder inside `out_dir`, then moved into place, the card
-    last: until then a failure or Ctrl-C leaves `out_dir` as it was, an earlier export whole. Files of an
-    export's names that no digitpi export wrote (a user's own model.onnx) are refused, not replaced."""
+    last: until then a failure or Ctrl-C leaves `out_dir` as it was, an earlier export whole. Cut short
+    while moving, the earlier card stays beside files it does not describe: the runtime refuses them by
+    their SHA-256, and the next export replaces them. Files of an export's names that no digitpi export
+    wrote (a user's own model.onnx) are refused, not replaced."""
     log = log or (lambda message: None)
-    check_out_dir(job.out_dir, log)
+    replacing = check_out_dir(job.out_dir)
     test_x, test_y = data.load_split(job.cfg.dataset, "test", job.cfg.data_dir)
     job.out_dir.mkdir(parents=True, exist_ok=True)
     files.remove_stale(job.out_dir / STAGING)  # left by a killed export
@@ -514,27 +516,28 @@ def write_export(job: Job, source: dict | None, log=None) -> dict:
         write_variants(staged, log)
         sealed = seal(model_card(staged, measure(staged, test_x, test_y, log), source))
         files.write_atomic(staged.out_dir / CARD, (json.dumps(sealed, indent=2) + "\n").encode())
-        (job.out_dir / CARD).unlink(missing_ok=True)  # cut short from here, the files have no card: no export
         for name in exportdir.FILES:  # the card last
-            os.replace(staged.out_dir / name, job.out_dir / name)
-    except OSError as e:
-        raise ExportError(f"cannot write {job.out_dir}: {e.strerror or e}") from None
+            try:
+                os.replace(staged.out_dir / name, job.out_dir / name)
+            except OSError as e:
+                raise ExportError(f"cannot write {job.out_dir / name}: {e.strerror or e}") from None
     finally:
         shutil.rmtree(staged.out_dir, ignore_errors=True)
+    if replacing:
+        log(f"replaced the export that was in {job.out_dir}")
     return sealed
 
 
-def check_out_dir(out_dir: Path, log: Callable[[str], None]) -> None:
-    """Refuse to write where an export's file names hold something else: a folder or link, or files with
-    no digitpi card beside them. An earlier export there is replaced, and the log says so."""
+def check_out_dir(out_dir: Path) -> bool:
+    """Whether `out_dir` holds an export to replace. Refused: a folder or link where an export's file
+    goes, and files of an export's names with no digitpi card beside them."""
     present = [name for name in exportdir.FILES if os.path.lexists(out_dir / name)]
     for name in present:
         files.check_replaceable(out_dir / name)
     if present and not exportdir.is_export(out_dir):
         raise ExportError(f"{out_dir} holds {', '.join(present)} that no digitpi export wrote: not replaced "
                           "(move them away, or choose another --out)")
-    if present:
-        log(f"replacing the export in {out_dir}")
+    return bool(present)
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path | None = None, data_dir: str | None = None,

@@ -57,14 +57,19 @@ def save_run(out_dir: Path, model: nn.Module, cfg: Config, history: dict, metric
     write_json(out_dir / METRICS, metrics)
 
 
+MAX_JSON_BYTES = 2**26  # a run's history of thousands of epochs is a few MB
+
+
 def read_json(path: Path) -> dict:
     """A JSON object from a run folder, or one line saying why it cannot be one."""
     try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise UserError(f"{path}: {path.stat().st_size:,} bytes, more than a run's {path.name} ever holds")
         payload = json.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"{path} is missing: {path.parent} is not a complete run") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: unreadable ({e})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise UserError(f"{path}: unreadable ({one_line(e)})") from None
     if not isinstance(payload, dict):
         raise UserError(f"{path}: expected a JSON object, found a {type(payload).__name__}")
     return payload
@@ -154,7 +159,7 @@ def load_checkpoint(run_dir: str | Path) -> tuple[nn.Module, Config]:
     The weights' header must name the model config.json names: a config copied from another run
     is refused by name rather than by a mismatch deep in the state dict.
     """
-    from digitpi.models import create_model
+    from digitpi.models import check_model, create_model
 
     run_dir = Path(run_dir)
     config_path, weights_path = run_dir / CONFIG, run_dir / CHECKPOINT
@@ -162,10 +167,11 @@ def load_checkpoint(run_dir: str | Path) -> tuple[nn.Module, Config]:
         raise UserError(f"{run_dir} is not a training run (needs {CONFIG} and {CHECKPOINT})")
     cfg = load_config(run_dir)
     try:
+        check_model(cfg.model, cfg.model_args)  # weightless: a hand-edited layout of 10**10 parameters is not built
         model = create_model(cfg.model, **cfg.model_args)
     except (TypeError, ValueError) as e:  # model_args the builder does not take
-        raise UserError(f"{config_path}: cannot build model {cfg.model!r} ({e})") from None
-    except UserError as e:  # a model this version does not have
+        raise UserError(f"{config_path}: cannot build model {cfg.model!r} ({one_line(e)})") from None
+    except UserError as e:  # a model this version does not have, or one too large
         raise UserError(f"{config_path}: {e}") from None
     header, state = read_checkpoint(weights_path)
     try:
