@@ -157,7 +157,7 @@ def test_export_replaces_an_export_and_nothing_else(fast_run, fast_export, tmp_p
     mine.mkdir()
     (mine / "model.onnx").write_bytes(b"my own model")
     err = one_line_error(["export", str(fast_run), "--out", str(mine)], capsys)
-    assert "holds model.onnx that no digitpi export wrote: not replaced" in err
+    assert "holds model.onnx with no digitpi card beside them (your own files, or an export cut short)" in err
     assert (mine / "model.onnx").read_bytes() == b"my own model" and len(list(mine.iterdir())) == 1
     (mine / "model.onnx").unlink()
     (mine / "weights.npz").mkdir()
@@ -192,6 +192,24 @@ def test_an_export_cut_short_while_moving_in_keeps_its_card_and_is_replaced(fast
     assert main(["export", str(fast_run), "--out", str(folder)]) == 0
     Classifier.load(folder, precision="fp32")
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_a_first_export_cut_short_while_moving_in_leaves_no_file(fast_run, tmp_path, monkeypatch, capsys):
+    """No export there before: the files moved in before a failing rename are taken out again, so the
+    next export is not refused as if they were the user's."""
+    folder = tmp_path / "export"
+    real_replace = os.replace
+
+    def failing(src, dst):
+        if Path(dst).name == "weights.npz":
+            raise PermissionError(1, "Operation not permitted")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    assert "cannot write" in one_line_error(["export", str(fast_run), "--out", str(folder)], capsys)
+    assert not folder.exists()  # emptied, then removed by the command that made it
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert main(["export", str(fast_run), "--out", str(folder)]) == 0
 
 
 def test_an_export_cut_short_leaves_the_earlier_export_whole(fast_run, fast_export, tmp_path, monkeypatch, capsys):

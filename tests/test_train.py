@@ -198,9 +198,9 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     (["train", "--recipe", "slow"], "unknown recipe 'slow'"),
     (["train", "--device", "gpu"], "--device must be one of auto, cpu, cuda or cuda:N (one GPU of several), got gpu"),
     (["train", "--device", "cuda:99999999999999999999"], "not a device torch knows"),
-    (["train", "--seed", str(10**23)], "--seed and --val-seed must be in [0, 2**63)"),
+    (["train", "--seed", str(10**23)], "--seed must be in [-2**63, 2**63), got 1000000000000000000000"),
     (["train", "--label-smoothing", "5"], "--label-smoothing must be in [0, 1), got 5.0"),
-    (["train", "--rotate", "-5"], "augmentation amounts must be 0 or more"),
+    (["train", "--rotate", "-5"], "--rotate must be 0 or more, got -5.0"),
     (["train", "--val-split", "0.999995"], "--val-split 0.999995 leaves 0 of 60000 images to train on"),
     (["bench", "train", "--seeds", "0"], "--seeds must be at least 1, got 0"),
     (["bench", "train", "--recipes", "fast,nope"], "unknown recipe 'nope'"),
@@ -403,6 +403,13 @@ def test_a_run_without_mistakes_still_gets_its_misclassified_picture(mnist_test,
     report.plot_misclassified(tmp_path / "some.png", images, labels, (labels + 1) % 10, classes)
     with Image.open(tmp_path / "none.png") as none, Image.open(tmp_path / "some.png") as some:
         assert none.format == some.format == "PNG" and none.height < some.height
+
+
+def test_sgd_without_momentum_builds() -> None:
+    """`--optimizer sgd` on the course recipe (momentum 0): plain SGD, as Nesterov needs a momentum."""
+    cfg = config.recipe_config("course", optimizer="sgd")
+    opt = train.make_optimizer(models.create_model(cfg.model), cfg)
+    assert opt.defaults["momentum"] == 0 and not opt.defaults["nesterov"]
 
 
 def test_training_over_a_run_says_its_export_is_stale(fast_run: Path, fast_export: Path, tmp_path: Path) -> None:

@@ -93,6 +93,9 @@ FIELD_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (boo
                "str | None": (str, type(None)), "int | None": (int, type(None))}
 
 
+SEEDS = (-2**63, 2**63)  # what torch's generators take, as a signed 64-bit number
+
+
 def check_types(config) -> None:
     """Each field of a config dataclass holds its annotation's type: a hand-edited config.json may hold
     anything, and a string seed or a NaN rate would fail deep in torch instead of here."""
@@ -148,12 +151,13 @@ class Config:
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
             (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),
             (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
-            (self.weight_decay >= 0 and self.gamma > 0 and 0 <= self.warmup <= 1,
-             "--weight-decay must be 0 or more, --gamma positive, --warmup in [0, 1]"),
-            (all(getattr(self, name) >= 0 for name in AUGMENTATION),
-             f"augmentation amounts must be 0 or more ({', '.join('--' + n for n in AUGMENTATION)})"),
-            (all(0 <= s < 2**63 for s in (self.seed, self.val_seed or 0)),
-             f"--seed and --val-seed must be in [0, 2**63), got {self.seed} and {self.val_seed}"),
+            (self.weight_decay >= 0, f"--weight-decay must be 0 or more, got {self.weight_decay}"),
+            (self.gamma > 0, f"--gamma must be positive, got {self.gamma}"),
+            (0 <= self.warmup <= 1, f"--warmup must be in [0, 1], got {self.warmup}"),
+            *[(getattr(self, name) >= 0, f"--{name} must be 0 or more, got {getattr(self, name)}")
+              for name in AUGMENTATION],
+            *[(seed is None or SEEDS[0] <= seed < SEEDS[1], f"--{flag} must be in [-2**63, 2**63), got {seed}")
+              for flag, seed in (("seed", self.seed), ("val-seed", self.val_seed))],
             (self.device in DEVICES or re.fullmatch(r"cuda:\d+", self.device) is not None,
              f"--device must be one of {', '.join(DEVICES)} or cuda:N (one GPU of several), got {self.device}"),
         ]
@@ -203,6 +207,7 @@ class FinetuneConfig:
             (self.replay >= 0, f"--replay must be 0 or more, got {self.replay}"),
             (0 < self.share <= 1, f"--share must be in (0, 1], got {self.share}"),
             (0 <= self.holdout < 1, f"--holdout must be in [0, 1), got {self.holdout}"),
+            (0 <= self.seed < SEEDS[1], f"--seed must be in [0, 2**63), got {self.seed}"),  # NumPy's: not negative
         ]
         for ok, message in checks:
             if not ok:

@@ -78,7 +78,7 @@ def own_generator(shared: torch.Generator, seed: int, rank: Rank | None) -> torc
     Every rank draws the data order from `shared`, so all must draw the same numbers from it."""
     if rank is None:
         return shared
-    return torch.Generator(device=shared.device).manual_seed(seed * rank.world + rank.rank + 1)
+    return torch.Generator(device=shared.device).manual_seed((seed * rank.world + rank.rank + 1) % 2**64)
 
 
 def all_sum(values: list[float], rank: Rank | None) -> list[float]:

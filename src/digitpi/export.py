@@ -6,7 +6,7 @@ several models, each prepared as `export_model` prepares one, into one folder. B
 write (fold BatchNorm into the convolutions, then one file per row of `exportdir.VARIANTS`, each
 by its function in WRITERS: ONNX, int8 calibrated on *training* images, NumPy weights), measure
 (every variant against the torch model on the real test set, by its backend in MEASURERS) and
-describe (the card `model.json`, written last, so a folder with a card is always complete).
+describe (the card `model.json`, moved in last from the hidden folder the export is made in).
 The Pi reads the folder with `digitpi.runtime`, which needs no torch.
 """
 
@@ -474,8 +474,8 @@ def export_model(model: nn.Module, model_name: str, model_args: dict, out_dir: s
     (float32 (N, 1, 28, 28) = pixel/255, white ink on black) and returning logits (N, 10).
     `model_name`/`model_args` are recorded so the card says what was exported; `source` (any
     JSON-able dict: run folder, Keras file...) too.
-    Files appear atomically; the card is written last, so a folder with a card is complete, and a
-    failure on the way removes the files this export wrote.
+    The files are made aside and moved in, the card last (see `write_export`): a failure on the way
+    leaves `out_dir` as it was.
     `log(message)` receives one line per step with its time and size.
     """
     cfg = cfg or ExportConfig()
@@ -502,9 +502,10 @@ def write_export(job: Job, source: dict | None, log=None) -> dict:
 
     The files are made and measured in a hidden folder inside `out_dir`, then moved into place, the card
     last: until then a failure or Ctrl-C leaves `out_dir` as it was, an earlier export whole. Cut short
-    while moving, the earlier card stays beside files it does not describe: the runtime refuses them by
-    their SHA-256, and the next export replaces them. Files of an export's names that no digitpi export
-    wrote (a user's own model.onnx) are refused, not replaced."""
+    while moving, the files moved are taken back out where there was no export; where there was one,
+    its card stays beside files it does not describe: the runtime refuses them by their SHA-256, and
+    the next export replaces them. Files of an export's names with no digitpi card beside them (a
+    user's own model.onnx) are refused, not replaced."""
     log = log or (lambda message: None)
     replacing = check_out_dir(job.out_dir)
     test_x, test_y = data.load_split(job.cfg.dataset, "test", job.cfg.data_dir)
@@ -516,11 +517,18 @@ def write_export(job: Job, source: dict | None, log=None) -> dict:
         write_variants(staged, log)
         sealed = seal(model_card(staged, measure(staged, test_x, test_y, log), source))
         files.write_atomic(staged.out_dir / CARD, (json.dumps(sealed, indent=2) + "\n").encode())
-        for name in exportdir.FILES:  # the card last
-            try:
+        moved = []
+        try:
+            for name in exportdir.FILES:  # the card last
                 os.replace(staged.out_dir / name, job.out_dir / name)
-            except OSError as e:
+                moved.append(name)
+        except BaseException as e:
+            if not replacing:  # files with no card beside them would block the next export
+                for name in moved:
+                    (job.out_dir / name).unlink(missing_ok=True)
+            if isinstance(e, OSError):
                 raise ExportError(f"cannot write {job.out_dir / name}: {e.strerror or e}") from None
+            raise
     finally:
         shutil.rmtree(staged.out_dir, ignore_errors=True)
     if replacing:
@@ -535,8 +543,8 @@ def check_out_dir(out_dir: Path) -> bool:
     for name in present:
         files.check_replaceable(out_dir / name)
     if present and not exportdir.is_export(out_dir):
-        raise ExportError(f"{out_dir} holds {', '.join(present)} that no digitpi export wrote: not replaced "
-                          "(move them away, or choose another --out)")
+        raise ExportError(f"{out_dir} holds {', '.join(present)} with no digitpi card beside them (your own files, "
+                          "or an export cut short): not replaced; move them away, or choose another --out")
     return bool(present)
 
 

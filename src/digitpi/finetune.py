@@ -84,7 +84,8 @@ def finetune_model(model: nn.Module, run_cfg: Config, split: Split, cfg: Finetun
     if not len(split.train_labels):
         raise UserError("no samples left to train on: collect more, or lower --holdout")
     loop_cfg = dataclasses.replace(run_cfg, epochs=cfg.epochs, lr=run_cfg.lr * cfg.lr_scale, val_split=0.0,
-                                   seed=cfg.seed, data_dir=data_dir or run_cfg.data_dir)
+                                   seed=cfg.seed, data_dir=data_dir or run_cfg.data_dir,
+                                   device="auto")  # this machine's, not the one the run trained on
     images, labels, repeats = mix(split, cfg, loop_cfg.dataset, loop_cfg.data_dir)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     result = train.train(loop_cfg, progress=progress, train_images=images, train_labels=labels, initial_state=state)

@@ -141,7 +141,8 @@ def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
 
 
 OPTIMIZERS: dict[str, Callable] = {
-    "sgd": lambda groups, cfg: torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True),
+    "sgd": lambda groups, cfg: torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
+                                               nesterov=cfg.momentum > 0),  # Nesterov needs a momentum
     "adam": lambda groups, cfg: torch.optim.Adam(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2)),
     "adadelta": lambda groups, cfg: torch.optim.Adadelta(groups, lr=cfg.lr),
 }
@@ -277,7 +278,8 @@ def train(cfg: Config, on_epoch_end: EpochHook | None = None, progress: bool = T
     n = len(x_train)
     steps_per_epoch = distributed.steps_per_epoch(n, cfg.batch_size, rank)
     if not steps_per_epoch:
-        raise UserError(f"--val-split {cfg.val_split} leaves {n} of {len(train_images)} images to train on")
+        processes = f" for {rank.world} processes" if rank else ""
+        raise UserError(f"--val-split {cfg.val_split} leaves {n} of {len(train_images)} images to train on{processes}")
     history: dict[str, list[float]] = {key: [] for key in HISTORY}
     best_acc, best_epoch, best_state = -1.0, 0, None
     step, seconds = 0, 0.0
