@@ -177,9 +177,8 @@ def run(args: argparse.Namespace) -> None:
             config.recipe_config(recipe)
     except ValueError as e:  # an unknown name
         raise UserError(str(e)) from None
-    with contextlib.ExitStack() as stack:
-        if out_dir is not None:
-            stack.enter_context(files.writing(out_dir))  # a file there, or another benchmark writing it: one line now
+    # A file at --out, or another benchmark writing it: one line now, not after the first run
+    with files.writing(out_dir) if out_dir else contextlib.nullcontext():
         measure_all(args, ours, references, out_dir)
 
 
