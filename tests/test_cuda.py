@@ -1,7 +1,9 @@
-"""The GPU path: `--device cuda` and `auto` where torch sees a GPU; a one-line error where it does not.
+"""The GPU path: `--device cuda` and `auto` where torch sees a GPU; a one-line error where it does not;
+mixed-precision training steps (`--amp`), on by default on a GPU.
 
 The GPU tests run only where CUDA is present and are skipped with that reason elsewhere (this
-project's machines and CI have no GPU); the CPU-only test runs everywhere else.
+project's machines and CI have no GPU); the CPU-only test runs everywhere else. The mixed-precision
+test runs everywhere, on the GPU where there is one.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def test_training_on_the_gpu_learns(device: str, subset) -> None:
     cfg = config.recipe_config("standard", epochs=2, device=device)
     result = train.train(cfg, progress=False, train_images=x, train_labels=y)
     assert all(p.device.type == "cuda" for p in result.model.parameters())
+    assert result.amp == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")  # auto: mixed precision on a GPU
     _, accuracy, _ = train.evaluate(result.model, tx, ty)
     assert accuracy > 0.95
 
@@ -61,6 +64,21 @@ def test_gpu_and_cpu_train_the_same_recipe_alike(subset) -> None:
     assert abs(accuracies[0] - accuracies[1]) < 0.01, accuracies
 
 
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_learns_as_float32_does(amp: str, subset) -> None:
+    """Steps autocast to bf16, or to fp16 with scaled gradients, reach float32's accuracy within a point; weights
+    stay float32. Here on the CPU, where `auto` leaves it off (slower there), on the GPU where one is present."""
+    x, y, tx, ty = subset
+    accuracies = {}
+    for precision in ("off", amp):
+        result = train.train(config.recipe_config("fast", epochs=1, amp=precision), progress=False,
+                             train_images=x, train_labels=y)
+        assert result.amp == precision
+        assert all(p.dtype == torch.float32 for p in result.model.parameters())
+        accuracies[precision] = train.evaluate(result.model, tx, ty)[1]
+    assert accuracies[amp] > 0.9 and abs(accuracies[amp] - accuracies["off"]) < 0.01, accuracies
+
+
 @pytest.mark.skipif(HAS_CUDA, reason="a GPU is present: the GPU tests above run instead")
 @pytest.mark.parametrize("device", ["cuda", "cuda:1"])
 def test_device_cuda_without_a_gpu_is_one_line(device: str, mnist_dir, tmp_path: Path) -> None:
@@ -72,3 +90,4 @@ def test_device_cuda_without_a_gpu_is_one_line(device: str, mnist_dir, tmp_path:
     assert done.stderr.count("\n") == 1 and f"--device {device}: no CUDA device here" in done.stderr, done.stderr
     assert not out.exists()
     assert train.pick_device("auto").type == "cpu"
+    assert train.pick_amp("auto", train.pick_device("auto")) == "off"  # float32 on the CPU unless asked

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 OPTIMIZERS = ("sgd", "adam", "adadelta")  # built in train.OPTIMIZERS
 SCHEDULES = ("onecycle", "constant", "step")  # computed in train.lr_factor
 DEVICES = ("auto", "cpu", "cuda")
+AMPS = ("auto", "off", "bf16", "fp16")  # the autocast dtypes of train.pick_amp
 
 # Named presets. Ours (standard, fast, sprint, tiny, micro, best) override `Config`'s defaults, which are ours
 # too; they were chosen on a validation split carved from the training set, never on the test set. The references
@@ -137,6 +138,7 @@ class Config:
     val_seed: int | None = None  # the validation split's own seed: runs that share one are measured together
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
     channels_last: bool = True  # faster convolutions on CPU
+    amp: str = "auto"  # mixed-precision training steps: auto (on a CUDA GPU, not the CPU) | off | bf16 | fp16
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -160,6 +162,7 @@ class Config:
               for flag, seed in (("seed", self.seed), ("val-seed", self.val_seed))],
             (self.device in DEVICES or re.fullmatch(r"cuda:\d+", self.device) is not None,
              f"--device must be one of {', '.join(DEVICES)} or cuda:N (one GPU of several), got {self.device}"),
+            (self.amp in AMPS, f"--amp must be one of {', '.join(AMPS)}, got {self.amp}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -167,7 +170,7 @@ class Config:
 
 
 # What a run is trained *on* and *where*, not *how*: a recipe never sets these, the user may.
-RUN_SETTINGS = ("dataset", "data_dir", "seed", "val_seed", "device", "channels_last")
+RUN_SETTINGS = ("dataset", "data_dir", "seed", "val_seed", "device", "channels_last", "amp")
 HYPERPARAMETERS = tuple(f.name for f in fields(Config) if f.name not in RUN_SETTINGS)  # what a recipe decides
 # The knobs of `train.augment`: 0 turns one off
 AUGMENTATION = ("translate", "rotate", "scale", "thickness", "aspect", "shear", "elastic", "continental")

@@ -34,14 +34,11 @@ class Split:
 
 
 @dataclass
-class Result:
-    model: nn.Module  # the fine-tuned model, in eval mode
-    config: Config  # what the loop ran with: the run's recipe, shortened and slowed
-    history: dict[str, list[float]]
-    train_seconds: float  # the loop alone
-    images_per_epoch: int  # samples (repeated) + MNIST replay
-    repeats: int  # how many times each training sample appears per epoch
-    device: str  # where it trained: cpu, cuda
+class Result(train.TrainResult):
+    """What `train.train` returns (its model the fine-tuned one, in eval mode; its config the run's recipe,
+    shortened and slowed), and what the mix held."""
+    images_per_epoch: int = 0  # samples (repeated) + MNIST replay
+    repeats: int = 0  # how many times each training sample appears per epoch
 
 
 def split_samples(images: np.ndarray, labels: np.ndarray, holdout: float, seed: int) -> Split:
@@ -85,11 +82,11 @@ def finetune_model(model: nn.Module, run_cfg: Config, split: Split, cfg: Finetun
         raise UserError("no samples left to train on: collect more, or lower --holdout")
     loop_cfg = dataclasses.replace(run_cfg, epochs=cfg.epochs, lr=run_cfg.lr * cfg.lr_scale, val_split=0.0,
                                    seed=cfg.seed, data_dir=data_dir or run_cfg.data_dir,
-                                   device="auto")  # this machine's, not the one the run trained on
+                                   device="auto", amp="auto")  # this machine's, not the one the run trained on
     images, labels, repeats = mix(split, cfg, loop_cfg.dataset, loop_cfg.data_dir)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     result = train.train(loop_cfg, progress=progress, train_images=images, train_labels=labels, initial_state=state)
-    return Result(result.model, loop_cfg, result.history, result.train_seconds, len(labels), repeats, result.device)
+    return Result(**vars(result), images_per_epoch=len(labels), repeats=repeats)
 
 
 def finetune_run(run_dir: Path, source: Path, out_dir: Path, cfg: FinetuneConfig | None = None,
@@ -118,9 +115,7 @@ def finetune_run(run_dir: Path, source: Path, out_dir: Path, cfg: FinetuneConfig
         "holdout_after": accuracy(tuned.model, split.test_images, split.test_labels),
         "mnist_before": before["mnist"], "train_seconds": round(tuned.train_seconds, 2),
     }
-    result = train.TrainResult(tuned.config, tuned.model, tuned.history, cfg.epochs, tuned.train_seconds,
-                               data.checksums(run_cfg.dataset), device=tuned.device)
-    metrics = pipeline.finish_run(result, out_dir, extra={"finetune": report})  # MNIST after: its test_accuracy
+    metrics = pipeline.finish_run(tuned, out_dir, extra={"finetune": report})  # MNIST after: its test_accuracy
     return {**report, "mnist_after": metrics["test_accuracy"], "seconds": round(time.perf_counter() - start, 2)}
 
 

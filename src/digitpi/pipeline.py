@@ -31,6 +31,7 @@ def finish_run(result: train.TrainResult, out_dir: Path, plots: bool = True, ext
         "torch": torch.__version__,
         "device": result.device,
         "processes": result.processes,
+        "amp": result.amp,
         **(extra or {}),
     }
     rundir.save_run(out_dir, result.model, cfg, result.history, metrics)

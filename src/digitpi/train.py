@@ -42,6 +42,20 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def pick_amp(name: str, device: torch.device) -> str:
+    """The precision of the training steps: `off` (float32), `bf16` (autocast) or `fp16` (autocast, scaled gradients).
+    `auto`: bf16 on a CUDA GPU that has it, else fp16 there; float32 on the CPU, where autocast made the
+    steps of our models 11-18x slower on this project's AMD EPYC (no AMX, no AVX-512; benchmarks/amp-cpu.txt)."""
+    if name != "auto":
+        return name
+    if device.type != "cuda":
+        return "off"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) in [0, 1]: `contract.to_model_input` on torch tensors."""
     return images.unsqueeze(1).float().mul_(contract.PIXEL_SCALE)
@@ -235,6 +249,7 @@ class TrainResult:
     rank: int = 0  # under torchrun, this process's rank: only rank 0 measures and saves
     processes: int = 1  # under torchrun, how many trained together: one seed, other weights than one process
     device: str = "cpu"  # where it trained (cpu, cuda): the same seed gives other weights on a GPU
+    amp: str = "off"  # the precision of its training steps (pick_amp): off is float32
 
 
 EpochHook = Callable[[nn.Module, int, float], bool | None]  # (model, epoch, training seconds) -> stop?
@@ -252,6 +267,7 @@ def train(cfg: Config, on_epoch_end: EpochHook | None = None, progress: bool = T
     device = pick_device(cfg.device)
     rank = distributed.start(device)  # DDP: None unless torchrun started this process
     device = rank.device if rank else device
+    amp = pick_amp(cfg.amp, device)
     progress = progress and (rank is None or rank.main)  # DDP: rank 0 speaks for all
     if train_images is None:
         images, labels = data.load_split(cfg.dataset, "train", cfg.data_dir)
@@ -269,6 +285,7 @@ def train(cfg: Config, on_epoch_end: EpochHook | None = None, progress: bool = T
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     opt = make_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")  # fp16 gradients underflow unscaled
     net = distributed.wrap(model, rank)  # DDP: steps call `net`; validation and the result use `model`
     base_lrs = [g["lr"] for g in opt.param_groups]
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -297,14 +314,16 @@ def train(cfg: Config, on_epoch_end: EpochHook | None = None, progress: bool = T
             x, y = to_float(x_train[idx]), y_train[idx]
             if augmenting:
                 x = augment(x, y, cfg, aug_gen)
-            logits = net(x.contiguous(memory_format=memory_format))
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            with torch.autocast(device.type, AMP_DTYPES.get(amp), enabled=amp != "off"):
+                logits = net(x.contiguous(memory_format=memory_format))
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)  # autocast: in float32
             factor = lr_factor(cfg, step, steps_per_epoch)
             for group, base in zip(opt.param_groups, base_lrs):
                 group["lr"] = base * factor
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()  # unscaled, and plain `opt.step()`, unless fp16
+            scaler.step(opt)
+            scaler.update()
             step += 1
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
@@ -334,4 +353,4 @@ def train(cfg: Config, on_epoch_end: EpochHook | None = None, progress: bool = T
     model.eval()
     distributed.stop(rank)
     return TrainResult(cfg, model, history, best_epoch, seconds, data.checksums(cfg.dataset),
-                       rank.rank if rank else 0, rank.world if rank else 1, device.type)
+                       rank.rank if rank else 0, rank.world if rank else 1, device.type, amp)
