@@ -420,6 +420,7 @@ def test_training_over_a_run_says_its_export_is_stale(fast_run: Path, fast_expor
     shutil.copytree(fast_export, run / "export")
     done = run_cli("train", "--recipe", "fast", "--epochs", "1", "--quiet", "--out", str(run))
     assert done.returncode == 0, done.stderr
+    assert f"saved run to {run}, in place of the run that was there\n" in done.stdout
     assert done.stderr == f"{run / 'export'} holds an export of the weights this run replaced: " \
                           f"`digitpi export {run}` again\n"
     assert rundir.load_config(run).epochs == 1
@@ -433,3 +434,20 @@ def test_a_run_saved_without_plots_keeps_none_of_the_run_it_replaced(fast_run: P
     model, cfg = rundir.load_checkpoint(run)
     rundir.save_run(run, model, cfg, {}, {})
     assert not any((run / name).exists() for name in rundir.PLOTS.values())
+
+
+def test_a_save_cut_short_leaves_no_old_metrics_beside_new_weights(fast_run: Path, tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """Saving over a run, the old metrics go first: a save stopped after the weights leaves an incomplete run
+    (`evaluate`, `export` and `compare` say so or train again) rather than the old run's accuracy on new weights."""
+    run = tmp_path / "run"
+    shutil.copytree(fast_run, run)
+    model, cfg = rundir.load_checkpoint(run)
+
+    def cut(path, payload):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rundir, "write_json", cut)  # stopped right after the checkpoint is written
+    with pytest.raises(KeyboardInterrupt):
+        rundir.save_run(run, model, cfg, {}, {})
+    assert (run / rundir.CHECKPOINT).is_file() and not rundir.is_complete(run)

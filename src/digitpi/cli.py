@@ -144,7 +144,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type | None = None,
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from digitpi import config, distributed, pipeline, train
+    from digitpi import config, distributed, pipeline, rundir, train
 
     overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(config.Config)}
     try:
@@ -161,9 +161,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         return
     with files.writing(folder) as out:  # one run at a time per folder
         writable_dir(out)
+        replacing = rundir.is_complete(out)
         result = train.train(cfg, progress=not args.quiet)
         metrics = pipeline.finish_run(result, out)
-    print(f"saved run to {out}")
+    print(f"saved run to {out}" + (", in place of the run that was there" if replacing else ""))
     if is_export(out / "export"):
         print(f"{out / 'export'} holds an export of the weights this run replaced: `digitpi export {out}` again",
               file=sys.stderr)

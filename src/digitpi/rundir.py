@@ -46,9 +46,10 @@ def is_complete(run_dir: Path) -> bool:
 
 def save_run(out_dir: Path, model: nn.Module, cfg: Config, history: dict, metrics: dict) -> None:
     """Checkpoint, config, history and metrics of a run; each file written atomically, the metrics last.
-    Plots of a run saved there before are removed: `report.plot_run` draws this run's, if asked."""
+    A run saved there before loses its metrics first, so a save cut short leaves an incomplete run, never
+    new weights beside the old run's test numbers; and its plots: `report.plot_run` draws this run's, if asked."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in PLOTS.values():
+    for name in (METRICS, *PLOTS.values()):
         if (out_dir / name).is_file():
             (out_dir / name).unlink()
     save_checkpoint(out_dir / CHECKPOINT, model, cfg)
