@@ -104,6 +104,11 @@ def test_exif_orientation_and_transparency(mnist_test, classifier) -> None:
     drawn = preprocess.to_mnist(Image.fromarray(rgba, "RGBA"))
     assert classifier.predict(drawn).labels[0] == labels[0]
     assert np.abs(drawn.astype(int) - upright).mean() < 6
+    # white strokes on a transparent background, black or white behind them: over white paper they vanished
+    for behind in (0, 255):
+        rgba[..., :3] = np.where(alpha[..., None] > 0, 255, behind)
+        drawn = preprocess.to_mnist(Image.fromarray(rgba, "RGBA"))
+        assert np.abs(drawn.astype(int) - upright).mean() < 6
 
 
 def test_a_thin_pen_digit_is_read_as_written(mnist_test, classifier) -> None:

@@ -254,7 +254,7 @@ def array_image(array: np.ndarray) -> Image.Image:
 
 
 def gray_image(image: Image.Image) -> Image.Image:
-    """Any Pillow mode as "L" (8-bit) or "F" (wider ranges), transparency composited over white paper."""
+    """Any Pillow mode as "L" (8-bit) or "F" (wider ranges), transparency composited over paper."""
     if image.mode in ("L", "F"):
         return image
     if image.mode == "I" or image.mode.startswith("I;16"):
@@ -264,12 +264,24 @@ def gray_image(image: Image.Image) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "palette images with transparency should be RGBA"
             rgba = image.convert("RGBA")
-        paper = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        paper = Image.new("RGBA", image.size, (*(transparent_paper(rgba),) * 3, 255))
         return Image.alpha_composite(paper, rgba).convert("L")
     try:
         return image.convert("L")
     except ValueError:  # e.g. LAB, HSV: no direct path to L
         return image.convert("RGB").convert("L")
+
+
+def transparent_paper(rgba: Image.Image) -> int:
+    """The grey level to show through transparency: white, unless what is opaque covers less than half the
+    picture and is light. Then it is the ink (a web canvas drawn in white and never filled, its
+    background only CSS), and over white it would vanish."""
+    sample = np.asarray(rgba.resize((min(rgba.width, 256), min(rgba.height, 256)), Image.NEAREST), dtype=np.float32)
+    alpha = sample[..., 3] / 255
+    luma = sample[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    opaque = float(alpha.sum())
+    light = opaque > 0 and float((alpha * luma).sum()) / opaque > 127.5
+    return 0 if light and opaque < 0.5 * alpha.size else 255
 
 
 # ---------------------------------------------------------------- from grey levels to ink
@@ -292,13 +304,15 @@ def thin(values: np.ndarray, count: int = 4096) -> np.ndarray:
     return values[::step, ::step]
 
 
-def extremes(gray: np.ndarray, count: int = 4096) -> tuple[float, float]:
-    """The darkest and lightest grey levels of `gray` that are not outliers: the 0.5 and 99.5
-    percentiles of the minima and maxima of about `count` blocks. A 1-px pen line covers far less
-    than 0.5 % of a page, but it darkens the minimum of every block it crosses."""
+def extremes(gray: np.ndarray, count: int = 4096, reached_by: int = 6) -> tuple[float, float]:
+    """The darkest and lightest grey levels that at least `reached_by` of about `count` blocks reach
+    (their minima and maxima). A 1-px pen line across a page or a digit a twentieth of its width
+    darkens more blocks than that, a speck of dust fewer."""
     k = max(1, min(round((gray.size / count) ** 0.5), *gray.shape))
-    return float(np.percentile(block_extreme(gray, k, np.minimum), 0.5)), \
-        float(np.percentile(block_extreme(gray, k, np.maximum), 99.5))
+    minima = block_extreme(gray, k, np.minimum).ravel()
+    maxima = block_extreme(gray, k, np.maximum).ravel()
+    nth = min(reached_by, minima.size) - 1
+    return float(np.partition(minima, nth)[nth]), float(-np.partition(-maxima, nth)[nth])
 
 
 def block_extreme(gray: np.ndarray, k: int, op: np.ufunc) -> np.ndarray:
@@ -421,12 +435,11 @@ def ink_map(gray: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
     else:  # light ink (chalk, a canvas, MNIST itself): the background is dark, so only subtract it
         ink = gray.astype(np.float32, copy=True)
         ink -= block_background(ink, s.blocks)
-    residual = thin(ink)
     threshold = otsu(np.maximum(thin(ink, 16384), 0.0))
-    if np.median(residual) > threshold:  # ink covers most of the picture (a bold digit cropped tight)
-        residual = residual[residual <= threshold]
-    quartile, centre = np.percentile(residual, [25, 50])
-    sigma = max(float(centre - quartile) / 0.6745, 0.5)  # noise from the paper's side: ink cannot inflate it
+    residual = thin(ink)
+    paper = residual[residual <= threshold]  # Otsu's paper side: ink, even a bold digit cropped tight, is not noise
+    quartile, centre = np.percentile(paper if paper.size else residual, [25, 50])
+    sigma = max(float(centre - quartile) / 0.6745, 0.5)
     np.maximum(ink, 0.0, out=ink)
     strokes = ink[ink > max(threshold, centre + s.min_snr * sigma)]
     if strokes.size == 0:
