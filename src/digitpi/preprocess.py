@@ -264,7 +264,8 @@ def gray_image(image: Image.Image) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "palette images with transparency should be RGBA"
             rgba = image.convert("RGBA")
-        paper = Image.new("RGBA", image.size, (*(transparent_paper(rgba),) * 3, 255))
+        level = transparent_paper(rgba)
+        paper = Image.new("RGBA", image.size, (level, level, level, 255))
         return Image.alpha_composite(paper, rgba).convert("L")
     try:
         return image.convert("L")
