@@ -274,15 +274,12 @@ def gray_image(image: Image.Image) -> Image.Image:
 
 
 def transparent_paper(rgba: Image.Image) -> int:
-    """The grey level to show through transparency: white, unless what is opaque covers less than half the
-    picture and is light. Then it is the ink (a web canvas drawn in white and never filled, its
-    background only CSS), and over white it would vanish."""
+    """The grey level to show through transparency: white, unless nothing opaque is dark. Then the
+    opaque part is light ink (a web canvas drawn in white and never filled, its background only CSS),
+    which over white would vanish. A photo whose paper was made partly transparent keeps white: its ink is dark."""
     sample = np.asarray(rgba.resize((min(rgba.width, 256), min(rgba.height, 256)), Image.NEAREST), dtype=np.float32)
-    alpha = sample[..., 3] / 255
-    luma = sample[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    opaque = float(alpha.sum())
-    light = opaque > 0 and float((alpha * luma).sum()) / opaque > 127.5
-    return 0 if light and opaque < 0.5 * alpha.size else 255
+    opaque = sample[sample[..., 3] >= 128, :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return 0 if opaque.size and (opaque < 128).mean() < 0.01 else 255
 
 
 # ---------------------------------------------------------------- from grey levels to ink
