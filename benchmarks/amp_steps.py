@@ -1,5 +1,5 @@
 """Milliseconds a training step of our models takes in float32 and autocast to bf16 or fp16 (scaled), as the
-training loop runs it (`train.pick_amp`): why `--amp auto` leaves mixed precision off on the CPU.
+training loop runs it (`train.train_step`): why `--amp auto` leaves mixed precision off on the CPU.
 
     python benchmarks/amp_steps.py [cpu|cuda]   (median of 10 steps after 2 warm-up, batch 128, random images)
 """
@@ -10,11 +10,10 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 from digitpi.bench import cpu_name
 from digitpi.models import create_model
-from digitpi.train import AMP_DTYPES
+from digitpi.train import train_step
 
 
 def step_ms(name: str, amp: str, device: torch.device) -> float:
@@ -26,12 +25,7 @@ def step_ms(name: str, amp: str, device: torch.device) -> float:
     times = []
     for _ in range(12):
         start = time.perf_counter()
-        with torch.autocast(device.type, AMP_DTYPES.get(amp), enabled=amp != "off"):
-            loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        train_step(model, opt, scaler, amp, x, y, label_smoothing=0.0)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)

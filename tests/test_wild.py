@@ -7,7 +7,6 @@ polarity fix, the same model read 83.5 % of this sample (photos 70 %) and 1 of t
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from PIL import Image
 
 from digitpi import UserError, reading, runtime
+from digitpi.bench import wild
 from digitpi.cli import main
 
 WILD = Path(__file__).resolve().parents[2] / "shared" / "wild-dev"
@@ -100,8 +100,7 @@ def test_canvas_drawings_are_read_as_users_save_them(change, classifier, wild_di
     Before, 13 of the tight crops were "no digit found" (the noise was measured on the ink that filled them),
     every white-on-transparent drawing was blank (transparency was composited over white), and so was a
     page whose digit darkened fewer than 0.5 % of the blocks its darkest level was taken from."""
-    with open(wild_dir / "labels.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["kind"] == "single" and r["medium"] == "canvas"][::4]
+    rows = [r for r in wild.rows_of(wild_dir, every=1) if r["kind"] == "single" and r["medium"] == "canvas"][::4]
 
     def right(source, label: str) -> bool:
         try:

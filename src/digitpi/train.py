@@ -56,6 +56,20 @@ def pick_amp(name: str, device: torch.device) -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
+def train_step(net: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, amp: str,
+               x: torch.Tensor, y: torch.Tensor, label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on a batch, in the precision `pick_amp` chose; the batch's loss and logits.
+    `scaler` is enabled for fp16 only: otherwise it passes the loss through and calls `opt.step()`."""
+    with torch.autocast(x.device.type, AMP_DTYPES.get(amp), enabled=amp != "off"):
+        logits = net(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)  # autocast: in float32
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return loss, logits
+
+
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) in [0, 1]: `contract.to_model_input` on torch tensors."""
     return images.unsqueeze(1).float().mul_(contract.PIXEL_SCALE)
@@ -314,16 +328,11 @@ def train(cfg: Config, on_epoch_end: EpochHook | None = None, progress: bool = T
             x, y = to_float(x_train[idx]), y_train[idx]
             if augmenting:
                 x = augment(x, y, cfg, aug_gen)
-            with torch.autocast(device.type, AMP_DTYPES.get(amp), enabled=amp != "off"):
-                logits = net(x.contiguous(memory_format=memory_format))
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)  # autocast: in float32
             factor = lr_factor(cfg, step, steps_per_epoch)
             for group, base in zip(opt.param_groups, base_lrs):
                 group["lr"] = base * factor
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()  # unscaled, and plain `opt.step()`, unless fp16
-            scaler.step(opt)
-            scaler.update()
+            loss, logits = train_step(net, opt, scaler, amp, x.contiguous(memory_format=memory_format), y,
+                                      cfg.label_smoothing)
             step += 1
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
