@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw, ImageOps
 
-from digitpi import UserError, reading, runtime
+from digitpi import UserError, preprocess, reading, runtime
 from digitpi.bench import wild
 from digitpi.cli import main
 
@@ -114,6 +114,56 @@ def test_canvas_drawings_are_read_as_users_save_them(change, classifier, wild_di
         drawn += right(wild_dir / row["file"], row["label"])
         changed += right(change(gray), row["label"])
     assert len(rows) == 63 and drawn >= 58 and changed >= drawn - 2, (drawn, changed)
+
+
+DESK = (55, 45, 38)  # dark-brown wood
+
+
+def on_a_dark_desk(photo: Image.Image) -> Image.Image:
+    """The sheet photographed from further away, on a dark desk: turned 3 degrees, the desk a quarter
+    of the sheet's size on each side."""
+    sheet = photo.convert("RGB").rotate(3, Image.BICUBIC, expand=True, fillcolor=DESK)
+    desk = Image.new("RGB", (round(1.5 * sheet.width), round(1.5 * sheet.height)), DESK)
+    desk.paste(sheet, ((desk.width - sheet.width) // 2, (desk.height - sheet.height) // 2))
+    return desk
+
+
+def in_a_box(photo: Image.Image) -> Image.Image:
+    """The digit written in a box, as on a form: the box a fifth of the digit's size away from it, an
+    eighteenth of it thick. Where the digit is comes from the reading of the picture without the box."""
+    gray = np.asarray(photo.convert("L"), dtype=np.float32)
+    rows, columns = np.nonzero(preprocess.digit_ink(preprocess.ink_map(gray)))
+    size = max(rows.max() - rows.min(), columns.max() - columns.min())
+    gap, pad = round(size / 5), round(size / 5) + 4
+    paper = tuple(int(v) for v in np.median(np.asarray(photo.convert("RGB")).reshape(-1, 3), axis=0))
+    boxed = Image.new("RGB", (photo.width + 2 * pad, photo.height + 2 * pad), paper)
+    boxed.paste(photo.convert("RGB"), (pad, pad))
+    ImageDraw.Draw(boxed).rectangle((columns.min() + pad - gap, rows.min() + pad - gap, columns.max() + pad + gap,
+                                     rows.max() + pad + gap), outline=(20, 20, 20), width=max(1, round(size / 18)))
+    return boxed
+
+
+@pytest.mark.parametrize("change, least", [(on_a_dark_desk, 0.8), (in_a_box, 0.8)])
+def test_photos_are_read_as_users_also_take_them(change, least: float, classifier, wild_dir) -> None:
+    """Every photo of wild-dev (70), taken as users also take them, reads as the photo itself does but
+    for a few (`least` of the photos read right as taken; measured 57 and 58 of 68). Before, 10 of 70
+    read right on a desk (the desk was taken for paper and the sheet for a 0-shaped digit) and in a
+    box (framed with the digit)."""
+    rows = [r for r in wild.rows_of(wild_dir, every=1) if r["kind"] == "single" and r["medium"] == "photo"]
+
+    def right(source, label: str) -> bool:
+        try:
+            return reading.read(classifier, source).text == label
+        except UserError:  # no digit found
+            return False
+
+    taken = changed = 0
+    for row in rows:
+        with Image.open(wild_dir / row["file"]) as photo:
+            photo = ImageOps.exif_transpose(photo)
+            taken += right(photo, row["label"])
+            changed += right(change(photo), row["label"])
+    assert len(rows) == 70 and taken >= 66 and changed >= least * taken, (taken, changed)
 
 
 def test_bench_wild_refuses_a_folder_without_labels(fast_export, tmp_path, capsys) -> None:

@@ -354,6 +354,41 @@ def dark_ink(gray: np.ndarray, low: float, high: float) -> bool:
     return (paper - low) > (high - paper)
 
 
+def desk(gray: np.ndarray, low: float, high: float, side: int = 128) -> np.ndarray | None:
+    """Where a photo shows what the sheet of paper lies on (a dark desk around it), as a boolean image;
+    None when it does not. The border ring would take that desk for the paper, the sheet for ink.
+
+    Found on a copy `side` px long. The largest light piece is a sheet when, with the marks inside it
+    filled in, it covers 85 % of its box (a sheet turned a few degrees does; a digit drawn light on
+    dark does not); it holds marks, at most 30 % of it (a light bar of a 1 holds none); it reaches one
+    edge of the picture at most (light falling off across a sheet that fills the picture makes a
+    lighter part that reaches three); what lies outside it covers 40 % of the border ring; and it is
+    wide where its marks are strokes, its pixels half as deep again inside it as theirs inside them
+    (a bold 8 is as thick as its holes)."""
+    small = np.asarray(shrink(Image.fromarray(gray.astype(np.float32), "F"), side))
+    if min(small.shape) < 8:
+        return None
+    light = find_blobs(small > otsu(np.maximum(thin(small) - low, 0.0)) + low)
+    sheet = int(np.argmax(light.area))
+    paper = light.mask([sheet], small.shape)
+    dark = find_blobs(~paper)
+    around = dark.mask(np.flatnonzero(edges_reached(dark.boxes, small.shape) > 0), small.shape)
+    inside = int(np.count_nonzero(~around))
+    marks = inside - int(light.area[sheet])
+    top, left, bottom, right = light.boxes[sheet]
+    if (inside < 0.85 * (bottom - top) * (right - left) or not 0 < marks <= 0.3 * inside
+            or edges_reached(light.boxes[[sheet]], small.shape)[0] > 1 or ring(around.astype(np.float32)).mean() < 0.4
+            or mean_depth(paper, 8) < 1.5 * mean_depth(~around & ~paper, 8)):
+        return None
+    grown = Image.fromarray(around.astype(np.uint8) * 255, "L").filter(ImageFilter.MaxFilter(3))  # and the sheet's rim
+    return np.asarray(grown.resize((gray.shape[1], gray.shape[0]), Image.NEAREST)) > 0
+
+
+def edges_reached(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """How many edges of a picture of `shape` each box (top, left, bottom, right) reaches."""
+    return ((boxes[:, 0] == 0).astype(int) + (boxes[:, 1] == 0) + (boxes[:, 2] == shape[0]) + (boxes[:, 3] == shape[1]))
+
+
 def block_background(ink: np.ndarray, blocks: int) -> np.ndarray:
     """Smooth estimate of the background of `ink` (ink bright): block medians, opened so blocks
     covered by strokes take their neighbours' level, then bilinearly stretched back to full size."""
@@ -418,13 +453,18 @@ def otsu(values: np.ndarray, bins: int = 128) -> float:
 def ink_map(gray: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
     """float32 (H, W) in [0, 1]: 1 where there is full-strength ink, 0 on paper, shadows and noise.
 
-    Polarity comes from the paper (the border): dark ink on light paper is inverted. The background
-    (uneven light, shadows, grey paper) is subtracted; what stays is scaled from the noise floor to
-    the typical ink level, so faint pencil and black marker end up alike.
+    Polarity comes from the paper (the border, or the sheet that a desk shows around it): dark ink on
+    light paper is inverted. The background (uneven light, shadows, grey paper) is subtracted; what
+    stays is scaled from the noise floor to the typical ink level, so faint pencil and black marker
+    end up alike.
     """
     low, high = extremes(gray)
     if high - low < s.min_contrast:
         raise NoDigitError("no digit found (the image is blank)")
+    around = desk(gray, low, high)
+    if around is not None:  # the desk is made paper: the sheet's own level, so its ring is paper
+        gray = np.where(around, np.median(thin(gray)[~thin(around)]), gray).astype(np.float32)
+        low, high = extremes(gray)
     if dark_ink(gray, low, high):  # dark ink on light paper: ink is the fraction of light absorbed
         ink = 255.0 - gray
         background = block_background(ink, s.blocks)
@@ -611,9 +651,34 @@ def ink_blobs(ink: np.ndarray, s: Settings = SETTINGS) -> tuple[Blobs, np.ndarra
     return blobs, np.flatnonzero(strong >= max(s.min_piece * strong.max(), 1))
 
 
+def without_box(ink: np.ndarray, blobs: Blobs, keep: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
+    """`keep` without a box drawn around the digit (a form's field, a frame): the blob whose box holds
+    every other kept blob, when 80 % of its pixels lie in the outer eighth of its box (a 0, or an oval
+    around the digit, has most of its ink further in) and what it holds is a third of its size or
+    more. What is inside is told from specks by itself: a thin pen inside a bold box is the digit."""
+    boxes = blobs.boxes
+    outer = keep[np.argmax((boxes[keep, 2] - boxes[keep, 0]) * (boxes[keep, 3] - boxes[keep, 1]))]
+    top, left, bottom, right = boxes[outer]
+    within = (boxes[:, 0] > top) & (boxes[:, 1] > left) & (boxes[:, 2] < bottom) & (boxes[:, 3] < right)
+    if not within.any() or not within[np.setdiff1d(keep, outer)].all():
+        return keep
+    pixels = blobs.mask([outer], ink.shape, (top, left, bottom, right))
+    dy, dx = math.ceil((bottom - top) / 8), math.ceil((right - left) / 8)
+    if pixels[dy:-dy, dx:-dx].sum() > 0.2 * pixels.sum():
+        return keep
+    inside = np.flatnonzero(within)
+    strong = blobs.count(ink >= s.strong_ink)[inside]
+    if strong.max() < 1:
+        return keep
+    digit = inside[strong >= max(s.min_piece * strong.max(), 1)]
+    tall = max(boxes[digit, 2].max() - boxes[digit, 0].min(), boxes[digit, 3].max() - boxes[digit, 1].min())
+    return digit if 3 * tall >= max(bottom - top, right - left) else keep  # else specks inside a square 0
+
+
 def digit_ink(ink: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
-    """`ink` with specks and shadow edges removed."""
+    """`ink` with specks, shadow edges and a box drawn around the digit removed."""
     blobs, keep = ink_blobs(ink, s)
+    keep = without_box(ink, blobs, keep, s)
     box = blobs.boxes[keep]
     height, width = box[:, 2].max() - box[:, 0].min(), box[:, 3].max() - box[:, 1].min()
     if max(height, width) < max(2, s.min_digit * max(ink.shape)):
