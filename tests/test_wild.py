@@ -67,6 +67,18 @@ def classifier(exported_dir):
     return runtime.Classifier.load(exported_dir)
 
 
+def singles(wild_dir: Path, medium: str) -> list[dict]:
+    """wild-dev's single digits of one medium, in labels.csv's order."""
+    return [r for r in wild.rows_of(wild_dir, every=1) if r["kind"] == "single" and r["medium"] == medium]
+
+
+def reads_right(classifier, source, label: str) -> bool:
+    try:
+        return reading.read(classifier, source).text == label
+    except UserError:  # no digit found
+        return False
+
+
 def cropped_tight(gray: np.ndarray) -> Image.Image:
     """The drawing cut to its ink, no margin: a digit cut out of a larger drawing or a screenshot."""
     rows, columns = np.nonzero(gray < 128)
@@ -100,19 +112,13 @@ def test_canvas_drawings_are_read_as_users_save_them(change, classifier, wild_di
     Before, 13 of the tight crops were "no digit found" (the noise was measured on the ink that filled them),
     every white-on-transparent drawing was blank (transparency was composited over white), and so was a
     page whose digit darkened fewer than 0.5 % of the blocks its darkest level was taken from."""
-    rows = [r for r in wild.rows_of(wild_dir, every=1) if r["kind"] == "single" and r["medium"] == "canvas"][::4]
-
-    def right(source, label: str) -> bool:
-        try:
-            return reading.read(classifier, source).text == label
-        except UserError:  # no digit found
-            return False
+    rows = singles(wild_dir, "canvas")[::4]
 
     drawn = changed = 0
     for row in rows:
         gray = np.asarray(Image.open(wild_dir / row["file"]).convert("L"))
-        drawn += right(wild_dir / row["file"], row["label"])
-        changed += right(change(gray), row["label"])
+        drawn += reads_right(classifier, wild_dir / row["file"], row["label"])
+        changed += reads_right(classifier, change(gray), row["label"])
     assert len(rows) == 63 and drawn >= 58 and changed >= drawn - 2, (drawn, changed)
 
 
@@ -143,26 +149,32 @@ def in_a_box(photo: Image.Image) -> Image.Image:
     return boxed
 
 
-@pytest.mark.parametrize("change, least", [(on_a_dark_desk, 0.8), (in_a_box, 0.8)])
+def under_a_shadow(photo: Image.Image) -> Image.Image:
+    """The phone's shadow over most of the sheet: the light cut to 45 % beyond a line at 30 degrees, a
+    tenth of the picture's size short of its middle, the shadow's edge soft over 3 % of the picture."""
+    rgb = np.asarray(photo.convert("RGB"), dtype=np.float32)
+    rows, columns = np.mgrid[0:rgb.shape[0], 0:rgb.shape[1]].astype(np.float32)
+    size = max(rgb.shape)
+    across = (columns - rgb.shape[1] / 2) * np.cos(np.pi / 6) + (rows - rgb.shape[0] / 2) * np.sin(np.pi / 6)
+    light = 1.0 - 0.55 / (1.0 + np.exp(-(across + 0.1 * size) / (0.03 * size)))
+    return Image.fromarray(np.round(rgb * light[..., None]).astype(np.uint8))
+
+
+@pytest.mark.parametrize("change, least", [(on_a_dark_desk, 0.8), (in_a_box, 0.8), (under_a_shadow, 0.65)])
 def test_photos_are_read_as_users_also_take_them(change, least: float, classifier, wild_dir) -> None:
     """Every photo of wild-dev (70), taken as users also take them, reads as the photo itself does but
-    for a few (`least` of the photos read right as taken; measured 57 and 58 of 68). Before, 10 of 70
-    read right on a desk (the desk was taken for paper and the sheet for a 0-shaped digit) and in a
-    box (framed with the digit)."""
-    rows = [r for r in wild.rows_of(wild_dir, every=1) if r["kind"] == "single" and r["medium"] == "photo"]
-
-    def right(source, label: str) -> bool:
-        try:
-            return reading.read(classifier, source).text == label
-        except UserError:  # no digit found
-            return False
+    for a few (`least` of the photos read right as taken; measured 57, 58 and 49 of 68). Before, 10 of
+    70 read right on a desk (the desk was taken for paper and the sheet for a 0-shaped digit) and in a
+    box (framed with the digit); under the shadow 20 (the shadowed border ring turned the polarity).
+    Where the shadow's edge crosses grainy or blurred paper, it is still taken for ink."""
+    rows = singles(wild_dir, "photo")
 
     taken = changed = 0
     for row in rows:
         with Image.open(wild_dir / row["file"]) as photo:
             photo = ImageOps.exif_transpose(photo)
-            taken += right(photo, row["label"])
-            changed += right(change(photo), row["label"])
+            taken += reads_right(classifier, photo, row["label"])
+            changed += reads_right(classifier, change(photo), row["label"])
     assert len(rows) == 70 and taken >= 66 and changed >= least * taken, (taken, changed)
 
 
