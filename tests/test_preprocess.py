@@ -277,6 +277,26 @@ def test_unreadable_input(payload: bytes, message: str) -> None:
     assert "\n" not in str(err.value) and isinstance(err.value, UserError)
 
 
+@pytest.mark.parametrize("source", [np.zeros((0, 3, 3), np.uint8), np.zeros((5, 0, 4), np.uint8),
+                                    Image.new("L", (0, 5)), Image.new("F", (5, 0)), Image.new("RGB", (0, 0))],
+                         ids=["array-0x3-rgb", "array-5x0-rgba", "image-0x5-L", "image-5x0-F", "image-0x0-RGB"])
+def test_pictures_without_pixels(source) -> None:
+    """Empty colour arrays and Pillow images of no pixels (once an IndexError deep in the ink map)."""
+    for read in (preprocess.to_mnist, layout.read_page):
+        with pytest.raises(preprocess.ImageError, match="not an image|no pixels") as err:
+            read(source)
+        assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("scale, offset", [(1e-37, 0.0), (4e38 / 255, -2e38)])
+def test_float_pictures_of_any_range(scale: float, offset: float, mnist_test) -> None:
+    """A float array is read over its own range, however tiny or huge: float32 arithmetic overflowed (a
+    ValueError) where float64 does not."""
+    digit = mnist_test[0][0]
+    scaled = (digit.astype(np.float64) * scale + offset).astype(np.float32)
+    assert np.array_equal(preprocess.to_mnist(scaled), preprocess.to_mnist(digit.astype(np.float32)))
+
+
 def test_messages_name_what_the_caller_names(tmp_path) -> None:
     """A path names itself; bytes are named by the caller (`digitpi predict -`: standard input) or not at all."""
     blank = tmp_path / "blank.png"

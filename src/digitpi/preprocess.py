@@ -157,6 +157,8 @@ def load_upright(source: Source, s: Settings = SETTINGS, side: int | None = None
         return shrink(image, side), image.size
     image = opened = source if isinstance(source, Image.Image) else open_image(source, s, name)
     name = source_name(source, name)
+    if 0 in image.size:  # a file's is refused as it opens; a Pillow image's only here
+        raise ImageError(about(name, f"image has no pixels ({image.width}x{image.height})"))
     try:
         with warnings.catch_warnings():
             quiet_but_for_bombs()
@@ -246,7 +248,7 @@ def shrink(image: Image.Image, side: int) -> Image.Image:
 def array_image(array: np.ndarray) -> Image.Image:
     """An (H, W), (H, W, 3) or (H, W, 4) array as a grey image; floats are taken as they are."""
     array = np.asarray(array)
-    if array.ndim == 3 and array.shape[2] in (3, 4) and array.dtype == np.uint8:
+    if array.ndim == 3 and array.shape[2] in (3, 4) and array.dtype == np.uint8 and array.size:
         return gray_image(Image.fromarray(array, "RGB" if array.shape[2] == 3 else "RGBA"))
     if array.ndim != 2 or array.size == 0 or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
         raise ImageError(f"array of shape {array.shape} and dtype {array.dtype} is not an image")
@@ -291,8 +293,9 @@ def gray_array(image: Image.Image, side: int) -> np.ndarray:
     gray = np.asarray(image, dtype=np.float32)
     if image.mode == "F":  # 16-bit scans, float arrays: bring to the 0..255 scale the thresholds assume
         gray = np.nan_to_num(gray, nan=0.0, posinf=0.0, neginf=0.0)
-        low, high = float(gray.min()), float(gray.max())
-        gray = (gray - low) * (255.0 / (high - low)) if high > low else np.zeros_like(gray)
+        low, high = float(gray.min()), float(gray.max())  # float64: a range of 1e-37 or 4e38 overflows float32
+        gray = ((gray.astype(np.float64) - low) * (255.0 / (high - low))).astype(np.float32) if high > low \
+            else np.zeros_like(gray)
     return gray
 
 
