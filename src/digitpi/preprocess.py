@@ -354,7 +354,7 @@ def dark_ink(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS) 
     quarter = 0.25 * (high - low)
     if min((edge <= low + quarter).mean(), (edge >= high - quarter).mean()) >= 0.2:  # ink reaches the edges
         threshold = otsu(np.maximum(thin(gray) - low, 0)) + low
-        dark = np.asarray(shrink(Image.fromarray(gray.astype(np.float32), "F"), 128)) < threshold
+        dark = np.asarray(shrink(Image.fromarray(np.asarray(gray, dtype=np.float32), "F"), 128)) < threshold
         depth_dark, depth_light = mean_depth(dark, limit=8), mean_depth(~dark, limit=8)
         if max(depth_dark, depth_light) > 1.25 * min(depth_dark, depth_light):  # one class is clearly strokes
             return depth_dark < depth_light
@@ -373,10 +373,13 @@ def desk(gray: np.ndarray, low: float, high: float, side: int = 128) -> np.ndarr
     lighter part that reaches three); what lies outside it covers 40 % of the border ring; and it is
     wide where its marks are strokes, its pixels half as deep again inside it as theirs inside them
     (a bold 8 is as thick as its holes)."""
-    small = np.asarray(shrink(Image.fromarray(gray.astype(np.float32), "F"), side))
+    small = np.asarray(shrink(Image.fromarray(np.asarray(gray, dtype=np.float32), "F"), side))
     if min(small.shape) < 8:
         return None
-    light = find_blobs(small > otsu(np.maximum(thin(small) - low, 0.0)) + low)
+    lit = small > otsu(np.maximum(thin(small) - low, 0.0)) + low
+    if (~ring(lit)).mean() < 0.4:  # the border ring is mostly light: no desk (most pictures end here)
+        return None
+    light = find_blobs(lit)
     if light.n == 0:
         return None
     sheet = int(np.argmax(light.area))
@@ -406,7 +409,7 @@ def block_medians(values: np.ndarray, blocks: int) -> np.ndarray:
     h, w = values.shape
     size = max(8, max(h, w) // blocks)
     gh, gw = -(-h // size), -(-w // size)
-    cells = np.asarray(Image.fromarray(values.astype(np.float32), "F").resize((4 * gw, 4 * gh), Image.BOX))
+    cells = np.asarray(Image.fromarray(np.asarray(values, dtype=np.float32), "F").resize((4 * gw, 4 * gh), Image.BOX))
     return np.median(cells.reshape(gh, 4, gw, 4).transpose(0, 2, 1, 3).reshape(gh, gw, 16), axis=2)
 
 
@@ -416,7 +419,7 @@ def ink_side(gray: np.ndarray, blocks: int, clearly: float = 2.0) -> bool | None
     strokes are thin) must go one way `clearly` times as far as the other. The border ring alone
     would not do: under a shadow or in a dark corner it is darker than the paper's middle. A page is
     looked at 256 px long: its strokes still depart, at a sixteenth of the cost."""
-    small = np.asarray(shrink(Image.fromarray(gray.astype(np.float32), "F"), 256))
+    small = np.asarray(shrink(Image.fromarray(np.asarray(gray, dtype=np.float32), "F"), 256))
     grid = block_medians(small, blocks)
     if max(grid.shape) <= 4:  # a small picture: its blocks are too few to have a level of their own
         return None
@@ -686,14 +689,14 @@ def ink_blobs(ink: np.ndarray, s: Settings = SETTINGS) -> tuple[Blobs, np.ndarra
     return blobs, np.flatnonzero(strong >= max(s.min_piece * strong.max(), 1))
 
 
-def without_box(ink: np.ndarray, blobs: Blobs, keep: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
+def without_box(ink: np.ndarray, blobs: Blobs, boxes: np.ndarray, keep: np.ndarray, s: Settings = SETTINGS
+                ) -> np.ndarray:
     """`keep` without a box drawn around the digit (a form's field, a frame): the blob whose box holds
     every other kept blob, when 80 % of its pixels lie in the outer eighth of its box (a 0, or an oval
     around the digit, has most of its ink further in) and what it holds is a third of its size or
     more. What is inside is told from specks by itself: a thin pen inside a bold box is the digit."""
     if len(keep) == 0:
         return keep
-    boxes = blobs.boxes
     outer = keep[np.argmax((boxes[keep, 2] - boxes[keep, 0]) * (boxes[keep, 3] - boxes[keep, 1]))]
     top, left, bottom, right = boxes[outer]
     within = (boxes[:, 0] > top) & (boxes[:, 1] > left) & (boxes[:, 2] < bottom) & (boxes[:, 3] < right)
@@ -715,8 +718,9 @@ def without_box(ink: np.ndarray, blobs: Blobs, keep: np.ndarray, s: Settings = S
 def digit_ink(ink: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
     """`ink` with specks, shadow edges and a box drawn around the digit removed."""
     blobs, keep = ink_blobs(ink, s)
-    keep = without_box(ink, blobs, keep, s)
-    box = blobs.boxes[keep]
+    boxes = blobs.boxes
+    keep = without_box(ink, blobs, boxes, keep, s)
+    box = boxes[keep]
     height, width = box[:, 2].max() - box[:, 0].min(), box[:, 3].max() - box[:, 1].min()
     if max(height, width) < max(2, s.min_digit * max(ink.shape)):
         raise NoDigitError("no digit found (only specks)")
