@@ -245,6 +245,11 @@ def shrink(image: Image.Image, side: int) -> Image.Image:
     return image.reduce(factor) if factor > 1 else image  # box filter: anti-aliased, and fast (alpha premultiplied)
 
 
+def reduced(values: np.ndarray, side: int) -> np.ndarray:
+    """float32 `values` shrunk (box-filtered, by a whole factor) to a longer side of `side` or less."""
+    return np.asarray(shrink(Image.fromarray(np.asarray(values, dtype=np.float32), "F"), side))
+
+
 def array_image(array: np.ndarray) -> Image.Image:
     """An (H, W), (H, W, 3) or (H, W, 4) array as a grey image; floats are taken as they are."""
     array = np.asarray(array)
@@ -354,7 +359,7 @@ def dark_ink(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS) 
     quarter = 0.25 * (high - low)
     if min((edge <= low + quarter).mean(), (edge >= high - quarter).mean()) >= 0.2:  # ink reaches the edges
         threshold = otsu(np.maximum(thin(gray) - low, 0)) + low
-        dark = np.asarray(shrink(Image.fromarray(np.asarray(gray, dtype=np.float32), "F"), 128)) < threshold
+        dark = reduced(gray, 128) < threshold
         depth_dark, depth_light = mean_depth(dark, limit=8), mean_depth(~dark, limit=8)
         if max(depth_dark, depth_light) > 1.25 * min(depth_dark, depth_light):  # one class is clearly strokes
             return depth_dark < depth_light
@@ -373,7 +378,7 @@ def desk(gray: np.ndarray, low: float, high: float, side: int = 128) -> np.ndarr
     lighter part that reaches three); what lies outside it covers 40 % of the border ring; and it is
     wide where its marks are strokes, its pixels half as deep again inside it as theirs inside them
     (a bold 8 is as thick as its holes)."""
-    small = np.asarray(shrink(Image.fromarray(np.asarray(gray, dtype=np.float32), "F"), side))
+    small = reduced(gray, side)
     if min(small.shape) < 8:
         return None
     lit = small > otsu(np.maximum(thin(small) - low, 0.0)) + low
@@ -419,7 +424,7 @@ def ink_side(gray: np.ndarray, blocks: int, clearly: float = 2.0) -> bool | None
     strokes are thin) must go one way `clearly` times as far as the other. The border ring alone
     would not do: under a shadow or in a dark corner it is darker than the paper's middle. A page is
     looked at 256 px long: its strokes still depart, at a sixteenth of the cost."""
-    small = np.asarray(shrink(Image.fromarray(np.asarray(gray, dtype=np.float32), "F"), 256))
+    small = reduced(gray, 256)
     grid = block_medians(small, blocks)
     if max(grid.shape) <= 4:  # a small picture: its blocks are too few to have a level of their own
         return None
@@ -685,8 +690,12 @@ def ink_blobs(ink: np.ndarray, s: Settings = SETTINGS) -> tuple[Blobs, np.ndarra
     strong pixels are at least `min_piece` of the largest blob's. A shadow edge that survives
     the background subtraction is wide but faint, a stroke is dark along its whole length."""
     blobs = find_blobs(ink > s.faint_ink)
-    strong = blobs.count(ink >= s.strong_ink)
-    return blobs, np.flatnonzero(strong >= max(s.min_piece * strong.max(), 1))
+    return blobs, not_specks(blobs.count(ink >= s.strong_ink), s)
+
+
+def not_specks(strong: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
+    """Indices of the blobs whose strong pixels (`strong`, per blob) are at least `min_piece` of the most's."""
+    return np.flatnonzero(strong >= max(s.min_piece * strong.max(), 1))
 
 
 def without_box(ink: np.ndarray, blobs: Blobs, boxes: np.ndarray, keep: np.ndarray, s: Settings = SETTINGS
@@ -710,7 +719,7 @@ def without_box(ink: np.ndarray, blobs: Blobs, boxes: np.ndarray, keep: np.ndarr
     strong = blobs.count(ink >= s.strong_ink)[inside]
     if strong.max() < 1:
         return keep
-    digit = inside[strong >= max(s.min_piece * strong.max(), 1)]
+    digit = inside[not_specks(strong, s)]
     tall = max(boxes[digit, 2].max() - boxes[digit, 0].min(), boxes[digit, 3].max() - boxes[digit, 1].min())
     return digit if 3 * tall >= max(bottom - top, right - left) else keep  # else specks inside a square 0
 
