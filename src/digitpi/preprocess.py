@@ -493,13 +493,136 @@ def otsu(values: np.ndarray, bins: int = 128) -> float:
     return float(edges[int(np.argmax(between[:-1])) + 1])
 
 
+# ---------------------------------------------------------------- ruled and squared paper
+
+MAX_TILT = 0.1  # the steepest ruling looked for, rise over run: a sheet photographed about 6 degrees askew
+
+
+def best_slope(mask: np.ndarray, slopes: np.ndarray, points: int = 8192) -> float:
+    """Of `slopes`, the one whose straight lines gather about `points` pixels of `mask` most tightly (the
+    largest sum of squared counts per line: a ruling piles its pixels onto one line, a blob onto many)."""
+    h, w = mask.shape
+    ys, xs = np.nonzero(mask)
+    step = max(1, len(ys) // points)
+    ys, xs = ys[::step], xs[::step]
+    reach = math.ceil(float(np.abs(slopes).max()) * w) + 1
+    span = h + 2 * reach
+    offsets = ys - np.round(slopes[:, None] * xs).astype(np.intp) + reach + span * np.arange(len(slopes))[:, None]
+    counts = np.bincount(offsets.ravel(), minlength=span * len(slopes)).reshape(len(slopes), span)
+    return float(slopes[np.argmax((counts.astype(np.float64) ** 2).sum(1))])
+
+
+def line_cover(mask: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per straight line whose row moves by `shift` (one per column): its pixels in `mask` and its length
+    inside the picture; and `reach`, the index of the line through row 0 of column 0 (lines start above)."""
+    h, w = mask.shape
+    reach = int(np.abs(shift).max())
+    ys, xs = np.nonzero(mask)
+    counts = np.bincount(ys - shift[xs] + reach, minlength=h + 2 * reach)
+    starts = np.zeros(h + 2 * reach + 1, dtype=np.intp)
+    np.add.at(starts, reach - shift, 1)
+    np.add.at(starts, reach - shift + h, -1)
+    return counts, np.cumsum(starts)[:-1], reach
+
+
+def ruled_lines(mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The long thin straight lines that run near-horizontally across `mask` (a ruling, a grid's rows),
+    each as (core, band), its rows in every column (k, width): core the lines that have 60 % of their
+    length in `mask` and reach both ends of it (within a twentieth), band the core and a row on each
+    side (its anti-aliased edges), beyond which lies paper in most columns. Thin: a 48th of the height
+    at most (3 px or more). The slope is searched on a copy 256 px long (max-pooled: a 1-px line stays
+    one; larger where a fine grid fills it), then at full size within two of its steps."""
+    h, w = mask.shape
+    k = -(-max(h, w) // 256)
+    small = block_extreme(mask.view(np.uint8), k, np.maximum) if k > 1 else mask.view(np.uint8)
+    while k > 1 and small.mean() > 0.5:  # a fine grid fills the copy: look closer
+        k //= 2
+        small = block_extreme(mask.view(np.uint8), k, np.maximum) if k > 1 else mask.view(np.uint8)
+    sw = small.shape[1]
+    slope = best_slope(small, np.arange(-int(MAX_TILT * sw), int(MAX_TILT * sw) + 1) / sw)
+    counts, length, _ = line_cover(small, np.round(slope * np.arange(sw)).astype(np.intp))
+    if not ((counts >= 0.6 * length) & (length >= sw / 2)).any():  # most pictures end here
+        return []
+    slope = best_slope(mask, slope + np.arange(-2 * k, 2 * k + 1) / w)
+    shift = np.round(slope * np.arange(w)).astype(np.intp)
+    counts, length, reach = line_cover(mask, shift)
+    core = np.flatnonzero((counts >= 0.6 * length) & (length >= w / 2))
+    lines = []
+    for run in np.split(core, np.flatnonzero(np.diff(core) > 1) + 1):
+        if len(run) == 0 or len(run) > max(3, h // 48):
+            continue
+        middle, band = run[:, None] - reach + shift, np.arange(run[0] - 1, run[-1] + 2)[:, None] - reach + shift
+        if (beside(mask, band[0] - 1) | beside(mask, band[-1] + 1)).mean() > 0.5:  # a thick or curved stroke
+            continue
+        on = np.logical_or.reduce([beside(mask, row) for row in middle])
+        inside = np.flatnonzero(((middle >= 0) & (middle < h)).any(0))
+        end = max(1, len(inside) // 20)
+        if on[inside[:end]].any() and on[inside[-end:]].any():  # edge to edge: a stroke stops short of them
+            lines.append((middle, band))
+    return lines
+
+
+def beside(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """`values` at `rows`, one row per column (0 or False outside the picture): what lies along a line."""
+    inside = (rows >= 0) & (rows < values.shape[0])
+    return np.where(inside, values[np.clip(rows, 0, values.shape[0] - 1), np.arange(values.shape[1])], 0)
+
+
+def along(rows: np.ndarray, h: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (row, column) pixels of `rows` (k, width), one row per column each, inside a picture `h` high."""
+    cols = np.broadcast_to(np.arange(rows.shape[1]), rows.shape)
+    inside = (rows >= 0) & (rows < h)
+    return rows[inside], cols[inside]
+
+
+def clear_ruling(ink: np.ndarray, s: Settings = SETTINGS) -> None:
+    """The lines of ruled or squared paper removed from `ink` (background subtracted, ink bright), in place.
+
+    Left in, a grid is read as strokes and a ruling widens the digit's frame. A line goes when it is
+    lighter than the writing (60 % of its level or less: printed rulings are light) or one of three
+    parallel lines or more (a grid as dark as the pen); a single line as dark as the writing is a
+    stroke or an underline, and stays. On a light line, pixels more than halfway to the writing's level
+    stay (a stroke over it), and in any line the columns where ink lies on both sides of it (a stroke
+    that goes on through). Lines are found among pixels 3 noise deviations above the paper, not 6: a
+    line has many pixels, so a faint ruling on grainy paper is found and noise is not."""
+    h, w = ink.shape
+    if min(h, w) < 48:  # a canvas or a scan of one digit: too few pixels for a ruling, and its bars span it
+        return
+    sample = thin(ink)
+    centre = float(np.median(sample))
+    faint = centre + max(s.min_contrast, 3 * 1.4826 * float(np.median(np.abs(sample - centre))))
+    marked = ink > faint
+    views = ((ink, marked), (ink.T, marked.T))  # a grid's rows, then its columns; .T writes through to `ink`
+    found = [ruled_lines(mask) for _, mask in views]
+    if not any(found):
+        return
+    on_line = np.zeros(ink.shape, dtype=bool)
+    for (view, _), lines, on in zip(views, found, (on_line, on_line.T)):
+        for _, band in lines:
+            on[along(band, view.shape[0])] = True
+    writing = ink[marked & ~on_line]
+    writing = float(np.percentile(writing, 90)) if writing.size else 0.0
+    levels = [[float(np.median(view[along(core, view.shape[0])])) for core, _ in lines]
+              for (view, _), lines in zip(views, found)]
+    for (view, _), lines, line_levels in zip(views, found, levels):
+        for (_, band), level in zip(lines, line_levels):
+            lighter = level <= 0.6 * writing
+            if not (lighter or len(lines) >= 3):
+                continue
+            stroke = (level + writing) / 2 if lighter else faint
+            through = np.minimum(beside(view, band[0] - 1), beside(view, band[-1] + 1)) > stroke
+            rows, cols = along(np.where(through, -1, band), view.shape[0])
+            values = view[rows, cols]
+            view[rows, cols] = np.where(values > stroke, values, 0.0) if lighter else 0.0
+
+
 def ink_map(gray: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
     """float32 (H, W) in [0, 1]: 1 where there is full-strength ink, 0 on paper, shadows and noise.
 
     Polarity comes from the paper (the border, or the sheet that a desk shows around it): dark ink on
-    light paper is inverted. The background (uneven light, shadows, grey paper) is subtracted; what
-    stays is scaled from the noise floor to the typical ink level, so faint pencil and black marker
-    end up alike.
+    light paper is inverted. The background (uneven light, shadows, grey paper) is subtracted, and the
+    lines of ruled or squared paper; what stays is scaled from the noise floor to the typical ink
+    level, so faint pencil and black marker end up alike.
     """
     low, high = extremes(gray)
     if high - low < s.min_contrast:
@@ -516,6 +639,7 @@ def ink_map(gray: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
     else:  # light ink (chalk, a canvas, MNIST itself): the background is dark, so only subtract it
         ink = gray.astype(np.float32, copy=True)
         ink -= block_background(ink, s.blocks)
+    clear_ruling(ink, s)
     threshold = otsu(np.maximum(thin(ink, 16384), 0.0))
     residual = thin(ink)
     paper = residual[residual <= threshold]  # Otsu's paper side: ink, even a bold digit cropped tight, is not noise
