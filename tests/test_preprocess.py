@@ -359,7 +359,8 @@ def random_picture(mode: str, width: int, height: int, kind: str, seed: int) -> 
     gray = levels.astype(np.uint8)
     if mode == "F":
         values = gray.astype(np.float32) * rng.uniform(-1e6, 1e6)
-        values.ravel()[rng.integers(0, values.size, 3)] = [np.nan, np.inf, -np.inf][: min(3, values.size)]
+        count = min(3, values.size)
+        values.ravel()[rng.integers(0, values.size, count)] = [np.nan, np.inf, -np.inf][:count]
         return Image.fromarray(values, "F")
     if mode in ("I", "I;16", "I;16B"):
         wide = Image.fromarray(gray.astype(np.uint16) * 257)
