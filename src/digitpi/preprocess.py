@@ -533,6 +533,14 @@ def ruled_lines(mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     at most (3 px or more). The slope is searched on a copy 256 px long (max-pooled: a 1-px line stays
     one; larger where a fine grid fills it), then at full size within two of its steps."""
     h, w = mask.shape
+    end = max(1, w // 20)
+    left, right = np.flatnonzero(mask[:, :end].any(1)), np.flatnonzero(mask[:, -end:].any(1))
+    if len(left) == 0 or len(right) == 0:  # nothing reaches both sides (most pictures end here)
+        return []
+    after = np.searchsorted(right, left)  # the right-side rows nearest each left-side one: a line joins two
+    above, below = right[np.maximum(after - 1, 0)], right[np.minimum(after, len(right) - 1)]
+    if np.minimum(np.abs(left - above), np.abs(below - left)).min() > MAX_TILT * w + 2:
+        return []
     k = -(-max(h, w) // 256)
     small = block_extreme(mask.view(np.uint8), k, np.maximum) if k > 1 else mask.view(np.uint8)
     while k > 1 and small.mean() > 0.5:  # a fine grid fills the copy: look closer
@@ -541,7 +549,7 @@ def ruled_lines(mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     sw = small.shape[1]
     slope = best_slope(small, np.arange(-int(MAX_TILT * sw), int(MAX_TILT * sw) + 1) / sw)
     counts, length, _ = line_cover(small, np.round(slope * np.arange(sw)).astype(np.intp))
-    if not ((counts >= 0.6 * length) & (length >= sw / 2)).any():  # most pictures end here
+    if not ((counts >= 0.6 * length) & (length >= sw / 2)).any():
         return []
     slope = best_slope(mask, slope + np.arange(-2 * k, 2 * k + 1) / w)
     shift = np.round(slope * np.arange(w)).astype(np.intp)
