@@ -554,19 +554,19 @@ def ruled_lines(mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     slope = best_slope(mask, slope + np.arange(-2 * k, 2 * k + 1) / w)
     shift = np.round(slope * np.arange(w)).astype(np.intp)
     counts, length, reach = line_cover(mask, shift)
-    core = np.flatnonzero((counts >= 0.6 * length) & (length >= w / 2))
+    covered = np.flatnonzero((counts >= 0.6 * length) & (length >= w / 2))
     lines = []
-    for run in np.split(core, np.flatnonzero(np.diff(core) > 1) + 1):
+    for run in np.split(covered, np.flatnonzero(np.diff(covered) > 1) + 1):
         if len(run) == 0 or len(run) > max(3, h // 48):
             continue
-        middle, band = run[:, None] - reach + shift, np.arange(run[0] - 1, run[-1] + 2)[:, None] - reach + shift
+        core, band = run[:, None] - reach + shift, np.arange(run[0] - 1, run[-1] + 2)[:, None] - reach + shift
         if (beside(mask, band[0] - 1) | beside(mask, band[-1] + 1)).mean() > 0.5:  # a thick or curved stroke
             continue
-        on = np.logical_or.reduce([beside(mask, row) for row in middle])
-        inside = np.flatnonzero(((middle >= 0) & (middle < h)).any(0))
-        end = max(1, len(inside) // 20)
-        if on[inside[:end]].any() and on[inside[-end:]].any():  # edge to edge: a stroke stops short of them
-            lines.append((middle, band))
+        on = np.logical_or.reduce([beside(mask, row) for row in core])
+        inside = np.flatnonzero(((core >= 0) & (core < h)).any(0))
+        ends = max(1, len(inside) // 20)
+        if on[inside[:ends]].any() and on[inside[-ends:]].any():  # edge to edge: a stroke stops short of them
+            lines.append((core, band))
     return lines
 
 
