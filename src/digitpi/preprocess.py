@@ -542,10 +542,11 @@ def ruled_lines(mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     if np.minimum(np.abs(left - above), np.abs(below - left)).min() > MAX_TILT * w + 2:
         return []
     k = -(-max(h, w) // 256)
-    small = block_extreme(mask.view(np.uint8), k, np.maximum) if k > 1 else mask.view(np.uint8)
-    while k > 1 and small.mean() > 0.5:  # a fine grid fills the copy: look closer
-        k //= 2
-        small = block_extreme(mask.view(np.uint8), k, np.maximum) if k > 1 else mask.view(np.uint8)
+    while True:
+        small = block_extreme(mask.view(np.uint8), k, np.maximum)  # k = 1: a copy
+        if k == 1 or small.mean() <= 0.5:
+            break
+        k //= 2  # a fine grid fills the copy: look closer
     sw = small.shape[1]
     slope = best_slope(small, np.arange(-int(MAX_TILT * sw), int(MAX_TILT * sw) + 1) / sw)
     counts, length, _ = line_cover(small, np.round(slope * np.arange(sw)).astype(np.intp))
@@ -610,7 +611,7 @@ def clear_ruling(ink: np.ndarray, s: Settings = SETTINGS) -> None:
             on[along(band, view.shape[0])] = True
     writing = ink[marked & ~on_line]
     writing = float(np.percentile(writing, 90)) if writing.size else 0.0
-    levels = [[float(np.median(view[along(core, view.shape[0])])) for core, _ in lines]
+    levels = [[float(np.median(view[along(core, view.shape[0])])) for core, _ in lines]  # before any is cleared
               for (view, _), lines in zip(views, found)]
     for (view, _), lines, line_levels in zip(views, found, levels):
         for (_, band), level in zip(lines, line_levels):
