@@ -181,6 +181,20 @@ def printed_lines(picture: Image.Image, spacing: float, thick: float, colour: tu
     return Image.fromarray(np.round(rgb * paper).astype(np.uint8))
 
 
+def underlined(photo: Image.Image) -> Image.Image:
+    """A line drawn under the digit, as an answer is underlined or a 6 told from a 9: an eighth of the
+    digit's size below it, 30 % wider than it, an eighteenth of its size thick, falling 2 degrees."""
+    rows, columns, size = digit_pixels(photo)
+    below, reach = rows.max() + round(size / 8), 0.15 * (columns.max() - columns.min())
+    left, right = columns.min() - reach, columns.max() + reach
+    paper = tuple(int(v) for v in np.median(np.asarray(photo.convert("RGB")).reshape(-1, 3), axis=0))
+    drawn = Image.new("RGB", (photo.width, max(photo.height, below + round(size / 6))), paper)
+    drawn.paste(photo.convert("RGB"))
+    ImageDraw.Draw(drawn).line((left, below, right, below + np.tan(np.radians(2)) * (right - left)), fill=(30, 30, 30),
+                               width=max(1, round(size / 18)))
+    return drawn
+
+
 GRID, RULING = (165, 180, 205), (150, 190, 235)  # grey-blue squares, light-blue lines
 
 
@@ -198,13 +212,14 @@ def on_ruled_paper(photo: Image.Image) -> Image.Image:
 
 
 @pytest.mark.parametrize("change, least", [(on_a_dark_desk, 0.75), (in_a_box, 0.75), (under_a_shadow, 0.65),
-                                           (on_squared_paper, 0.9), (on_ruled_paper, 0.95)])
+                                           (on_squared_paper, 0.9), (on_ruled_paper, 0.95), (underlined, 0.95)])
 def test_photos_are_read_as_users_also_take_them(change, least: float, classifier, wild_dir) -> None:
     """Every photo of wild-dev (70), taken as users also take them, reads as the photo itself does but
-    for a few (`least` of the photos read right as taken; measured 57, 56, 49, 64 and 68 of 68). Before,
+    for a few (`least` of the photos read right as taken; measured 57, 56, 49, 64, 68 and 68 of 68). Before,
     10 of 70 read right on a desk (the desk was taken for paper and the sheet for a 0-shaped digit) and
     in a box (framed with the digit); under the shadow 20 (the shadowed border ring turned the
-    polarity); on squared paper 22 and on ruled paper 53 (the lines were read as strokes). Where the
+    polarity); on squared paper 22 and on ruled paper 53 (the lines were read as strokes); underlined 55
+    (the line was framed with the digit: a 7 read as 1, a 9 as 1 or 2). Where the
     shadow's edge crosses grainy or blurred paper, it is still taken for ink; on small blurred photos
     a grid of 1-px lines is too faint along its length to be found."""
     rows = singles(wild_dir, "photo")

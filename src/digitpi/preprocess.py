@@ -857,11 +857,30 @@ def without_box(ink: np.ndarray, blobs: Blobs, boxes: np.ndarray, keep: np.ndarr
     return digit if 3 * tall >= max(bottom - top, right - left) else keep  # else specks inside a square 0
 
 
+def without_underline(boxes: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """`keep` without a line drawn under the digit (an answer underlined, a 6 or 9 told apart): the
+    lowest kept blob, when it lies wholly below the others, spans half their width or more, and is a
+    flat bar: three times as wide as it is tall (a line drawn a little askew is) and a quarter of their
+    height at most. A 2's base lifted from its stroke is not wholly below it, a 1's foot leaves a 1."""
+    if len(keep) < 2:
+        return keep
+    bar = keep[np.argmax(boxes[keep, 0])]
+    rest = keep[keep != bar]
+    top, left, bottom, right = boxes[bar]
+    above, rest_left, rest_bottom, rest_right = (boxes[rest, 0].min(), boxes[rest, 1].min(), boxes[rest, 2].max(),
+                                                 boxes[rest, 3].max())
+    width, height = right - left, bottom - top
+    if top >= rest_bottom and 2 * width >= rest_right - rest_left and 3 * height <= width \
+            and 4 * height <= rest_bottom - above:
+        return rest
+    return keep
+
+
 def digit_ink(ink: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
-    """`ink` with specks, shadow edges and a box drawn around the digit removed."""
+    """`ink` with specks, shadow edges, a box drawn around the digit and a line drawn under it removed."""
     blobs, keep = ink_blobs(ink, s)
     boxes = blobs.boxes
-    keep = without_box(ink, blobs, boxes, keep, s)
+    keep = without_underline(boxes, without_box(ink, blobs, boxes, keep, s))
     box = boxes[keep]
     height, width = box[:, 2].max() - box[:, 0].min(), box[:, 3].max() - box[:, 1].min()
     if max(height, width) < max(2, s.min_digit * max(ink.shape)):
