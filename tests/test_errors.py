@@ -374,17 +374,24 @@ def test_data_dir_variable_that_is_not_mnist(mnist_dir, tmp_path, monkeypatch, c
     assert f"{broken} (DIGITPI_DATA_DIR) does not hold mnist" in err and "checksum mismatch" in err
 
 
-def test_ctrl_c_says_so(tmp_path):
+@pytest.mark.parametrize("sent, code, said", [(signal.SIGINT, 130, "digitpi: interrupted"),
+                                               (signal.SIGTERM, -signal.SIGTERM, "digitpi: stopped by SIGTERM"),
+                                               (signal.SIGHUP, -signal.SIGHUP, "digitpi: stopped by SIGHUP")],
+                         ids=["ctrl-c", "kill", "hang-up"])
+def test_a_stopped_command_says_so_and_leaves_nothing(sent, code: int, said: str, tmp_path):
+    """Ctrl-C, `kill` (systemd, `timeout`) or a closed SSH session during training: one line, and the run
+    folder it made is gone. SIGTERM and SIGHUP end the process by that signal once it has cleaned up, as
+    their sender expects; before, they ended it at once, leaving the empty folder."""
     # A shell without job control starts background jobs with SIGINT ignored, and children inherit that:
     # give the command the default, as a terminal would, so Python turns Ctrl-C into KeyboardInterrupt.
-    # Off a terminal, progress is one line at the end of each epoch: Ctrl-C comes during the second.
+    # Off a terminal, progress is one line at the end of each epoch: the signal comes during the second.
     process = subprocess.Popen([sys.executable, "-m", "digitpi.cli", "train", "--recipe", "fast", "--epochs", "2",
                                 "--out", str(tmp_path / "run")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert process.stdout.readline().startswith("Epoch 1/2")  # training has begun
     time.sleep(1)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(sent)
     out, err = process.communicate(timeout=120)
-    assert process.returncode == 130 and "Traceback" not in err
-    assert err.strip().splitlines()[-1] == "digitpi: interrupted"
+    assert process.returncode == code and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == said
     assert not (tmp_path / "run").exists()  # the folder it made, empty, is gone

@@ -14,7 +14,9 @@ import inspect
 import json
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -476,7 +478,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--collect", action="store_true",
                    help="keep the digits users label on the page (POST /samples) for `digitpi finetune` (default: off)")
     p.add_argument("--samples", metavar="PATH", help=f"the samples database --collect writes ({SAMPLES_DEFAULT})")
-    p.set_defaults(func=cmd_serve)
+    p.set_defaults(func=cmd_serve, own_signals=True)  # uvicorn shuts down gracefully on SIGTERM and Ctrl-C
 
     from digitpi import service  # the standard library only: cheap enough to build its flags every time
 
@@ -560,9 +562,26 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     return parser
 
 
+class Stopped(BaseException):
+    """SIGTERM (`kill`, `timeout`, systemd) or SIGHUP (a closed terminal or SSH session), raised where
+    the command is: it unwinds as Ctrl-C does, so a folder this command made and its temporary files
+    (a half-written file, int8 calibration) are removed instead of left behind."""
+
+
+def stop(signum: int, frame) -> None:
+    raise Stopped(signum)
+
+
+STOP_SIGNALS = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
+    before = {}  # signals left at their default (`nohup` ignores SIGHUP: so do we); only the main thread sets them
+    if threading.current_thread() is threading.main_thread() and not getattr(args, "own_signals", False):
+        before = {number: signal.signal(number, stop) for number in STOP_SIGNALS
+                  if signal.getsignal(number) is signal.SIG_DFL}
     try:
         code = args.func(args) or 0
         sys.stdout.flush()  # a closed pipe shows here, inside the try, not at exit
@@ -582,6 +601,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: whatever was being written is left as it was
         print("digitpi: interrupted", file=sys.stderr)
         return 130
+    except Stopped as e:
+        number = e.args[0]
+        print(f"digitpi: stopped by {signal.Signals(number).name}", file=sys.stderr)
+        signal.signal(number, signal.SIG_DFL)
+        os.kill(os.getpid(), number)  # end by the signal, as its sender expects (systemd counts that a clean stop)
+        return 128 + number
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)
 
 
 if __name__ == "__main__":
