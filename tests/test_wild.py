@@ -211,17 +211,17 @@ def on_ruled_paper(photo: Image.Image) -> Image.Image:
     return printed_lines(photo, size / 2, max(1.0, size / 60), RULING, -3.0, grid=False)
 
 
-@pytest.mark.parametrize("change, least", [(on_a_dark_desk, 0.75), (in_a_box, 0.75), (under_a_shadow, 0.65),
+@pytest.mark.parametrize("change, least", [(on_a_dark_desk, 0.8), (in_a_box, 0.75), (under_a_shadow, 0.85),
                                            (on_squared_paper, 0.9), (on_ruled_paper, 0.95), (underlined, 0.95)])
 def test_photos_are_read_as_users_also_take_them(change, least: float, classifier, wild_dir) -> None:
     """Every photo of wild-dev (70), taken as users also take them, reads as the photo itself does but
-    for a few (`least` of the photos read right as taken; measured 57, 56, 49, 64, 68 and 68 of 68). Before,
+    for a few (`least` of the photos read right as taken; measured 61, 56, 66, 64, 68 and 68 of 68). Before,
     10 of 70 read right on a desk (the desk was taken for paper and the sheet for a 0-shaped digit) and
     in a box (framed with the digit); under the shadow 20 (the shadowed border ring turned the
-    polarity); on squared paper 22 and on ruled paper 53 (the lines were read as strokes); underlined 55
-    (the line was framed with the digit: a 7 read as 1, a 9 as 1 or 2). Where the
-    shadow's edge crosses grainy or blurred paper, it is still taken for ink; on small blurred photos
-    a grid of 1-px lines is too faint along its length to be found."""
+    polarity), then 49 where grainy or small blurred photos left the polarity to that ring (57 on a
+    desk); on squared paper 22 and on ruled paper 53 (the lines were read as strokes); underlined 55
+    (the line was framed with the digit: a 7 read as 1, a 9 as 1 or 2). On small blurred photos a
+    grid of 1-px lines is too faint along its length to be found."""
     rows = singles(wild_dir, "photo")
 
     taken = changed = 0

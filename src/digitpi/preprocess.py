@@ -349,9 +349,11 @@ def ring_median(edge: np.ndarray) -> float:
 def dark_ink(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS) -> bool:
     """Whether the ink is darker than the paper: the way the ink departs from the paper around it
     (`ink_side`), which a shadow or light falling off across the sheet does not turn. Where that is
-    not clear (a small picture), the border ring is the paper, unless the digit fills the picture to
-    its edges (a 16x16 scan) and the ring holds ink and paper alike: then the ink is the class whose
-    pixels lie clearly nearer their edge (strokes are thin, paper is wide)."""
+    not clear (a small picture, grainy paper), the ink is the class whose pixels lie clearly nearer
+    their edge (strokes are thin, paper is wide) where the digit fills the picture to its edges (a
+    16x16 scan) and the border ring holds ink and paper alike; else dark, where the dark departures
+    from the blocks' levels are clearly thin (`thin_dark`), which a shadow over the ring does not
+    turn; else the border ring is the paper."""
     side = ink_side(gray, s.blocks)
     if side is not None:
         return side
@@ -363,6 +365,8 @@ def dark_ink(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS) 
         depth_dark, depth_light = mean_depth(dark, limit=8), mean_depth(~dark, limit=8)
         if max(depth_dark, depth_light) > 1.25 * min(depth_dark, depth_light):  # one class is clearly strokes
             return depth_dark < depth_light
+    if thin_dark(gray, s.blocks):
+        return True
     paper = ring_median(edge)
     return (paper - low) > (high - paper)
 
@@ -434,6 +438,22 @@ def ink_side(gray: np.ndarray, blocks: int, clearly: float = 2.0) -> bool | None
     if lighter >= clearly * max(-darker, 1.0):
         return False
     return None
+
+
+def thin_dark(gray: np.ndarray, blocks: int) -> bool:
+    """Whether the marks departing darker from the level of their block (Otsu's split) are clearly
+    thinner than the rest: dark strokes on wide paper, where `ink_side` is not clear (grainy paper,
+    or a shadow whose edge departs from its blocks as far as the strokes do). Never the other way:
+    in a picture cut tight to thick strokes, the paper left between them is thinner still. Looked at
+    128 px long or less: blocks of 8 px or more are wider than bold strokes, the paper's grain is
+    averaged away; a picture too small for blocks is not judged."""
+    small = reduced(gray, 128)
+    grid = block_medians(small, blocks)
+    if max(grid.shape) <= 4:
+        return False
+    flat = small - stretch(grid, small.shape)
+    dark = flat < otsu(flat - flat.min()) + flat.min()
+    return 1.25 * mean_depth(dark, limit=8) < mean_depth(~dark, limit=8)
 
 
 def block_background(ink: np.ndarray, blocks: int) -> np.ndarray:
