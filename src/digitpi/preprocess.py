@@ -351,9 +351,9 @@ def dark_ink(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS) 
     (`ink_side`), which a shadow or light falling off across the sheet does not turn. Where that is
     not clear (a small picture, grainy paper), the ink is the class whose pixels lie clearly nearer
     their edge (strokes are thin, paper is wide) where the digit fills the picture to its edges (a
-    16x16 scan) and the border ring holds ink and paper alike; else dark, where the dark departures
-    from the blocks' levels are clearly thin (`thin_dark`), which a shadow over the ring does not
-    turn; else the border ring is the paper."""
+    16x16 scan) and the border ring holds ink and paper alike; else the border ring is the paper,
+    unless the ring is darker but the dark departures from the blocks' levels are clearly thin
+    (`thin_dark`): a shadow over the ring, or a desk around the sheet not found as one."""
     side = ink_side(gray, s.blocks)
     if side is not None:
         return side
@@ -365,10 +365,8 @@ def dark_ink(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS) 
         depth_dark, depth_light = mean_depth(dark, limit=8), mean_depth(~dark, limit=8)
         if max(depth_dark, depth_light) > 1.25 * min(depth_dark, depth_light):  # one class is clearly strokes
             return depth_dark < depth_light
-    if thin_dark(gray, s.blocks):
-        return True
     paper = ring_median(edge)
-    return (paper - low) > (high - paper)
+    return (paper - low) > (high - paper) or thin_dark(gray, s.blocks)
 
 
 def desk(gray: np.ndarray, low: float, high: float, side: int = 128) -> np.ndarray | None:
@@ -453,7 +451,7 @@ def thin_dark(gray: np.ndarray, blocks: int) -> bool:
         return False
     flat = small - stretch(grid, small.shape)
     dark = flat < otsu(flat - flat.min()) + flat.min()
-    return 1.25 * mean_depth(dark, limit=8) < mean_depth(~dark, limit=8)
+    return 1.25 * mean_depth(dark, limit=4) < mean_depth(~dark, limit=4)  # a stroke at 128 px is a few px wide
 
 
 def block_background(ink: np.ndarray, blocks: int) -> np.ndarray:
