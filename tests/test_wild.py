@@ -248,6 +248,27 @@ def test_pages_on_squared_and_ruled_paper_are_read(grid: bool, classifier, wild_
     assert len(rows) == 5 and all(read), read
 
 
+def test_pages_with_each_line_underlined_are_read(classifier, wild_dir) -> None:
+    """Every page of wild-dev (5) with a line drawn under each written line, as a sum is ruled off or
+    answers are underlined (black, a fifteenth of the line's height thick, 15 % of it below the
+    digits, 10 % beyond them), reads exactly as written. Before, 3 of 5 did: the black line, darker
+    and longer than the blue digits, made most of them specks (134678 / 912532 read 3 / 9)."""
+    rows = [row for row in wild.rows_of(wild_dir, every=1) if row["kind"] == "multi"]
+    read = []
+    for row in rows:
+        with Image.open(wild_dir / row["file"]) as page:
+            page = ImageOps.exif_transpose(page).convert("RGB")
+        draw = ImageDraw.Draw(page)
+        for line in reading.read(classifier, page, page=True).lines:
+            left, top = min(digit.box[0] for digit in line), min(digit.box[1] for digit in line)
+            right, bottom = max(digit.box[2] for digit in line), max(digit.box[3] for digit in line)
+            height = bottom - top
+            draw.line((left - 0.1 * height, bottom + 0.15 * height, right + 0.1 * height, bottom + 0.15 * height),
+                      fill=(30, 30, 30), width=max(2, round(height / 15)))
+        read.append(reading.read(classifier, page, page=True).text == "\n".join(row["lines"].split()))
+    assert len(rows) == 5 and all(read), read
+
+
 def test_bench_wild_refuses_a_folder_without_labels(fast_export, tmp_path, capsys) -> None:
     assert main(["bench", "wild", "--model", str(fast_export), "--data", str(tmp_path)]) == 2
     err = capsys.readouterr().err

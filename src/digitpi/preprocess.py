@@ -26,6 +26,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO
 
@@ -714,9 +715,9 @@ class Blobs:
     def area(self) -> np.ndarray:
         return np.bincount(self.label, weights=self.ends - self.starts, minlength=self.n)
 
-    @property
+    @cached_property
     def boxes(self) -> np.ndarray:
-        """(n, 4) top, left, bottom, right (exclusive) of each blob."""
+        """(n, 4) top, left, bottom, right (exclusive) of each blob (computed once: specks and layout both ask)."""
         return np.stack([self.stat(self.rows, np.minimum, np.inf), self.stat(self.starts, np.minimum, np.inf),
                          self.stat(self.rows + 1, np.maximum, -1), self.stat(self.ends, np.maximum, -1)],
                         1).astype(int)
@@ -839,14 +840,20 @@ def frame(ink: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
 def ink_blobs(ink: np.ndarray, s: Settings = SETTINGS) -> tuple[Blobs, np.ndarray]:
     """The blobs of `ink` and the indices of those that are ink, not specks or shadow edges: their
     strong pixels are at least `min_piece` of the largest blob's. A shadow edge that survives
-    the background subtraction is wide but faint, a stroke is dark along its whole length."""
+    the background subtraction is wide but faint, a stroke is dark along its whole length. A flat
+    bar (a line ruled under a sum, an underline) is not the measure: drawn darker and longer than
+    the digits, it would make them specks."""
     blobs = find_blobs(ink > s.faint_ink)
-    return blobs, not_specks(blobs.count(ink >= s.strong_ink), s)
+    boxes = blobs.boxes
+    flat = boxes[:, 3] - boxes[:, 1] >= 4 * (boxes[:, 2] - boxes[:, 0])
+    return blobs, not_specks(blobs.count(ink >= s.strong_ink), s, measure=~flat)
 
 
-def not_specks(strong: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
-    """Indices of the blobs whose strong pixels (`strong`, per blob) are at least `min_piece` of the most's."""
-    return np.flatnonzero(strong >= max(s.min_piece * strong.max(), 1))
+def not_specks(strong: np.ndarray, s: Settings = SETTINGS, measure: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the blobs whose strong pixels (`strong`, per blob) are at least `min_piece` of the
+    most's, among the blobs `measure` marks (all, if it marks none)."""
+    most = strong[measure].max() if measure is not None and measure.any() else strong.max()
+    return np.flatnonzero(strong >= max(s.min_piece * most, 1))
 
 
 def without_box(ink: np.ndarray, blobs: Blobs, boxes: np.ndarray, keep: np.ndarray, s: Settings = SETTINGS
