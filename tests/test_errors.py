@@ -382,12 +382,12 @@ def test_a_stopped_command_says_so_and_leaves_nothing(sent, code: int, said: str
     """Ctrl-C, `kill` (systemd, `timeout`) or a closed SSH session during training: one line, and the run
     folder it made is gone. SIGTERM and SIGHUP end the process by that signal once it has cleaned up, as
     their sender expects; before, they ended it at once, leaving the empty folder."""
-    # A shell without job control starts background jobs with SIGINT ignored, and children inherit that:
-    # give the command the default, as a terminal would, so Python turns Ctrl-C into KeyboardInterrupt.
+    # A shell without job control starts background jobs with SIGINT ignored, and `nohup` (a CI job run
+    # under it) ignores SIGHUP; children inherit both. Give the command the defaults, as a terminal would.
     # Off a terminal, progress is one line at the end of each epoch: the signal comes during the second.
     process = subprocess.Popen([sys.executable, "-m", "digitpi.cli", "train", "--recipe", "fast", "--epochs", "2",
                                 "--out", str(tmp_path / "run")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                               text=True, preexec_fn=lambda: signal.signal(sent, signal.SIG_DFL))
     assert process.stdout.readline().startswith("Epoch 1/2")  # training has begun
     time.sleep(1)
     process.send_signal(sent)
