@@ -362,10 +362,9 @@ def dark_ink(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS) 
     quarter = 0.25 * (high - low)
     if min((edge <= low + quarter).mean(), (edge >= high - quarter).mean()) >= 0.2:  # ink reaches the edges
         threshold = otsu(np.maximum(thin(gray) - low, 0)) + low
-        dark = reduced(gray, 128) < threshold
-        depth_dark, depth_light = mean_depth(dark, limit=8), mean_depth(~dark, limit=8)
-        if max(depth_dark, depth_light) > 1.25 * min(depth_dark, depth_light):  # one class is clearly strokes
-            return depth_dark < depth_light
+        side = thinner_side(reduced(gray, 128) < threshold, limit=8)
+        if side is not None:
+            return side
     paper = ring_median(edge)
     return (paper - low) > (high - paper) or thin_dark(gray, s.blocks)
 
@@ -421,17 +420,37 @@ def block_medians(values: np.ndarray, blocks: int) -> np.ndarray:
     return np.median(cells.reshape(gh, 4, gw, 4).transpose(0, 2, 1, 3).reshape(gh, gw, 16), axis=2)
 
 
-def ink_side(gray: np.ndarray, blocks: int, clearly: float = 2.0) -> bool | None:
-    """True if the ink is darker than what is around it, False if lighter, None if that is not clear:
-    the picture's strongest departures from the level of their block (its median, the paper's where
-    strokes are thin) must go one way `clearly` times as far as the other. The border ring alone
-    would not do: under a shadow or in a dark corner it is darker than the paper's middle. A page is
-    looked at 256 px long: its strokes still depart, at a sixteenth of the cost."""
-    small = reduced(gray, 256)
+def departures(gray: np.ndarray, side: int, blocks: int) -> np.ndarray | None:
+    """`gray` reduced to `side` minus the level of its blocks (their medians, the paper's where strokes
+    are thin): where marks stand out, whichever way. None for a picture too small to have blocks."""
+    small = reduced(gray, side)
     grid = block_medians(small, blocks)
     if max(grid.shape) <= 4:  # a small picture: its blocks are too few to have a level of their own
         return None
-    darker, lighter = extremes(small - stretch(grid, small.shape))
+    return small - stretch(grid, small.shape)
+
+
+def thinner_side(dark: np.ndarray, limit: int) -> bool | None:
+    """True if the pixels of `dark` lie clearly (1.25 times) nearer their edge than the others do, False
+    if the others do, None if neither: strokes are thin, paper is wide (mean depth up to `limit`)."""
+    depth_dark, depth_light = mean_depth(dark, limit), mean_depth(~dark, limit)
+    if depth_light > 1.25 * depth_dark:
+        return True
+    if depth_dark > 1.25 * depth_light:
+        return False
+    return None
+
+
+def ink_side(gray: np.ndarray, blocks: int, clearly: float = 2.0) -> bool | None:
+    """True if the ink is darker than what is around it, False if lighter, None if that is not clear:
+    the picture's strongest departures from the level of their block must go one way `clearly` times
+    as far as the other. The border ring alone would not do: under a shadow or in a dark corner it is
+    darker than the paper's middle. A page is looked at 256 px long: its strokes still depart, at a
+    sixteenth of the cost."""
+    flat = departures(gray, 256, blocks)
+    if flat is None:
+        return None
+    darker, lighter = extremes(flat)
     if -darker >= clearly * max(lighter, 1.0):
         return True
     if lighter >= clearly * max(-darker, 1.0):
@@ -446,13 +465,10 @@ def thin_dark(gray: np.ndarray, blocks: int) -> bool:
     in a picture cut tight to thick strokes, the paper left between them is thinner still. Looked at
     128 px long or less: blocks of 8 px or more are wider than bold strokes, the paper's grain is
     averaged away; a picture too small for blocks is not judged."""
-    small = reduced(gray, 128)
-    grid = block_medians(small, blocks)
-    if max(grid.shape) <= 4:
+    flat = departures(gray, 128, blocks)
+    if flat is None:
         return False
-    flat = small - stretch(grid, small.shape)
-    dark = flat < otsu(flat - flat.min()) + flat.min()
-    return 1.25 * mean_depth(dark, limit=4) < mean_depth(~dark, limit=4)  # a stroke at 128 px is a few px wide
+    return thinner_side(flat < otsu(flat - flat.min()) + flat.min(), limit=4) is True  # strokes: a few px wide
 
 
 def block_background(ink: np.ndarray, blocks: int) -> np.ndarray:
