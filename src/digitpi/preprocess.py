@@ -858,11 +858,112 @@ def ink_blobs(ink: np.ndarray, s: Settings = SETTINGS) -> tuple[Blobs, np.ndarra
     strong pixels are at least `min_piece` of the largest blob's. A shadow edge that survives
     the background subtraction is wide but faint, a stroke is dark along its whole length. A flat
     bar (a line ruled under a sum, an underline) is not the measure: drawn darker and longer than
-    the digits, it would make them specks."""
+    the digits, it would make them specks. A line drawn under digits and touching them is cleared
+    from `ink`, in place (`clear_underline`), and the blobs are found again: the digits come apart."""
+    blobs, keep = pieces_of(ink, s)
+    cleared = [clear_underline(ink, blobs, i) for i in keep]
+    return pieces_of(ink, s) if any(cleared) else (blobs, keep)
+
+
+def pieces_of(ink: np.ndarray, s: Settings = SETTINGS) -> tuple[Blobs, np.ndarray]:
+    """`ink_blobs` without looking for a line under the digits."""
     blobs = find_blobs(ink > s.faint_ink)
     boxes = blobs.boxes
     flat = boxes[:, 3] - boxes[:, 1] >= 4 * (boxes[:, 2] - boxes[:, 0])
     return blobs, not_specks(blobs.count(ink >= s.strong_ink), s, measure=~flat)
+
+
+def run_lengths(flags: np.ndarray) -> tuple[int, int]:
+    """How many of `flags` are True from its start, and from its end."""
+    if flags.all():
+        return len(flags), len(flags)
+    return int(np.argmin(flags)), int(np.argmin(flags[::-1]))
+
+
+def bottom_line(mask: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """The straight line drawn along the bottom of one blob (`mask`, its box) and reaching beyond what
+    stands on it at both ends, as (its middle row in each column, its thickness), or None. Where it
+    reaches beyond, the blob's columns hold the line alone: as thick as each other (the pen), on one
+    straight line, a thirtieth of the blob's height long or more. It is a sixth of that height thick
+    at most, unbroken, and the blob's bottom edge along nine tenths of its length: a 3's round
+    bottom between its tail and its side falls below the line through them, a 4's stem goes on below
+    its bar (by less than 15 % of the blob's height: a stroke that crosses the line)."""
+    h, w = mask.shape
+    first, last = np.argmax(mask, 0), h - 1 - np.argmax(mask[::-1], 0)  # a blob's columns all hold ink
+    widths = last - first + 1
+    before, after = run_lengths(widths <= h // 4)
+    if before == w or min(before, after) == 0:  # a bar by itself (`without_underline` and the layout see to it)
+        return None
+    thick = float(np.median(np.concatenate([widths[:before], widths[w - after:]])))
+    before, after = run_lengths(widths <= thick + 2)  # the line alone, up to where what stands on it thickens it
+    if min(before, after) < h / 30 or 6 * thick > h:
+        return None
+    ends = np.concatenate([np.arange(before), np.arange(w - after, w)])
+    centres = (first[ends] + last[ends]) / 2
+    slope, offset = np.polyfit(ends, centres, 1)
+    middle = slope * np.arange(w) + offset
+    if abs(slope) > MAX_TILT or np.abs(middle[ends] - centres).max() > max(1.5, thick / 4):
+        return None  # a curve, not a drawn line
+    on_line = np.abs(np.arange(h)[:, None] - middle) <= thick / 2 + 1
+    below = last - middle - thick / 2 - 1  # how far the blob goes on below the line, in each column
+    if (mask & on_line).any(0).mean() < 0.95 or (below > 0).mean() > 0.1 or below.max() > 0.15 * h:
+        return None
+    return middle, thick
+
+
+def rises_right(mask: np.ndarray, floor: np.ndarray, reach: float) -> bool:
+    """Whether the ink of `mask` just above `floor` (a row per column), up to `reach` px above it, leaves
+    it leaning right, as a 2's (or a 7's) diagonal does: its leftmost point is in the lower half, and
+    from there its left edge moves right as it rises, a third of a px per px or more. A round bottom
+    widens as it rises, a stem does not lean."""
+    rows = np.arange(mask.shape[0])[:, None]
+    strip = mask & (rows < floor) & (rows >= floor - reach)
+    lines = np.flatnonzero(strip.any(1))
+    if len(lines) < 2:
+        return False
+    edge = np.argmax(strip[lines], axis=1)  # the left edge of the ink in each row, top row first
+    low = int(np.argmin(edge))
+    return 2 * lines[low] > lines[0] + lines[-1] and edge[0] - edge[low] >= (lines[low] - lines[0]) / 3
+
+
+def clear_underline(ink: np.ndarray, blobs: Blobs, i: int) -> bool:
+    """Clear from `ink`, in place, a line drawn under blob `i`'s digits and touching them (an answer
+    underlined, a line of a page ruled off: `bottom_line`), and say whether there was one.
+
+    A 2 on its own base looks like one; its base stays where one digit stands on the line, the line is
+    less than three times as wide as it, and its stroke comes down to the line from the upper right
+    (`rises_right`). (A 7 underlined looks the same, and stays a 2.) Where strokes come down onto the
+    line, the upper half of the line stays, and between strokes a quarter of the blob's height apart:
+    a round bottom drawn along the line keeps its ends and stays whole. Blobs less than 32 px high
+    are too coarse to tell."""
+    top, left, bottom, right = blobs.boxes[i]
+    h, w = bottom - top, right - left
+    if h < 32:
+        return False
+    mask = blobs.mask([i], ink.shape, (top, left, bottom, right))
+    found = bottom_line(mask)
+    if found is None:
+        return False
+    middle, thick = found
+    off_line = np.arange(h)[:, None] - middle  # rows below the line's middle, in each column
+    above = mask & (off_line < -thick / 2 - 1)
+    standing = np.flatnonzero(above.any(0))
+    if len(standing) == 0:
+        return False
+    pieces = find_blobs(above).boxes
+    if (w <= 3 * (standing[-1] - standing[0] + 1) and (pieces[:, 2] - pieces[:, 0] >= h / 3).sum() <= 1
+            and rises_right(above, middle - thick / 2 - 1, h / 4)):
+        return False
+    meets = np.flatnonzero((above & (off_line >= -thick / 2 - 3)).any(0))
+    close = np.flatnonzero(np.diff(meets) <= h / 4)
+    steps = np.zeros(w + 1, dtype=np.int32)
+    np.add.at(steps, meets[close], 1)
+    np.add.at(steps, meets[close + 1] + 1, -1)
+    beneath = np.cumsum(steps[:-1]) > 0
+    beneath[meets] = True
+    line = mask & (np.abs(off_line) <= thick / 2 + 1) & (~beneath | (off_line > 0))
+    ink[top:bottom, left:right][line] = 0.0
+    return True
 
 
 def not_specks(strong: np.ndarray, s: Settings = SETTINGS, measure: np.ndarray | None = None) -> np.ndarray:
