@@ -235,7 +235,7 @@ def test_a_2_keeps_its_base(mnist_dir) -> None:
     """A line drawn under a digit and touching it is cleared (`preprocess.clear_underline`); a 2's
     base, which reaches beyond the 2's stroke at both ends as often as not, is not such a line. Of
     2,000 training 2s drawn 112 px high, the ink of none is touched; without the rule for a digit on
-    its own base (`rises_right`), of 12."""
+    its own base (`rises_right`), of 15."""
     from digitpi import data
 
     images, labels = data.load_split("mnist", "train", mnist_dir)

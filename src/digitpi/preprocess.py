@@ -861,7 +861,7 @@ def ink_blobs(ink: np.ndarray, s: Settings = SETTINGS) -> tuple[Blobs, np.ndarra
     the digits, it would make them specks. A line drawn under digits and touching them is cleared
     from `ink`, in place (`clear_underline`), and the blobs are found again: the digits come apart."""
     blobs, keep = pieces_of(ink, s)
-    cleared = [clear_underline(ink, blobs, i) for i in keep]
+    cleared = [clear_underline(ink, blobs, i) for i in keep[lines_may_end(blobs)[keep]]]
     return pieces_of(ink, s) if any(cleared) else (blobs, keep)
 
 
@@ -871,6 +871,23 @@ def pieces_of(ink: np.ndarray, s: Settings = SETTINGS) -> tuple[Blobs, np.ndarra
     boxes = blobs.boxes
     flat = boxes[:, 3] - boxes[:, 1] >= 4 * (boxes[:, 2] - boxes[:, 0])
     return blobs, not_specks(blobs.count(ink >= s.strong_ink), s, measure=~flat)
+
+
+def lines_may_end(blobs: Blobs) -> np.ndarray:
+    """Which blobs may stand on a line (`clear_underline` looks closer): 32 px high or more, with a
+    short run of rows in their leftmost and in their rightmost column (a quarter of their height at
+    most), as a line's ends are, in their bottom quarter unless the blob is twice as wide as it is
+    high (a line under a row of digits may fall or rise along it). A cheap look over the runs: the
+    digits of a page mostly fail it."""
+    boxes, label = blobs.boxes, blobs.label
+    height = boxes[:, 2] - boxes[:, 0]
+    wide = boxes[:, 3] - boxes[:, 1] >= 2 * height
+    may = height >= 32
+    for at_edge in (blobs.starts == boxes[label, 1], blobs.ends == boxes[label, 3]):
+        lowest = blobs.stat(np.where(at_edge, blobs.rows, -1), np.maximum, -1)
+        highest = blobs.stat(np.where(at_edge, blobs.rows, boxes[:, 2].max()), np.minimum, np.inf)
+        may &= (lowest - highest < height // 4) & (wide | (lowest >= boxes[:, 2] - height // 4))
+    return may
 
 
 def run_lengths(flags: np.ndarray) -> tuple[int, int]:
