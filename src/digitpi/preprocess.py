@@ -990,30 +990,37 @@ def not_specks(strong: np.ndarray, s: Settings = SETTINGS, measure: np.ndarray |
     return np.flatnonzero(strong >= max(s.min_piece * most, 1))
 
 
-def without_box(ink: np.ndarray, blobs: Blobs, boxes: np.ndarray, keep: np.ndarray, s: Settings = SETTINGS
-                ) -> np.ndarray:
-    """`keep` without a box drawn around the digit (a form's field, a frame): the blob whose box holds
-    every other kept blob, when 80 % of its pixels lie in the outer eighth of its box (a 0, or an oval
-    around the digit, has most of its ink further in) and what it holds is a third of its size or
-    more. What is inside is told from specks by itself: a thin pen inside a bold box is the digit."""
-    if len(keep) == 0:
+def without_boxes(ink: np.ndarray, blobs: Blobs, keep: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
+    """`keep` without the boxes drawn around digits (a form's fields, a frame), each digit told from
+    specks inside its box by itself: a thin pen inside a bold box is the digit. A box is a kept blob
+    whose box holds other blobs, when 80 % of its pixels lie in the outer eighth of its box (a 0, or
+    an oval around the digit, has most of its ink further in) and what it holds is a third of its
+    size or more (else specks inside a square 0)."""
+    boxes = blobs.boxes
+    top, left, bottom, right = boxes.T
+    held = ((top > top[keep, None]) & (left > left[keep, None]) & (bottom < bottom[keep, None])
+            & (right < right[keep, None]))  # (kept, blobs): blob j lies inside kept blob i's box
+    if not held.any():  # most pictures: no blob holds another
         return keep
-    outer = keep[np.argmax((boxes[keep, 2] - boxes[keep, 0]) * (boxes[keep, 3] - boxes[keep, 1]))]
-    top, left, bottom, right = boxes[outer]
-    within = (boxes[:, 0] > top) & (boxes[:, 1] > left) & (boxes[:, 2] < bottom) & (boxes[:, 3] < right)
-    if not within.any() or not within[np.setdiff1d(keep, outer)].all():
+    strong = blobs.count(ink >= s.strong_ink)
+    dropped, digits = [], []
+    for frame, inside in zip(keep, held):
+        inside = np.flatnonzero(inside)
+        if len(inside) == 0 or strong[inside].max() < 1:
+            continue
+        height, width = boxes[frame, 2] - boxes[frame, 0], boxes[frame, 3] - boxes[frame, 1]
+        pixels = blobs.mask([frame], ink.shape, tuple(boxes[frame]))
+        dy, dx = math.ceil(height / 8), math.ceil(width / 8)
+        if pixels[dy:-dy, dx:-dx].sum() > 0.2 * pixels.sum():
+            continue
+        digit = inside[not_specks(strong[inside], s)]
+        tall = max(boxes[digit, 2].max() - boxes[digit, 0].min(), boxes[digit, 3].max() - boxes[digit, 1].min())
+        if 3 * tall >= max(height, width):
+            dropped.extend([frame, *inside])
+            digits.extend(digit)
+    if not dropped:
         return keep
-    pixels = blobs.mask([outer], ink.shape, (top, left, bottom, right))
-    dy, dx = math.ceil((bottom - top) / 8), math.ceil((right - left) / 8)
-    if pixels[dy:-dy, dx:-dx].sum() > 0.2 * pixels.sum():
-        return keep
-    inside = np.flatnonzero(within)
-    strong = blobs.count(ink >= s.strong_ink)[inside]
-    if strong.max() < 1:
-        return keep
-    digit = inside[not_specks(strong, s)]
-    tall = max(boxes[digit, 2].max() - boxes[digit, 0].min(), boxes[digit, 3].max() - boxes[digit, 1].min())
-    return digit if 3 * tall >= max(bottom - top, right - left) else keep  # else specks inside a square 0
+    return np.union1d(np.setdiff1d(keep, dropped), digits)
 
 
 def without_underline(boxes: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -1039,7 +1046,7 @@ def digit_ink(ink: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
     """`ink` with specks, shadow edges, a box drawn around the digit and a line drawn under it removed."""
     blobs, keep = ink_blobs(ink, s)
     boxes = blobs.boxes
-    keep = without_underline(boxes, without_box(ink, blobs, boxes, keep, s))
+    keep = without_underline(boxes, without_boxes(ink, blobs, keep, s))
     box = boxes[keep]
     height, width = box[:, 2].max() - box[:, 0].min(), box[:, 3].max() - box[:, 1].min()
     if max(height, width) < max(2, s.min_digit * max(ink.shape)):
