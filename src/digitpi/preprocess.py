@@ -990,12 +990,32 @@ def not_specks(strong: np.ndarray, s: Settings = SETTINGS, measure: np.ndarray |
     return np.flatnonzero(strong >= max(s.min_piece * most, 1))
 
 
+def crossings(mask: np.ndarray) -> np.ndarray:
+    """The columns of `mask` that a line crosses from top to bottom, and the rows it crosses from side
+    to side (the dividers of adjoining boxes, a table's rules), as a boolean image: 90 % of the rows
+    (columns) hold ink within a 32nd of the height (width) of the column (row), so a line turned 3
+    degrees counts."""
+    h, w = mask.shape
+    across = near(mask, math.ceil(h / 32), axis=1).mean(0) >= 0.9
+    down = near(mask, math.ceil(w / 32), axis=0).mean(1) >= 0.9
+    return across[None, :] | down[:, None]
+
+
+def near(mask: np.ndarray, k: int, axis: int) -> np.ndarray:
+    """Where `mask` holds a True within `k` pixels along `axis` (a dilation along one axis, by running sums)."""
+    total = np.cumsum(np.pad(mask, [(k + 1, k) if a == axis else (0, 0) for a in (0, 1)]), axis=axis, dtype=np.int32)
+    ahead = np.take(total, np.arange(2 * k + 1, total.shape[axis]), axis=axis)
+    behind = np.take(total, np.arange(0, total.shape[axis] - 2 * k - 1), axis=axis)
+    return ahead > behind
+
+
 def without_boxes(ink: np.ndarray, blobs: Blobs, keep: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
     """`keep` without the boxes drawn around digits (a form's fields, a frame), each digit told from
     specks inside its box by itself: a thin pen inside a bold box is the digit. A box is a kept blob
-    whose box holds other blobs, when 80 % of its pixels lie in the outer eighth of its box (a 0, or
-    an oval around the digit, has most of its ink further in) and what it holds is a third of its
-    size or more (else specks inside a square 0)."""
+    whose box holds other blobs, when 80 % of its pixels lie in the outer eighth of its box or on lines
+    that cross it (`crossings`: the walls between adjoining boxes; a 0, or an oval around the digit,
+    has most of its ink further in and crosses nothing) and what it holds is a third of its size or
+    more (else specks inside a square 0)."""
     boxes = blobs.boxes
     top, left, bottom, right = boxes.T
     held = ((top > top[keep, None]) & (left > left[keep, None]) & (bottom < bottom[keep, None])
@@ -1011,7 +1031,8 @@ def without_boxes(ink: np.ndarray, blobs: Blobs, keep: np.ndarray, s: Settings =
         height, width = boxes[frame, 2] - boxes[frame, 0], boxes[frame, 3] - boxes[frame, 1]
         pixels = blobs.mask([frame], ink.shape, tuple(boxes[frame]))
         dy, dx = math.ceil(height / 8), math.ceil(width / 8)
-        if pixels[dy:-dy, dx:-dx].sum() > 0.2 * pixels.sum():
+        inner = pixels[dy:-dy, dx:-dx] & ~crossings(pixels)[dy:-dy, dx:-dx]
+        if inner.sum() > 0.2 * pixels.sum():
             continue
         digit = inside[not_specks(strong[inside], s)]
         tall = max(boxes[digit, 2].max() - boxes[digit, 0].min(), boxes[digit, 3].max() - boxes[digit, 1].min())
