@@ -49,7 +49,13 @@ def start(device: torch.device) -> Rank | None:
 
 
 def stop(rank: Rank | None) -> None:
+    """Leave the process group once every rank is done with its collectives. Without the barrier a
+    rank could free the group (when the DDP wrapper goes, holding the GIL, it joins gloo's worker
+    threads) while a worker still had to release the last `all_sum` tensor, which needs the GIL: the
+    rank hung for good after its run was saved (seen once in 2026-12's test suite; py-spy showed
+    both threads waiting)."""
     if rank is not None and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
