@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -34,6 +35,18 @@ def test_defaults_are_the_standard_recipe() -> None:
     assert config.recipe_config() == config.Config() == config.recipe_config("standard")
     assert config.recipe_config(model="mid_cnn") == config.Config()
     assert config.recipe_config(model="tiny_cnn") == config.recipe_config("tiny")
+
+
+def test_numpy_numbers_are_the_numbers_they_hold() -> None:
+    """A sweep over `np.arange` passes NumPy numbers to `Config`: they are taken as Python numbers (the
+    config saves as JSON beside the checkpoint), and a float where an int belongs is still refused."""
+    import numpy as np
+
+    cfg = config.Config(epochs=np.int64(3), lr=np.float32(0.5), seed=np.int32(7))
+    assert (type(cfg.epochs), type(cfg.lr), type(cfg.seed)) == (int, float, int)
+    assert json.loads(json.dumps(dataclasses.asdict(cfg)))["epochs"] == 3 and cfg.lr == 0.5
+    with pytest.raises(ValueError, match="epochs must be int, got np.float64"):
+        config.Config(epochs=np.float64(3.0))
 
 
 @pytest.mark.parametrize("recipe", config.REFERENCES)

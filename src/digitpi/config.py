@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import re
 from dataclasses import dataclass, field, fields
 
@@ -99,9 +100,17 @@ SEEDS = (-2**63, 2**63)  # what torch's generators take, as a signed 64-bit numb
 
 def check_types(config) -> None:
     """Each field of a config dataclass holds its annotation's type: a hand-edited config.json may hold
-    anything, and a string seed or a NaN rate would fail deep in torch instead of here."""
+    anything, and a string seed or a NaN rate would fail deep in torch instead of here. A NumPy number
+    (a sweep over `np.arange`, a value read from an array) becomes the Python number it holds: it is
+    the same value, and the config must save as JSON beside the checkpoint."""
     for f in fields(config):
         value, allowed = getattr(config, f.name), FIELD_TYPES[f.type]
+        if isinstance(value, numbers.Integral) and not isinstance(value, (int, bool)) and int in allowed:
+            value = int(value)
+            object.__setattr__(config, f.name, value)  # frozen: the one place a field is set after __init__
+        elif isinstance(value, numbers.Real) and not isinstance(value, (numbers.Integral, float)) and float in allowed:
+            value = float(value)
+            object.__setattr__(config, f.name, value)
         if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed) or (
                 isinstance(value, float) and not math.isfinite(value)):
             raise ValueError(f"{f.name} must be {f.type.replace(' | None', ' or null')}, got {value!r}")
