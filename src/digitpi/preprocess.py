@@ -931,8 +931,9 @@ def bottom_line(mask: np.ndarray) -> tuple[np.ndarray, float] | None:
 def rises_right(mask: np.ndarray, floor: np.ndarray, reach: float) -> bool:
     """Whether the ink of `mask` just above `floor` (a row per column), up to `reach` px above it, leaves
     it leaning right, as a 2's (or a 7's) diagonal does: its leftmost point is in the lower half, and
-    from there its left edge moves right as it rises, a third of a px per px or more. A round bottom
-    widens as it rises, a stem does not lean."""
+    from there its left edge moves right as it rises, a third of a px per px or more, in one stroke
+    (no step between rows longer than `reach`). A round bottom widens as it rises, a stem does not
+    lean, and a 3's left edge steps from its tail to its round side."""
     rows = np.arange(mask.shape[0])[:, None]
     strip = mask & (rows < floor) & (rows >= floor - reach)
     lines = np.flatnonzero(strip.any(1))
@@ -940,7 +941,8 @@ def rises_right(mask: np.ndarray, floor: np.ndarray, reach: float) -> bool:
         return False
     edge = np.argmax(strip[lines], axis=1)  # the left edge of the ink in each row, top row first
     low = int(np.argmin(edge))
-    return 2 * lines[low] > lines[0] + lines[-1] and edge[0] - edge[low] >= (lines[low] - lines[0]) / 3
+    return (2 * lines[low] > lines[0] + lines[-1] and edge[0] - edge[low] >= (lines[low] - lines[0]) / 3
+            and np.abs(np.diff(edge[:low + 1])).max(initial=0) <= reach)
 
 
 def clear_underline(ink: np.ndarray, blobs: Blobs, i: int) -> bool:
