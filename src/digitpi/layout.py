@@ -2,7 +2,7 @@
 
 `preprocess` turns a picture into an ink map and one digit into the model's 28x28 input; this module
 decides where the digits of a whole page are. Boxes drawn around digits (a form's fields) and lines
-drawn under them are dropped first (`preprocess.without_boxes`, `preprocess.ink_blobs`). Lines are
+drawn under them are dropped first (`preprocess.ink_blobs`). Lines are
 bands of blobs of ink: the tallest blobs found the bands, and every other blob joins the band that
 holds most of its height. Within a line, blobs stacked above one another are one digit (the
 detached bar of a 5), loose strokes join their nearest digit, specks and dashes are dropped, and a
@@ -31,7 +31,6 @@ from digitpi.preprocess import (
     ink_map,
     load_upright,
     source_name,
-    without_boxes,
 )
 
 
@@ -81,7 +80,6 @@ Piece = tuple[np.ndarray, tuple[int, int, int, int]]  # a digit's ink, cropped; 
 def page_pieces(ink: np.ndarray, s: Settings = SETTINGS, layout: Layout = LAYOUT) -> list[list[Piece]]:
     """The ink of each digit on the page, line by line, with its box in `ink`'s pixels."""
     blobs, kept = ink_blobs(ink, s)
-    kept = without_boxes(ink, blobs, kept, s)
     area, boxes = blobs.area, blobs.boxes
     lines = find_lines(kept, boxes, layout)
     # a line's height is its biggest blob's: a digit, where the line's band may also span loose strokes

@@ -859,10 +859,13 @@ def ink_blobs(ink: np.ndarray, s: Settings = SETTINGS) -> tuple[Blobs, np.ndarra
     the background subtraction is wide but faint, a stroke is dark along its whole length. A flat
     bar (a line ruled under a sum, an underline) is not the measure: drawn darker and longer than
     the digits, it would make them specks. A line drawn under digits and touching them is cleared
-    from `ink`, in place (`clear_underline`), and the blobs are found again: the digits come apart."""
+    from `ink`, in place (`clear_underline`), and the blobs are found again: the digits come apart.
+    Boxes drawn around digits are not kept (`without_boxes`): singles and pages alike ask here."""
     blobs, keep = pieces_of(ink, s)
     cleared = [clear_underline(ink, blobs, i) for i in keep[lines_may_end(blobs)[keep]]]
-    return pieces_of(ink, s) if any(cleared) else (blobs, keep)
+    if any(cleared):
+        blobs, keep = pieces_of(ink, s)
+    return blobs, without_boxes(ink, blobs, keep, s)
 
 
 def pieces_of(ink: np.ndarray, s: Settings = SETTINGS) -> tuple[Blobs, np.ndarray]:
@@ -954,11 +957,9 @@ def clear_underline(ink: np.ndarray, blobs: Blobs, i: int) -> bool:
     (`rises_right`). (A 7 underlined looks the same, and stays a 2.) Where strokes come down onto the
     line, the upper half of the line stays, and between strokes a quarter of the blob's height apart:
     a round bottom drawn along the line keeps its ends and stays whole. Blobs less than 32 px high
-    are too coarse to tell."""
+    are too coarse to tell (`lines_may_end` leaves them out)."""
     top, left, bottom, right = blobs.boxes[i]
     h, w = bottom - top, right - left
-    if h < 32:
-        return False
     mask = blobs.mask([i], ink.shape, (top, left, bottom, right))
     found = bottom_line(mask)
     if found is None:
@@ -1069,7 +1070,7 @@ def digit_ink(ink: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
     """`ink` with specks, shadow edges, a box drawn around the digit and a line drawn under it removed."""
     blobs, keep = ink_blobs(ink, s)
     boxes = blobs.boxes
-    keep = without_underline(boxes, without_boxes(ink, blobs, keep, s))
+    keep = without_underline(boxes, keep)
     box = boxes[keep]
     height, width = box[:, 2].max() - box[:, 0].min(), box[:, 3].max() - box[:, 1].min()
     if max(height, width) < max(2, s.min_digit * max(ink.shape)):
