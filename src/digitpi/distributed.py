@@ -49,13 +49,7 @@ def start(device: torch.device) -> Rank | None:
 
 
 def stop(rank: Rank | None) -> None:
-    """Leave the process group once every rank is done with its collectives. Without the barrier a
-    rank could free the group (when the DDP wrapper goes, holding the GIL, it joins gloo's worker
-    threads) while a worker still had to release the last `all_sum` tensor, which needs the GIL: the
-    rank hung for good after its run was saved (seen once in 2026-12's test suite; py-spy showed
-    both threads waiting)."""
     if rank is not None and dist.is_initialized():
-        dist.barrier()
         dist.destroy_process_group()
 
 
@@ -93,7 +87,17 @@ def all_sum(values: list[float], rank: Rank | None) -> list[float]:
         return values
     total = torch.tensor(values, dtype=torch.float64, device=rank.device)
     dist.all_reduce(total)
+    HELD.append(total)
     return total.tolist()
+
+
+# Every tensor `all_sum` gave gloo, kept for the life of the process (a few numbers an epoch). gloo's
+# worker thread frees its hold on a tensor after the work is done; were Python's reference gone by
+# then, that free would need the GIL, and the main thread may hold the GIL while it joins that very
+# thread (the DDP reducer's teardown): a rank hung for good after its run was saved, twice in
+# 2026-12's test suites (py-spy: both threads waiting). A barrier before teardown made it no better:
+# the barrier's own work holds the earlier ones.
+HELD: list[torch.Tensor] = []
 
 
 def sync_buffers(model: nn.Module, rank: Rank | None) -> None:
