@@ -672,9 +672,21 @@ def ink_map(gray: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
     if high - low < s.min_contrast:
         raise NoDigitError("no digit found (the image is blank)")
     around = desk(gray, low, high)
-    if around is not None:  # the desk is made paper: the sheet's own level, so its ring is paper
-        gray = np.where(around, np.median(thin(gray)[~thin(around)]), gray).astype(np.float32)
-        low, high = extremes(gray)
+    if around is None:
+        return paper_ink(gray, low, high, s)
+    # A desk around the sheet: the sheet alone is read, cut to its box, what the box holds of the desk
+    # made paper (the sheet's own level). The ring is then paper, and a ruling or grid reaches the ends
+    # of what is looked at, as it reaches the sheet's edges.
+    rows, columns = np.nonzero(~around)
+    box = slice(rows.min(), rows.max() + 1), slice(columns.min(), columns.max() + 1)
+    sheet = np.where(around[box], np.median(thin(gray)[~thin(around)]), gray[box]).astype(np.float32)
+    ink = np.zeros_like(gray)
+    ink[box] = paper_ink(sheet, *extremes(sheet), s)
+    return ink
+
+
+def paper_ink(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS) -> np.ndarray:
+    """`ink_map` of a picture that is all paper and ink, its darkest and lightest levels `low`, `high`."""
     if dark_ink(gray, low, high, s):  # dark ink on light paper: ink is the fraction of light absorbed
         ink = 255.0 - gray
         background = block_background(ink, s.blocks)
