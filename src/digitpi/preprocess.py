@@ -560,22 +560,52 @@ def line_cover(mask: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndar
     return counts, np.cumsum(starts)[:-1], reach
 
 
-def ruled_lines(mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The long thin straight lines that run near-horizontally across `mask` (a ruling, a grid's rows),
-    each as (core, band), its rows in every column (k, width): core the lines that have 60 % of their
-    length in `mask` and reach both ends of it (within a twentieth), band the core and a row on each
-    side (its anti-aliased edges), beyond which lies paper in most columns. Thin: a 48th of the height
-    at most (3 px or more). The slope is searched on a copy 256 px long (max-pooled: a 1-px line stays
-    one; larger where a fine grid fills it), then at full size within two of its steps."""
+def may_reach_across(mask: np.ndarray) -> bool:
+    """Whether something in `mask` reaches both its sides (its first and last twentieth of columns) at rows
+    a line turned MAX_TILT at most could join: where a ruling printed to the picture's edges may be."""
     h, w = mask.shape
     end = max(1, w // 20)
     left, right = np.flatnonzero(mask[:, :end].any(1)), np.flatnonzero(mask[:, -end:].any(1))
-    if len(left) == 0 or len(right) == 0:  # nothing reaches both sides (most pictures end here)
-        return []
+    if len(left) == 0 or len(right) == 0:
+        return False
     after = np.searchsorted(right, left)  # the right-side rows nearest each left-side one: a line joins two
     above, below = right[np.maximum(after - 1, 0)], right[np.minimum(after, len(right) - 1)]
-    if np.minimum(np.abs(left - above), np.abs(below - left)).min() > MAX_TILT * w + 2:
+    return bool(np.minimum(np.abs(left - above), np.abs(below - left)).min() <= MAX_TILT * w + 2)
+
+
+def may_hold_lines(mask: np.ndarray) -> bool:
+    """Whether `ruled_lines` may find a line printed short of the picture's edges in `mask` (a sheet's
+    margin, the sheet's edge on a desk), looked at cheaply on a copy 64 px long (max-pooled,
+    so a line stays one and its gaps close): a straight line two rows thick (pooled, a turned line steps
+    between rows), 60 % covered over half the width or more, with paper on both sides of it where it is
+    covered (a band of digits pooled together is thick). About a fifth of the cost of looking at 256 px."""
+    k = -(-max(mask.shape) // 64)
+    small = block_extreme(mask.view(np.uint8), k, np.maximum).astype(bool)
+    if small.mean() > 0.4:  # a fine grid or ruling fills the copy
+        return True
+    h, w = small.shape
+    slope = best_slope(small, np.arange(-int(MAX_TILT * w), int(MAX_TILT * w) + 1) / w)
+    shift = np.round(slope * np.arange(w)).astype(np.intp)
+    rows = np.arange(h)[:, None] - shift + int(np.abs(shift).max()) + 1  # each line a row, one empty row above
+    along, inside = np.zeros((2, int(rows.max()) + 3, w), dtype=bool)
+    along[rows, np.arange(w)], inside[rows, np.arange(w)] = small, True
+    line, length = along[1:-2] | along[2:-1], (inside[1:-2] | inside[2:-1]).sum(1)
+    covered = line.sum(1)
+    thin = (line & (along[:-3] | along[3:])).sum(1) <= 0.5 * covered
+    return bool(((covered >= 0.6 * length) & (length >= w / 2) & thin).any())
+
+
+def ruled_lines(mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+    """The long thin straight lines that run near-horizontally across `mask` (a ruling, a grid's rows),
+    each as (core, band, reaches), its rows in every column (k, width): core the lines that have 60 % of
+    their length in `mask`, band the core and a row on each side (its anti-aliased edges), beyond which
+    lies paper in most columns; reaches whether it reaches both ends of `mask` (within a twentieth), as a
+    stroke does not, nor a ruling printed short of them (a sheet's margin). Thin: a 48th of the height
+    at most (3 px or more). The slope is searched on a copy 256 px long (max-pooled: a 1-px line stays
+    one; larger where a fine grid fills it), then at full size within two of its steps."""
+    if not (may_reach_across(mask) or may_hold_lines(mask)):  # most pictures end here
         return []
+    h, w = mask.shape
     k = -(-max(h, w) // 256)
     while True:
         small = block_extreme(mask.view(np.uint8), k, np.maximum)  # k = 1: a copy
@@ -601,8 +631,7 @@ def ruled_lines(mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         on = np.logical_or.reduce([beside(mask, row) for row in core])
         inside = np.flatnonzero(((core >= 0) & (core < h)).any(0))
         ends = max(1, len(inside) // 20)
-        if on[inside[:ends]].any() and on[inside[-ends:]].any():  # edge to edge: a stroke stops short of them
-            lines.append((core, band))
+        lines.append((core, band, bool(on[inside[:ends]].any() and on[inside[-ends:]].any())))
     return lines
 
 
@@ -622,13 +651,16 @@ def along(rows: np.ndarray, h: int) -> tuple[np.ndarray, np.ndarray]:
 def clear_ruling(ink: np.ndarray, s: Settings = SETTINGS) -> None:
     """The lines of ruled or squared paper removed from `ink` (background subtracted, ink bright), in place.
 
-    Left in, a grid is read as strokes and a ruling widens the digit's frame. A line goes when it is
-    lighter than the writing (60 % of its level or less: printed rulings are light) or one of three
-    parallel lines or more (a grid as dark as the pen); a single line as dark as the writing is a
-    stroke or an underline, and stays. On a light line, pixels more than halfway to the writing's level
-    stay (a stroke over it), and in any line the columns where ink lies on both sides of it (a stroke
-    that goes on through). Lines are found among pixels 3 noise deviations above the paper, not 6: a
-    line has many pixels, so a faint ruling on grainy paper is found and noise is not."""
+    Left in, a grid is read as strokes and a ruling widens the digit's frame. A line that reaches both
+    edges goes when it is lighter than the writing (60 % of its level or less: printed rulings are light)
+    or one of three such parallel lines or more (a grid as dark as the pen); a single line as dark as the
+    writing is a stroke or an underline, and stays. A line that stops short of the edges (a ruling
+    printed short of them, a long stroke) goes only when it is lighter and one of three parallel lines
+    or more: a stroke is not, nor the frames of a form's boxes. On a light line, pixels more than
+    halfway to the writing's level stay (a stroke over it), and in any line the columns where ink lies
+    on both sides of it (a stroke that goes on through). Lines are found among pixels 3 noise deviations
+    above the paper, not 6: a line has many pixels, so a faint ruling on grainy paper is found and noise
+    is not."""
     h, w = ink.shape
     if min(h, w) < 48:  # a canvas or a scan of one digit: too few pixels for a ruling, and its bars span it
         return
@@ -642,16 +674,17 @@ def clear_ruling(ink: np.ndarray, s: Settings = SETTINGS) -> None:
         return
     on_line = np.zeros(ink.shape, dtype=bool)
     for (view, _), lines, on in zip(views, found, (on_line, on_line.T)):
-        for _, band in lines:
+        for _, band, _ in lines:
             on[along(band, view.shape[0])] = True
     writing = ink[marked & ~on_line]
     writing = float(np.percentile(writing, 90)) if writing.size else 0.0
-    levels = [[float(np.median(view[along(core, view.shape[0])])) for core, _ in lines]  # before any is cleared
+    levels = [[float(np.median(view[along(core, view.shape[0])])) for core, _, _ in lines]  # before any is cleared
               for (view, _), lines in zip(views, found)]
     for (view, _), lines, line_levels in zip(views, found, levels):
-        for (_, band), level in zip(lines, line_levels):
+        reaching = sum(reaches for _, _, reaches in lines)
+        for (_, band, reaches), level in zip(lines, line_levels):
             lighter = level <= 0.6 * writing
-            if not (lighter or len(lines) >= 3):
+            if not ((lighter or reaching >= 3) if reaches else (lighter and len(lines) >= 3)):
                 continue
             stroke = (level + writing) / 2 if lighter else faint
             through = np.minimum(beside(view, band[0] - 1), beside(view, band[-1] + 1)) > stroke
