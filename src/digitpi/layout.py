@@ -2,11 +2,12 @@
 
 `preprocess` turns a picture into an ink map and one digit into the model's 28x28 input; this module
 decides where the digits of a whole page are. Boxes drawn around digits (a form's fields) and lines
-drawn under them are dropped first (`preprocess.ink_blobs`). Lines are
-bands of blobs of ink: the tallest blobs found the bands, and every other blob joins the band that
-holds most of its height. Within a line, blobs stacked above one another are one digit (the
-detached bar of a 5), loose strokes join their nearest digit, specks and dashes are dropped, and a
-blob much wider than tall is cut into touching digits where the ink is thinnest. numpy and Pillow
+drawn under them are dropped first (`preprocess.ink_blobs`). Lines are bands of blobs of ink,
+measured across the lines' slope (a page photographed askew): the tallest blobs found the bands,
+and every other blob joins the band that holds most of its height. Within a line, blobs stacked
+above one another are one digit (the detached bar of a 5), loose strokes join their nearest digit,
+specks and dashes are dropped, and a blob much wider than tall is cut into touching digits where
+the ink is thinnest. numpy and Pillow
 only: it runs on the Raspberry Pi.
 
     read_page(source) -> [[Digit]]          lines of digits, each with its 28x28 image and its box
@@ -20,7 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from digitpi.preprocess import (
+    MAX_TILT,
     SETTINGS,
+    Blobs,
     NoDigitError,
     Settings,
     Source,
@@ -30,6 +33,7 @@ from digitpi.preprocess import (
     ink_blobs,
     ink_map,
     load_upright,
+    slope_of,
     source_name,
 )
 
@@ -81,7 +85,7 @@ def page_pieces(ink: np.ndarray, s: Settings = SETTINGS, layout: Layout = LAYOUT
     """The ink of each digit on the page, line by line, with its box in `ink`'s pixels."""
     blobs, kept = ink_blobs(ink, s)
     area, boxes = blobs.area, blobs.boxes
-    lines = find_lines(kept, boxes, layout)
+    lines = find_lines(kept, boxes, layout, line_slope(blobs, kept, ink.shape))
     # a line's height is its biggest blob's: a digit, where the line's band may also span loose strokes
     heights = [int(np.subtract(*boxes[line[np.argmax(area[line])], [2, 0]])) for line in lines]
     if max(heights) < max(2, s.min_digit * max(ink.shape)):
@@ -108,13 +112,29 @@ def page_pieces(ink: np.ndarray, s: Settings = SETTINGS, layout: Layout = LAYOUT
     return page
 
 
-def find_lines(kept: np.ndarray, boxes: np.ndarray, layout: Layout = LAYOUT) -> list[np.ndarray]:
+def line_slope(blobs: Blobs, kept: np.ndarray, shape: tuple[int, int], points: int = 1024) -> float:
+    """How much the written lines fall per column (rise, if negative), within MAX_TILT: a phone held a
+    few degrees askew, or a writer's lines climbing. The slope that gathers the kept ink (about
+    `points` of its pixels, taken evenly along its runs) onto the fewest rows."""
+    runs = np.flatnonzero(np.isin(blobs.label, kept))
+    lengths = blobs.ends[runs] - blobs.starts[runs]
+    ends = np.cumsum(lengths)
+    picks = np.arange(0, ends[-1], max(1, int(ends[-1]) // points))  # every so many pixels of ink
+    at = np.searchsorted(ends, picks, side="right")
+    columns = blobs.starts[runs[at]] + picks - (ends[at] - lengths[at])
+    return slope_of(blobs.rows[runs[at]], columns, shape, np.linspace(-MAX_TILT, MAX_TILT, 21))
+
+
+def find_lines(kept: np.ndarray, boxes: np.ndarray, layout: Layout = LAYOUT, slope: float = 0.0) -> list[np.ndarray]:
     """Indices of the blobs on each written line, lines top to bottom. The tallest blobs found the
-    lines' bands; a blob joins the band holding the most of its height, if that is `same_line` of it."""
+    lines' bands; a blob joins the band holding the most of its height, if that is `same_line` of it.
+    Heights are measured across the lines, which fall by `slope` per column: each blob is moved up by
+    its centre's fall, so a long line turned a few degrees stays one band."""
     heights = boxes[:, 2] - boxes[:, 0]
+    fall = np.round(slope * (boxes[:, 1] + boxes[:, 3]) / 2).astype(boxes.dtype)
     bands: list[tuple[int, int, list[int]]] = []  # top, bottom, blobs
     for i in kept[np.argsort(-heights[kept], kind="stable")]:
-        top, bottom = boxes[i, 0], boxes[i, 2]
+        top, bottom = boxes[i, 0] - fall[i], boxes[i, 2] - fall[i]
         overlaps = [min(bottom, b) - max(top, t) for t, b, _ in bands]
         best = int(np.argmax(overlaps)) if overlaps else -1
         if best >= 0 and overlaps[best] >= layout.same_line * (bottom - top):

@@ -530,16 +530,21 @@ def otsu(values: np.ndarray, bins: int = 128) -> float:
 
 # ---------------------------------------------------------------- ruled and squared paper
 
-MAX_TILT = 0.1  # the steepest ruling looked for, rise over run: a sheet photographed about 6 degrees askew
+MAX_TILT = 0.1  # the steepest ruling or written line looked for, rise over run: a sheet about 6 degrees askew
 
 
 def best_slope(mask: np.ndarray, slopes: np.ndarray, points: int = 8192) -> float:
     """Of `slopes`, the one whose straight lines gather about `points` pixels of `mask` most tightly (the
     largest sum of squared counts per line: a ruling piles its pixels onto one line, a blob onto many)."""
-    h, w = mask.shape
     ys, xs = np.nonzero(mask)
     step = max(1, len(ys) // points)
-    ys, xs = ys[::step], xs[::step]
+    return slope_of(ys[::step], xs[::step], mask.shape, slopes)
+
+
+def slope_of(ys: np.ndarray, xs: np.ndarray, shape: tuple[int, int], slopes: np.ndarray) -> float:
+    """Of `slopes`, the one whose straight lines gather the points (`ys`, `xs`) of a picture of `shape`
+    most tightly: the largest sum of squared counts per line."""
+    h, w = shape
     reach = math.ceil(float(np.abs(slopes).max()) * w) + 1
     span = h + 2 * reach
     offsets = ys - np.round(slopes[:, None] * xs).astype(np.intp) + reach + span * np.arange(len(slopes))[:, None]
