@@ -7,8 +7,7 @@ measured across the lines' slope (a page photographed askew): the tallest blobs 
 and every other blob joins the band that holds most of its height. Within a line, blobs stacked
 above one another are one digit (the detached bar of a 5), loose strokes join their nearest digit,
 specks and dashes are dropped, and a blob much wider than tall is cut into touching digits where
-the ink is thinnest. numpy and Pillow
-only: it runs on the Raspberry Pi.
+the ink is thinnest. numpy and Pillow only: it runs on the Raspberry Pi.
 
     read_page(source) -> [[Digit]]          lines of digits, each with its 28x28 image and its box
     split_digits(source) -> [uint8 (28, 28)] the same digits in reading order, without the layout
