@@ -530,7 +530,8 @@ def otsu(values: np.ndarray, bins: int = 128) -> float:
 
 # ---------------------------------------------------------------- ruled and squared paper
 
-MAX_TILT = 0.1  # the steepest ruling or written line looked for, rise over run: a sheet about 6 degrees askew
+MAX_TILT = 0.2  # the steepest ruling or written line looked for, rise over run: a sheet about 11 degrees askew
+UNDERLINE_TILT = 0.1  # the steepest line under the digits cleared (`clear_underline`): a 2's base may slope more
 
 
 def best_slope(mask: np.ndarray, slopes: np.ndarray, points: int = 8192) -> float:
@@ -580,10 +581,11 @@ def may_reach_across(mask: np.ndarray) -> bool:
 
 def may_hold_lines(mask: np.ndarray) -> bool:
     """Whether `ruled_lines` may find a line printed short of the picture's edges in `mask` (a sheet's
-    margin, the sheet's edge on a desk), looked at cheaply on a copy 64 px long (max-pooled,
-    so a line stays one and its gaps close): a straight line two rows thick (pooled, a turned line steps
-    between rows), 60 % covered over half the width or more, with paper on both sides of it where it is
-    covered (a band of digits pooled together is thick). About a fifth of the cost of looking at 256 px."""
+    margin, the sheet's edge on a desk), looked at cheaply on a copy 64 px long (max-pooled, so a line
+    stays one and its gaps close): a straight line three rows thick (pooled, a turned line steps between
+    rows its rounded course does not), 60 % covered over half the width or more, with paper three rows
+    away on both sides where it is covered (a band of digits pooled together is thicker). About a fifth
+    of the cost of looking at 256 px."""
     k = -(-max(mask.shape) // 64)
     small = block_extreme(mask.view(np.uint8), k, np.maximum).astype(bool)
     if small.mean() > 0.4:  # a fine grid or ruling fills the copy
@@ -591,12 +593,12 @@ def may_hold_lines(mask: np.ndarray) -> bool:
     h, w = small.shape
     slope = best_slope(small, np.arange(-int(MAX_TILT * w), int(MAX_TILT * w) + 1) / w)
     shift = np.round(slope * np.arange(w)).astype(np.intp)
-    rows = np.arange(h)[:, None] - shift + int(np.abs(shift).max()) + 1  # each line a row, one empty row above
-    along, inside = np.zeros((2, int(rows.max()) + 3, w), dtype=bool)
+    rows = np.arange(h)[:, None] - shift + int(np.abs(shift).max()) + 3  # each line a row, three empty rows above
+    along, inside = np.zeros((2, int(rows.max()) + 4, w), dtype=bool)
     along[rows, np.arange(w)], inside[rows, np.arange(w)] = small, True
-    line, length = along[1:-2] | along[2:-1], (inside[1:-2] | inside[2:-1]).sum(1)
+    line, length = along[2:-4] | along[3:-3] | along[4:-2], (inside[2:-4] | inside[3:-3] | inside[4:-2]).sum(1)
     covered = line.sum(1)
-    thin = (line & (along[:-3] | along[3:])).sum(1) <= 0.5 * covered
+    thin = (line & (along[:-6] | along[6:])).sum(1) <= 0.5 * covered
     return bool(((covered >= 0.6 * length) & (length >= w / 2) & thin).any())
 
 
@@ -660,12 +662,12 @@ def clear_ruling(ink: np.ndarray, s: Settings = SETTINGS) -> None:
     edges goes when it is lighter than the writing (60 % of its level or less: printed rulings are light)
     or one of three such parallel lines or more (a grid as dark as the pen); a single line as dark as the
     writing is a stroke or an underline, and stays. A line that stops short of the edges (a ruling
-    printed short of them, a long stroke) goes only when it is lighter and one of three parallel lines
-    or more: a stroke is not, nor the frames of a form's boxes. On a light line, pixels more than
-    halfway to the writing's level stay (a stroke over it), and in any line the columns where ink lies
-    on both sides of it (a stroke that goes on through). Lines are found among pixels 3 noise deviations
-    above the paper, not 6: a line has many pixels, so a faint ruling on grainy paper is found and noise
-    is not."""
+    printed short of them, a long stroke) goes only when it is lighter and three lines or more are
+    found, a grid's rows and columns counted together: a stroke is not, nor the frames of a form's
+    boxes. On a light line, pixels more than halfway to the writing's level stay (a stroke over it), and
+    in any line the columns where ink lies on both sides of it (a stroke that goes on through). Lines
+    are found among pixels 3 noise deviations above the paper, not 6: a line has many pixels, so a faint
+    ruling on grainy paper is found and noise is not."""
     h, w = ink.shape
     if min(h, w) < 48:  # a canvas or a scan of one digit: too few pixels for a ruling, and its bars span it
         return
@@ -685,11 +687,12 @@ def clear_ruling(ink: np.ndarray, s: Settings = SETTINGS) -> None:
     writing = float(np.percentile(writing, 90)) if writing.size else 0.0
     levels = [[float(np.median(view[along(core, view.shape[0])])) for core, _, _ in lines]  # before any is cleared
               for (view, _), lines in zip(views, found)]
+    printed = sum(len(lines) for lines in found) >= 3  # a ruling, or a grid's rows and columns
     for (view, _), lines, line_levels in zip(views, found, levels):
         reaching = sum(reaches for _, _, reaches in lines)
         for (_, band, reaches), level in zip(lines, line_levels):
             lighter = level <= 0.6 * writing
-            if not ((lighter or reaching >= 3) if reaches else (lighter and len(lines) >= 3)):
+            if not ((lighter or reaching >= 3) if reaches else (lighter and printed)):
                 continue
             stroke = (level + writing) / 2 if lighter else faint
             through = np.minimum(beside(view, band[0] - 1), beside(view, band[-1] + 1)) > stroke
@@ -972,7 +975,7 @@ def bottom_line(mask: np.ndarray) -> tuple[np.ndarray, float] | None:
     centres = (first[ends] + last[ends]) / 2
     slope, offset = np.polyfit(ends, centres, 1)
     middle = slope * np.arange(w) + offset
-    if abs(slope) > MAX_TILT or np.abs(middle[ends] - centres).max() > max(1.5, thick / 4):
+    if abs(slope) > UNDERLINE_TILT or np.abs(middle[ends] - centres).max() > max(1.5, thick / 4):
         return None  # a curve, not a drawn line
     on_line = np.abs(np.arange(h)[:, None] - middle) <= thick / 2 + 1
     below = last - middle - thick / 2 - 1  # how far the blob goes on below the line, in each column
