@@ -116,6 +116,8 @@ def line_slope(blobs: Blobs, kept: np.ndarray, shape: tuple[int, int], points: i
     few degrees askew, or a writer's lines climbing. The slope that gathers the kept ink (about
     `points` of its pixels, taken evenly along its runs) onto the fewest rows."""
     runs = np.flatnonzero(np.isin(blobs.label, kept))
+    if len(runs) == 0:
+        return 0.0
     lengths = blobs.ends[runs] - blobs.starts[runs]
     ends = np.cumsum(lengths)
     picks = np.arange(0, ends[-1], max(1, int(ends[-1]) // points))  # every so many pixels of ink

@@ -290,8 +290,8 @@ def colour_gray(rgb: Image.Image, clearly: float = 1.25) -> Image.Image:
     paper = np.median(levels, axis=0)
     if paper[3] < 128:  # dark paper: light ink (a canvas, chalk), which luminance sees
         return rgb.convert("L")
-    absorbed = (paper - levels.min(axis=0)) / paper
-    best = int(np.argmax(absorbed[:3]))
+    absorbed = np.where(paper >= 128, (paper - levels.min(axis=0)) / np.maximum(paper, 1), 0.0)
+    best = int(np.argmax(absorbed[:3]))  # a channel the paper itself absorbs (yellow paper's blue) shows nothing
     if absorbed[best] < clearly * absorbed[3]:
         return rgb.convert("L")
     return rgb.getchannel(best)
