@@ -160,7 +160,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     folder = args.out or Path(DEFAULT_RUN_DIR) / cfg.model
     if distributed.launched() and os.environ["RANK"] != "0":  # torchrun: rank 0 measures and saves the one run folder
         train.train(cfg, progress=not args.quiet)
-        return
+        distributed.leave()
     with files.writing(folder) as out:  # one run at a time per folder
         writable_dir(out)
         replacing = rundir.is_complete(out)
@@ -172,6 +172,8 @@ def cmd_train(args: argparse.Namespace) -> None:
               file=sys.stderr)
     print(f"The final loss on test data is {metrics['test_loss']:.4f}")
     print(f"The accuracy on test data is {100 * metrics['test_accuracy']:.2f}%")
+    if distributed.launched():
+        distributed.leave()
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -57,7 +59,9 @@ def wrap(model: nn.Module, rank: Rank | None) -> nn.Module:
     """The module the training step calls: DDP (gradients averaged across ranks in backward) or `model`."""
     if rank is None:
         return model
-    return DistributedDataParallel(model, device_ids=[rank.device.index] if rank.device.type == "cuda" else None)
+    net = DistributedDataParallel(model, device_ids=[rank.device.index] if rank.device.type == "cuda" else None)
+    HELD.append(net)  # never torn down: see HELD
+    return net
 
 
 def shard(indices: torch.Tensor, rank: Rank | None) -> torch.Tensor:
@@ -91,13 +95,22 @@ def all_sum(values: list[float], rank: Rank | None) -> list[float]:
     return total.tolist()
 
 
-# Every tensor `all_sum` gave gloo, kept for the life of the process (a few numbers an epoch). gloo's
-# worker thread frees its hold on a tensor after the work is done; were Python's reference gone by
-# then, that free would need the GIL, and the main thread may hold the GIL while it joins that very
-# thread (the DDP reducer's teardown): a rank hung for good after its run was saved, twice in
-# 2026-12's test suites (py-spy: both threads waiting). A barrier before teardown made it no better:
-# the barrier's own work holds the earlier ones.
-HELD: list[torch.Tensor] = []
+# What gloo's worker threads may still hold, kept for the life of the process: the DDP module (its
+# reducer holds the process group) and every tensor `all_sum` gave gloo. Were the last reference to
+# go in the main thread, the process group's teardown would join its worker threads while holding
+# the GIL, and a worker freeing a tensor Python still knows needs the GIL: a rank hung for good after
+# its run was saved, three times in 2026-12's test suites (py-spy: the main thread in
+# ~ProcessGroupGloo joining, the worker in ~AsyncWork waiting for the GIL). A barrier before teardown
+# made it no better. So nothing is torn down: a rank ends with `leave`.
+HELD: list[torch.Tensor | nn.Module] = []
+
+
+def leave() -> NoReturn:
+    """End a torchrun rank once its work is done (rank 0: its run saved and printed), without the
+    interpreter's teardown, which would free what HELD keeps: standard streams flushed, exit code 0."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def sync_buffers(model: nn.Module, rank: Rank | None) -> None:
