@@ -141,12 +141,17 @@ def digit_pixels(photo: Image.Image) -> tuple[np.ndarray, np.ndarray, int]:
     return rows, columns, max(rows.max() - rows.min(), columns.max() - columns.min())
 
 
+def paper_colour(picture: Image.Image) -> tuple[int, int, int]:
+    """The picture's median colour: its paper's, where the digit covers less than half of it."""
+    return tuple(int(v) for v in np.median(np.asarray(picture.convert("RGB")).reshape(-1, 3), axis=0))
+
+
 def in_a_box(photo: Image.Image) -> Image.Image:
     """The digit written in a box, as on a form: the box a fifth of the digit's size away from it, an
     eighteenth of it thick."""
     rows, columns, size = digit_pixels(photo)
     gap, pad = round(size / 5), round(size / 5) + 4
-    paper = tuple(int(v) for v in np.median(np.asarray(photo.convert("RGB")).reshape(-1, 3), axis=0))
+    paper = paper_colour(photo)
     boxed = Image.new("RGB", (photo.width + 2 * pad, photo.height + 2 * pad), paper)
     boxed.paste(photo.convert("RGB"), (pad, pad))
     ImageDraw.Draw(boxed).rectangle((columns.min() + pad - gap, rows.min() + pad - gap, columns.max() + pad + gap,
@@ -187,7 +192,7 @@ def underlined(photo: Image.Image, gap: float = 1 / 8) -> Image.Image:
     rows, columns, size = digit_pixels(photo)
     below, reach = rows.max() + round(gap * size), 0.15 * (columns.max() - columns.min())
     left, right = columns.min() - reach, columns.max() + reach
-    paper = tuple(int(v) for v in np.median(np.asarray(photo.convert("RGB")).reshape(-1, 3), axis=0))
+    paper = paper_colour(photo)
     drawn = Image.new("RGB", (photo.width, max(photo.height, below + round(size / 6))), paper)
     drawn.paste(photo.convert("RGB"))
     ImageDraw.Draw(drawn).line((left, below, right, below + np.tan(np.radians(2)) * (right - left)), fill=(30, 30, 30),
@@ -220,9 +225,7 @@ def turned(degrees: float):
     """The picture turned `degrees` (anticlockwise), as a phone held askew turns it: the corners it
     uncovers filled with its median colour, the paper's."""
     def turned_by(picture: Image.Image) -> Image.Image:
-        rgb = picture.convert("RGB")
-        paper = tuple(int(v) for v in np.median(np.asarray(rgb).reshape(-1, 3), axis=0))
-        return rgb.rotate(degrees, Image.BICUBIC, expand=True, fillcolor=paper)
+        return picture.convert("RGB").rotate(degrees, Image.BICUBIC, expand=True, fillcolor=paper_colour(picture))
     return turned_by
 
 

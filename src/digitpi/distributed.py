@@ -91,18 +91,16 @@ def all_sum(values: list[float], rank: Rank | None) -> list[float]:
         return values
     total = torch.tensor(values, dtype=torch.float64, device=rank.device)
     dist.all_reduce(total)
-    HELD.append(total)
     return total.tolist()
 
 
-# What gloo's worker threads may still hold, kept for the life of the process: the DDP module (its
-# reducer holds the process group) and every tensor `all_sum` gave gloo. Were the last reference to
-# go in the main thread, the process group's teardown would join its worker threads while holding
-# the GIL, and a worker freeing a tensor Python still knows needs the GIL: a rank hung for good after
-# its run was saved, three times in 2026-12's test suites (py-spy: the main thread in
-# ~ProcessGroupGloo joining, the worker in ~AsyncWork waiting for the GIL). A barrier before teardown
-# made it no better. So nothing is torn down: a rank ends with `leave`.
-HELD: list[torch.Tensor | nn.Module] = []
+# The DDP modules, kept for the life of the process: a module's reducer holds the process group, and
+# were it freed in the main thread, the group's teardown would join gloo's worker threads while holding
+# the GIL, which a worker freeing a tensor Python knows needs: a rank hung for good after its run was
+# saved, three times in 2026-12's test suites (py-spy: the main thread in ~ProcessGroupGloo joining,
+# the worker in ~AsyncAllreduceWork waiting for the GIL). Keeping all_sum's tensors, or a barrier
+# before teardown, made it no better. So the group is never torn down: a rank ends with `leave`.
+HELD: list[nn.Module] = []
 
 
 def leave() -> NoReturn:
