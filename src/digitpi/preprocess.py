@@ -50,6 +50,7 @@ class Settings:
     digit_side: int = 256  # to_mnist works at this longer side or less: 20 px of output need far fewer
     blocks: int = 16  # background grid: blocks along the longer side (3x3 blocks are wider than a stroke)
     min_contrast: float = 12.0  # grey levels (of 255) between paper and ink below which nothing is written
+    max_grain: float = 1 / 40  # grainier pictures (pixel noise over this share of the contrast) are smoothed
     min_snr: float = 6.0  # ink must stand this many noise standard deviations above the background
     noise_floor: float = 3.0  # background noise (in standard deviations) cut away before scaling ink to 1
     ink_level: float = 60.0  # percentile of the ink pixels' values taken as full-strength ink
@@ -723,14 +724,21 @@ def ink_map(gray: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
     Polarity comes from the paper (the border, or the sheet that a desk shows around it): dark ink on
     light paper is inverted. The background (uneven light, shadows, grey paper) is subtracted, and the
     lines of ruled or squared paper; what stays is scaled from the noise floor to the typical ink
-    level, so faint pencil and black marker end up alike.
+    level, so faint pencil and black marker end up alike. A grainy picture is smoothed first.
     """
     low, high = extremes(gray)
+    measured = noise = grain(gray)
+    for passes in range(1, 4):  # a photo taken in dim light, its ink barely out of the grain
+        if noise <= s.max_grain * (high - low):
+            break
+        gray = smoothed(gray)
+        noise = measured * math.comb(4 * passes, 2 * passes) / 16**passes  # what the passes leave of white noise
+        low, high = extremes(gray)
     if high - low < s.min_contrast:
         raise NoDigitError("no digit found (the image is blank)")
     around = desk(gray, low, high)
     if around is None:
-        return paper_ink(gray, low, high, s)
+        return paper_ink(gray, low, high, s, noise)
     # A desk around the sheet: the sheet alone is read, cut to its box, what the box holds of the desk
     # made paper (the sheet's own level). The ring is then paper, and a ruling or grid reaches the ends
     # of what is looked at, as it reaches the sheet's edges.
@@ -738,17 +746,38 @@ def ink_map(gray: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
     box = slice(rows.min(), rows.max() + 1), slice(columns.min(), columns.max() + 1)
     sheet = np.where(around[box], np.median(thin(gray)[~thin(around)]), gray[box]).astype(np.float32)
     ink = np.zeros_like(gray)
-    ink[box] = paper_ink(sheet, *extremes(sheet), s)
+    ink[box] = paper_ink(sheet, *extremes(sheet), s, noise)
     return ink
 
 
-def paper_ink(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS) -> np.ndarray:
-    """`ink_map` of a picture that is all paper and ink, its darkest and lightest levels `low`, `high`."""
+def grain(gray: np.ndarray, count: int = 16384) -> float:
+    """The pixel noise's standard deviation, from the median difference of about `count` pairs of
+    horizontal neighbours: paper fills most of a picture, so strokes' edges barely move the median."""
+    if gray.shape[1] < 2:
+        return 0.0
+    step = max(1, gray.size // count)
+    return float(np.median(np.abs(np.diff(gray[::step], axis=1)))) / (0.6745 * math.sqrt(2))
+
+
+def smoothed(gray: np.ndarray) -> np.ndarray:
+    """`gray` through a 3x3 binomial filter (1 2 1 each way), edges repeated."""
+    g = np.pad(gray, 1, mode="edge")
+    g = (g[:-2] + 2 * g[1:-1] + g[2:]) * 0.25
+    return (g[:, :-2] + 2 * g[:, 1:-1] + g[:, 2:]) * 0.25
+
+
+def paper_ink(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS, noise: float = 0.0
+              ) -> np.ndarray:
+    """`ink_map` of a picture that is all paper and ink, its darkest and lightest levels `low`, `high`,
+    its pixel noise `noise` grey levels (`grain`): a floor under the noise measured on the paper, which
+    Otsu's cut narrows, so that smoothed grain on blank paper is not taken for strokes."""
     if dark_ink(gray, low, high, s):  # dark ink on light paper: ink is the fraction of light absorbed
         ink = 255.0 - gray
         background = block_background(ink, s.blocks)
         ink -= background
-        ink *= 255.0 / np.maximum(255.0 - background, s.min_contrast)  # as dark in a shadow as in the light
+        gain = 255.0 / np.maximum(255.0 - background, s.min_contrast)  # as dark in a shadow as in the light
+        ink *= gain
+        noise *= float(np.median(thin(gain)))
     else:  # light ink (chalk, a canvas, MNIST itself): the background is dark, so only subtract it
         ink = gray.astype(np.float32, copy=True)
         ink -= block_background(ink, s.blocks)
@@ -757,7 +786,7 @@ def paper_ink(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS)
     residual = thin(ink)
     paper = residual[residual <= threshold]  # Otsu's paper side: ink, even a bold digit cropped tight, is not noise
     quartile, centre = np.percentile(paper if paper.size else residual, [25, 50])
-    sigma = max(float(centre - quartile) / 0.6745, 0.5)
+    sigma = max(float(centre - quartile) / 0.6745, noise, 0.5)
     np.maximum(ink, 0.0, out=ink)
     strokes = ink[ink > max(threshold, centre + s.min_snr * sigma)]
     if strokes.size == 0:
