@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import digitpi
-from digitpi import UserError, layout, preprocess
+from digitpi import UserError, preprocess, reading
 from digitpi.bench.realistic import row_of
 from digitpi.runtime import Classifier
 
@@ -46,8 +46,9 @@ def test_reads_a_page_line_by_line(fast_export, mnist_test) -> None:
     first, second = read.lines
     assert [r.box[0] for r in first] == sorted(r.box[0] for r in first)  # left to right
     assert max(r.box[3] for r in first) <= min(r.box[1] for r in second)  # the second line below the first
-    assert [r.image.tolist() for line in read.lines for r in line] == [
-        d.image.tolist() for line in layout.read_page(page) for d in line]  # what `predict --multi` would read
+    assert [r.image.tolist() for line in read.lines for r in line] == [  # what `predict --multi` would read
+        image.tolist() for line in reading.look(page, page=True, classifier=Classifier.load(fast_export))
+        for image, _ in line]
 
 
 def test_without_a_model_it_says_how_to_get_one(tmp_path, monkeypatch) -> None:

@@ -6,8 +6,9 @@ drawn under them are dropped first (`preprocess.ink_blobs`). Lines are bands of 
 measured across the lines' slope (a page photographed askew): the tallest blobs found the bands,
 and every other blob joins the band that holds most of its height. Within a line, blobs stacked
 above one another are one digit (the detached bar of a 5), loose strokes join their nearest digit,
-specks and dashes are dropped, and a blob much wider than tall is cut into touching digits where
-the ink is thinnest. numpy and Pillow only: it runs on the Raspberry Pi.
+specks and dashes are dropped, and a blob wider than a digit is cut into touching digits where the
+model reads the parts surest (without a model: evenly, where the ink is thinnest). numpy and Pillow
+only: it runs on the Raspberry Pi.
 
     read_page(source) -> [[Digit]]          lines of digits, each with its 28x28 image and its box
     split_digits(source) -> [uint8 (28, 28)] the same digits in reading order, without the layout
@@ -15,6 +16,8 @@ the ink is thinnest. numpy and Pillow only: it runs on the Raspberry Pi.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +51,13 @@ class Layout:
     min_height: float = 0.4  # a digit is at least this fraction of its line's height
     touching: float = 1.35  # a piece wider than this many line heights is several digits touching,
     digit_width: float = 0.75  # cut into parts about this many line heights wide
+    may_touch: float = 1.1  # with a model to judge: a piece wider than this many line heights may be touching
+    widest: float = 1.2  # digits, cut where the model is surest of the parts, each at most this many wide,
+    cuts_tried: float = 5.0  # among this many columns per line height (the profile's least-ink minima),
+    most_cuts: int = 40  # and never more: the judge's work stays bounded on a line of touching digits
+
+
+Judge = Callable[[np.ndarray], np.ndarray]  # (N, 28, 28) uint8 digits -> (N,) how sure a model is of each
 
 
 LAYOUT = Layout()
@@ -60,14 +70,15 @@ class Digit:
 
 
 def read_page(source: Source, s: Settings = SETTINGS, name: str | None = None,
-              layout: Layout = LAYOUT) -> list[list[Digit]]:
-    """The digits of a picture, as written: a list per line, top to bottom, each left to right."""
+              layout: Layout = LAYOUT, judge: Judge | None = None) -> list[list[Digit]]:
+    """The digits of a picture, as written: a list per line, top to bottom, each left to right.
+    With a `judge` (a model), digits written touching are cut where it reads the parts surest."""
     image, (width, height) = load_upright(source, s, s.load_side, name)
     try:
         ink = ink_map(gray_array(image, s.load_side), s)
         sx, sy = width / ink.shape[1], height / ink.shape[0]
         return [[Digit(frame(piece, s), (round(left * sx), round(top * sy), round(right * sx), round(bottom * sy)))
-                 for piece, (left, top, right, bottom) in line] for line in page_pieces(ink, s, layout)]
+                 for piece, (left, top, right, bottom) in line] for line in page_pieces(ink, s, layout, judge)]
     except NoDigitError as e:
         raise NoDigitError(about(source_name(source, name), str(e))) from None
 
@@ -80,7 +91,8 @@ def split_digits(source: Source, s: Settings = SETTINGS, name: str | None = None
 Piece = tuple[np.ndarray, tuple[int, int, int, int]]  # a digit's ink, cropped; its box (left, top, right, bottom)
 
 
-def page_pieces(ink: np.ndarray, s: Settings = SETTINGS, layout: Layout = LAYOUT) -> list[list[Piece]]:
+def page_pieces(ink: np.ndarray, s: Settings = SETTINGS, layout: Layout = LAYOUT, judge: Judge | None = None
+                ) -> list[list[Piece]]:
     """The ink of each digit on the page, line by line, with its box in `ink`'s pixels."""
     blobs, kept = ink_blobs(ink, s)
     area, boxes = blobs.area, blobs.boxes
@@ -102,7 +114,7 @@ def page_pieces(ink: np.ndarray, s: Settings = SETTINGS, layout: Layout = LAYOUT
             top, left = boxes[group, 0].min(), boxes[group, 1].min()
             bottom, right = boxes[group, 2].max(), boxes[group, 3].max()
             piece = np.where(blobs.mask(group, ink.shape, (top, left, bottom, right)), ink[top:bottom, left:right], 0.0)
-            for offset, part in cut_touching(piece, int(group_height.max()), layout):
+            for offset, part in cut_touching(piece, int(group_height.max()), layout, judge, s):
                 rows, cols = np.flatnonzero(part.any(1)), np.flatnonzero(part.any(0))
                 pieces.append((part, (left + offset + int(cols[0]), top + int(rows[0]),
                                       left + offset + int(cols[-1]) + 1, top + int(rows[-1]) + 1)))
@@ -190,20 +202,73 @@ def attach_short(groups: list[list[int]], boxes: np.ndarray, area: np.ndarray, h
     return groups
 
 
-def cut_touching(piece: np.ndarray, height: int, layout: Layout = LAYOUT) -> list[tuple[int, np.ndarray]]:
-    """(column offset, ink) of each digit in `piece`. A piece wider than `touching` line heights is
-    touching digits: cut into round(width / (`digit_width` x height)) parts at the columns of least
-    ink near the even cut positions."""
+def cut_touching(piece: np.ndarray, height: int, layout: Layout = LAYOUT, judge: Judge | None = None,
+                 s: Settings = SETTINGS) -> list[tuple[int, np.ndarray]]:
+    """(column offset, ink) of each digit in `piece`. With a `judge`, a piece wider than `may_touch`
+    line heights is cut where the judge reads the parts surest (`judged_cuts`). Without one, a piece
+    wider than `touching` line heights is cut into round(width / (`digit_width` x height)) parts at
+    the columns of least ink near the even cut positions."""
+    w = piece.shape[1]
+    cuts = judged_cuts(piece, height, layout, judge, s) if judge is not None and w > layout.may_touch * height \
+        else None
+    if cuts is None:
+        cuts = even_cuts(piece, height, layout)
+    parts = [(a, piece[:, a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+    return [(a, p) for a, p in parts if (p > 0).any()]
+
+
+def even_cuts(piece: np.ndarray, height: int, layout: Layout = LAYOUT) -> list[int]:
+    """The columns `cut_touching` cuts at without a judge, 0 and the width included."""
     w = piece.shape[1]
     count = round(w / (layout.digit_width * height)) if w > layout.touching * height else 1
-    if count <= 1:
-        return [(0, piece)]
     profile = piece.sum(0)
     cuts = [0]
     for k in range(1, count):
         centre, reach = k * w // count, max(1, w // (3 * count))
         lo, hi = max(cuts[-1] + 1, centre - reach), min(w - 1, centre + reach)
         cuts.append(lo + int(np.argmin(profile[lo:hi])) if hi > lo else centre)
-    cuts.append(w)
-    parts = [(a, piece[:, a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
-    return [(a, p) for a, p in parts if (p > 0).any()]
+    return cuts + [w]
+
+
+def judged_cuts(piece: np.ndarray, height: int, layout: Layout, judge: Judge, s: Settings) -> list[int] | None:
+    """The cuts (0 and the width included) whose parts the judge is surest of: the largest product of
+    its sureness over the parts (so a cut must pay for itself), each part at most `widest` line
+    heights wide. Cuts are tried at the local minima of the ink profile, least ink first, a tenth of
+    a line height apart, `cuts_tried` per line height up to `most_cuts`. One batch of the judge for
+    every part that may be one digit. None when no parts fit."""
+    w = piece.shape[1]
+    profile = piece.sum(0)
+    inner = profile[1:-1]
+    minima = np.flatnonzero((inner <= profile[:-2]) & (inner <= profile[2:])) + 1
+    most = min(math.ceil(layout.cuts_tried * w / height), layout.most_cuts)
+    chosen: list[int] = []
+    for c in minima[np.argsort(profile[minima], kind="stable")]:
+        if len(chosen) < most and all(abs(int(c) - d) > height // 10 for d in chosen):
+            chosen.append(int(c))
+    at = [0, *sorted(chosen), w]
+    spans = [(i, j) for j in range(1, len(at)) for i in range(j) if at[j] - at[i] <= layout.widest * height]
+    images, fits = [], []
+    for i, j in spans:
+        part = piece[:, at[i]:at[j]]
+        if (part > 0).any():
+            try:
+                images.append(frame(part, s))
+                fits.append((i, j))
+            except NoDigitError:  # the part's ink vanishes at 28x28
+                pass
+    if not images:
+        return None
+    score = np.log(np.maximum(judge(np.stack(images)), 1e-9))
+    best = np.full(len(at), -np.inf)
+    best[0] = 0.0
+    back = np.zeros(len(at), dtype=np.int64)
+    for (i, j), gain in sorted(zip(fits, score), key=lambda fit: fit[0][1]):
+        if best[i] + gain > best[j]:
+            best[j], back[j] = best[i] + gain, i
+    if not np.isfinite(best[-1]):
+        return None
+    cuts, j = [w], len(at) - 1
+    while j > 0:
+        j = int(back[j])
+        cuts.append(at[j])
+    return cuts[::-1]

@@ -66,12 +66,15 @@ def line_probability(digits: list[Digit]) -> float:
 
 
 def look(source: Source, page: bool = False, name: str | None = None,
-         s: preprocess.Settings = preprocess.SETTINGS) -> list[list[tuple[np.ndarray, Box | None]]]:
+         s: preprocess.Settings = preprocess.SETTINGS, classifier=None) -> list[list[tuple[np.ndarray, Box | None]]]:
     """What the model will see of `source`: the 28x28 image (and box) of each digit, line by line.
+    On a page, `classifier` judges where digits written touching are cut (`layout.judged_cuts`).
     A picture without a digit raises `preprocess.NoDigitError`, one that is not a picture
     `preprocess.ImageError`; both name the source as `preprocess` does."""
     if page:
-        return [[(digit.image, digit.box) for digit in line] for line in layout.read_page(source, s, name=name)]
+        judge = None if classifier is None else lambda images: classifier.predict(images).probabilities.max(axis=1)
+        return [[(digit.image, digit.box) for digit in line]
+                for line in layout.read_page(source, s, name=name, judge=judge)]
     return [[(preprocess.to_mnist(source, s, name=name), None)]]
 
 
@@ -85,4 +88,4 @@ def classify(classifier, seen: list[list[tuple[np.ndarray, Box | None]]]) -> Pag
 
 def read(classifier, source: Source, page: bool = False, name: str | None = None) -> Page:
     """Read `source` with `classifier`: one digit, or with `page` every digit of a page, line by line."""
-    return classify(classifier, look(source, page, name))
+    return classify(classifier, look(source, page, name, classifier=classifier))

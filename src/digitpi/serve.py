@@ -151,12 +151,12 @@ def png_data_url(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def look(data: bytes, multi: bool, s: preprocess.Settings = preprocess.SETTINGS
+def look(data: bytes, multi: bool, s: preprocess.Settings = preprocess.SETTINGS, classifier=None
          ) -> list[list[tuple[np.ndarray, reading.Box | None]]]:
     """Decode an upload into what the model sees (`reading.look`); bad images become ApiErrors:
     422 when the picture is readable but holds no digit, 415 when it is not a picture at all."""
     try:
-        return reading.look(data, page=multi, s=s)
+        return reading.look(data, page=multi, s=s, classifier=classifier)
     except preprocess.ImageError as e:  # unnamed: the upload is the only picture of its request
         raise ApiError(422 if isinstance(e, preprocess.NoDigitError) else 415, str(e)) from None
 
@@ -324,7 +324,7 @@ def create_app(classifier, cfg: ServeConfig | None = None, limit: int = MAX_BODY
 
         def work():
             try:
-                seen = look(data, multi, settings)
+                seen = look(data, multi, settings, classifier)
             finally:
                 trim_memory()
             decoded = time.perf_counter()
