@@ -343,7 +343,7 @@ def test_missing_file(tmp_path) -> None:
     lambda: np.full((300, 400), 255, np.uint8),  # white page
     lambda: np.full((300, 400), 17, np.uint8),  # black page
     lambda: np.clip(np.random.default_rng(0).normal(200, 2, (300, 400)), 0, 255).astype(np.uint8),  # grain
-    lambda: np.clip(np.random.default_rng(2).normal(200, 6, (300, 400)), 0, 255).astype(np.uint8),  # more grain
+    lambda: np.clip(np.random.default_rng(2).normal(200, 6, (300, 400)), 0, 255).astype(np.uint8),  # once a digit
     lambda: np.pad(np.full((1, 1), 120, np.uint8), ((150, 149), (200, 199)), constant_values=230),  # one speck
     lambda: np.tile(np.linspace(120, 240, 400, dtype=np.float32).astype(np.uint8), (300, 1)),  # light gradient
 ])

@@ -267,7 +267,7 @@ def printed_short(change):
 def test_photos_are_read_as_users_also_take_them(change, least: float, classifier, wild_dir) -> None:
     """Every photo of wild-dev (70), taken as users also take them, reads as the photo itself does but
     for a few (`least` of the photos read right as taken; measured 65, 64, 67, 65, 68, 68, 67, 67, 67, 66,
-    66 and 68 of 68). Before, 10 of 70 read right on a desk (the desk was taken for paper and the sheet for a
+    66, 68 and 67 of 68). Before, 10 of 70 read right on a desk (the desk was taken for paper and the sheet for a
     0-shaped digit) and in a box (framed with the digit); under the shadow 20 (the shadowed border ring
     turned the polarity), then 49 where grainy or small blurred photos left the polarity to that ring (57 on a
     desk); on squared paper 22 and on ruled paper 53 (the lines were read as strokes); underlined 55
@@ -279,9 +279,9 @@ def test_photos_are_read_as_users_also_take_them(change, least: float, classifie
     photos' few lines ended short of the widened picture's edges); turned 10 degrees either way 64 and
     64 (a grid turned more than 6 degrees was not looked for, now 11); in green ink 63 (luminance keeps
     40 % of a green pen's contrast: now the colour channel that shows the marks clearly more strongly is
-    read). On small blurred photos a grid of
-    1-px lines is too faint along its length to be found; a 3 whose tail comes down onto the line looks
-    like a 2 on its base and keeps it."""
+    read); in dim light 64 (the grain broke small photos' strokes into specks: now a grainy picture is
+    smoothed first). On small blurred photos a grid of 1-px lines is too faint along its length to be
+    found; a 3 whose tail comes down onto the line looks like a 2 on its base and keeps it."""
     rows = singles(wild_dir, "photo")
 
     taken = changed = 0
@@ -391,7 +391,8 @@ def test_pages_with_each_digit_in_a_box_are_read(adjoining: bool, classifier, wi
 
 def drawn_ink(path: Path, height: int) -> np.ndarray:
     """A canvas drawing's ink (0..1, dark strokes on light), cut to its strokes and scaled `height` px tall."""
-    gray = np.asarray(Image.open(path).convert("L"), dtype=np.float32)
+    with Image.open(path) as drawing:
+        gray = np.asarray(drawing.convert("L"), dtype=np.float32)
     ink = np.clip((gray.max() - gray) / max(gray.max() - gray.min(), 1.0), 0.0, 1.0)
     rows, columns = np.nonzero(ink > 0.3)
     ink = ink[rows.min():rows.max() + 1, columns.min():columns.max() + 1]

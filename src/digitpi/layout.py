@@ -57,10 +57,8 @@ class Layout:
     most_cuts: int = 40  # and never more: the judge's work stays bounded on a line of touching digits
 
 
-Judge = Callable[[np.ndarray], np.ndarray]  # (N, 28, 28) uint8 digits -> (N,) how sure a model is of each
-
-
 LAYOUT = Layout()
+Judge = Callable[[np.ndarray], np.ndarray]  # (N, 28, 28) uint8 digits -> (N,) how sure a model is of each
 
 
 @dataclass(frozen=True)
