@@ -49,12 +49,11 @@ class Layout:
     loose_ink: float = 0.5  # a short piece with less ink than this fraction of a typical digit's is a loose stroke,
     loose_gap: float = 1 / 3  # and joins the nearest digit at most this many line heights away
     min_height: float = 0.4  # a digit is at least this fraction of its line's height
-    touching: float = 1.35  # a piece wider than this many line heights is several digits touching,
-    digit_width: float = 0.75  # cut into parts about this many line heights wide
-    may_touch: float = 1.1  # with a model to judge: a piece wider than this many line heights may be touching
-    widest: float = 1.2  # digits, cut where the model is surest of the parts, each at most this many wide,
+    touching: float = 1.35  # a piece wider than this many line heights may be several digits touching:
+    widest: float = 1.2  # with a model to judge, cut where it is surest of the parts, each at most this wide,
     cuts_tried: float = 5.0  # among this many columns per line height (the profile's least-ink minima),
     most_cuts: int = 40  # and never more: the judge's work stays bounded on a line of touching digits
+    digit_width: float = 0.75  # without a model, cut evenly into parts about this many line heights wide
 
 
 LAYOUT = Layout()
@@ -112,7 +111,7 @@ def page_pieces(ink: np.ndarray, s: Settings = SETTINGS, layout: Layout = LAYOUT
             top, left = boxes[group, 0].min(), boxes[group, 1].min()
             bottom, right = boxes[group, 2].max(), boxes[group, 3].max()
             piece = np.where(blobs.mask(group, ink.shape, (top, left, bottom, right)), ink[top:bottom, left:right], 0.0)
-            for offset, part in cut_touching(piece, int(group_height.max()), layout, judge, s):
+            for offset, part in cut_touching(piece, int(group_height.max()), layout, judge, s, len(group) > 1):
                 rows, cols = np.flatnonzero(part.any(1)), np.flatnonzero(part.any(0))
                 pieces.append((part, (left + offset + int(cols[0]), top + int(rows[0]),
                                       left + offset + int(cols[-1]) + 1, top + int(rows[-1]) + 1)))
@@ -201,16 +200,15 @@ def attach_short(groups: list[list[int]], boxes: np.ndarray, area: np.ndarray, h
 
 
 def cut_touching(piece: np.ndarray, height: int, layout: Layout = LAYOUT, judge: Judge | None = None,
-                 s: Settings = SETTINGS) -> list[tuple[int, np.ndarray]]:
-    """(column offset, ink) of each digit in `piece`. With a `judge`, a piece wider than `may_touch`
-    line heights is cut where the judge reads the parts surest (`judged_cuts`). Without one, a piece
-    wider than `touching` line heights is cut into round(width / (`digit_width` x height)) parts at
-    the columns of least ink near the even cut positions."""
+                 s: Settings = SETTINGS, joined: bool = False) -> list[tuple[int, np.ndarray]]:
+    """(column offset, ink) of each digit in `piece`. A piece wider than `touching` line heights may
+    be digits touching: with a `judge` it is cut where the judge reads the parts surest
+    (`judged_cuts`), without one into round(width / (`digit_width` x height)) parts at the columns of
+    least ink near the even cut positions."""
     w = piece.shape[1]
-    cuts = judged_cuts(piece, height, layout, judge, s) if judge is not None and w > layout.may_touch * height \
-        else None
-    if cuts is None:
-        cuts = even_cuts(piece, height, layout)
+    if w <= layout.touching * height:
+        return [(0, piece)]
+    cuts = even_cuts(piece, height, layout) if judge is None else judged_cuts(piece, height, layout, judge, s, joined)
     parts = [(a, piece[:, a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
     return [(a, p) for a, p in parts if (p > 0).any()]
 
@@ -218,7 +216,7 @@ def cut_touching(piece: np.ndarray, height: int, layout: Layout = LAYOUT, judge:
 def even_cuts(piece: np.ndarray, height: int, layout: Layout = LAYOUT) -> list[int]:
     """The columns `cut_touching` cuts at without a judge, 0 and the width included."""
     w = piece.shape[1]
-    count = round(w / (layout.digit_width * height)) if w > layout.touching * height else 1
+    count = round(w / (layout.digit_width * height))
     profile = piece.sum(0)
     cuts = [0]
     for k in range(1, count):
@@ -228,43 +226,52 @@ def even_cuts(piece: np.ndarray, height: int, layout: Layout = LAYOUT) -> list[i
     return cuts + [w]
 
 
-def judged_cuts(piece: np.ndarray, height: int, layout: Layout, judge: Judge, s: Settings) -> list[int] | None:
+def judged_cuts(piece: np.ndarray, height: int, layout: Layout, judge: Judge, s: Settings,
+                joined: bool = False) -> list[int]:
     """The cuts (0 and the width included) whose parts the judge is surest of: the largest product of
-    its sureness over the parts (so a cut must pay for itself), each part at most `widest` line
-    heights wide. Cuts are tried at the local minima of the ink profile, least ink first, a tenth of
-    a line height apart, `cuts_tried` per line height up to `most_cuts`. One batch of the judge for
-    every part that may be one digit. None when no parts fit."""
+    its sureness over the parts (so a cut must pay for itself). A part is at least `min_height` tall,
+    as a digit is (a dash beside a digit is not cut off to be read as one), and at most `widest` line
+    heights wide, but for the whole piece when it is `joined` of several blobs (a digit and a dash or
+    loose stroke beside it; one blob that wide is digits touching). Cuts are tried at the local
+    minima of the ink profile (a flat stretch's middle), least ink first, a tenth of a line height
+    apart, `cuts_tried` per line height up to `most_cuts`. One batch of the judge for every part."""
     w = piece.shape[1]
     profile = piece.sum(0)
     inner = profile[1:-1]
     minima = np.flatnonzero((inner <= profile[:-2]) & (inner <= profile[2:])) + 1
+    flats = np.split(minima, np.flatnonzero((np.diff(minima) > 1) | (np.diff(profile[minima]) != 0)) + 1)
+    minima = np.array([flat[len(flat) // 2] for flat in flats if flat.size], dtype=np.int64)  # a flat's middle
     most = min(math.ceil(layout.cuts_tried * w / height), layout.most_cuts)
     chosen: list[int] = []
     for c in minima[np.argsort(profile[minima], kind="stable")]:
         if len(chosen) < most and all(abs(int(c) - d) > height // 10 for d in chosen):
             chosen.append(int(c))
     at = [0, *sorted(chosen), w]
-    spans = [(i, j) for j in range(1, len(at)) for i in range(j) if at[j] - at[i] <= layout.widest * height]
     images, fits = [], []
-    for i, j in spans:
-        part = piece[:, at[i]:at[j]]
-        if (part > 0).any():
-            try:
-                images.append(frame(part, s))
-                fits.append((i, j))
-            except NoDigitError:  # the part's ink vanishes at 28x28
-                pass
+    for j in range(1, len(at)):
+        for i in range(j):
+            whole = joined and i == 0 and j == len(at) - 1
+            if at[j] - at[i] > layout.widest * height and not whole:
+                continue
+            part = piece[:, at[i]:at[j]]
+            rows = np.flatnonzero(part.any(1))
+            if rows.size and (whole or rows[-1] + 1 - rows[0] >= layout.min_height * height):
+                try:
+                    images.append(frame(part, s))
+                    fits.append((i, j))
+                except NoDigitError:  # the part's ink vanishes at 28x28
+                    pass
     if not images:
-        return None
+        return [0, w]
     score = np.log(np.maximum(judge(np.stack(images)), 1e-9))
     best = np.full(len(at), -np.inf)
     best[0] = 0.0
     back = np.zeros(len(at), dtype=np.int64)
-    for (i, j), gain in sorted(zip(fits, score), key=lambda fit: fit[0][1]):
+    for (i, j), gain in zip(fits, score):  # in order of j: best[i] is final when a part starts at i
         if best[i] + gain > best[j]:
             best[j], back[j] = best[i] + gain, i
     if not np.isfinite(best[-1]):
-        return None
+        return [0, w]
     cuts, j = [w], len(at) - 1
     while j > 0:
         j = int(back[j])
