@@ -419,7 +419,7 @@ def written_in_a_row(inks: list[np.ndarray], gap: int) -> Image.Image:
 
 def one_writers_numbers(wild_dir: Path, count: int, digits) -> list[list[dict]]:
     """About `count` numbers, each of `digits(rng)` canvas drawings by one writer, writers in proportion."""
-    rows = [row for row in wild.rows_of(wild_dir, every=1) if row["kind"] == "single" and row["medium"] == "canvas"]
+    rows = singles(wild_dir, "canvas")
     writers: dict[str, list[dict]] = {}
     for row in rows:
         writers.setdefault(row["source"], []).append(row)

@@ -63,6 +63,7 @@ class Settings:
 
 
 SETTINGS = Settings()
+MAD_SIGMA = 0.6745  # a normal distribution's median absolute deviation, in standard deviations
 
 
 class ImageError(UserError):
@@ -756,7 +757,7 @@ def grain(gray: np.ndarray, count: int = 16384) -> float:
     if gray.shape[1] < 2:
         return 0.0
     step = max(1, gray.size // count)
-    return float(np.median(np.abs(np.diff(gray[::step], axis=1)))) / (0.6745 * math.sqrt(2))
+    return float(np.median(np.abs(np.diff(gray[::step], axis=1)))) / (MAD_SIGMA * math.sqrt(2))
 
 
 def smoothed(gray: np.ndarray) -> np.ndarray:
@@ -777,7 +778,8 @@ def paper_ink(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS,
         ink -= background
         gain = 255.0 / np.maximum(255.0 - background, s.min_contrast)  # as dark in a shadow as in the light
         ink *= gain
-        noise *= float(np.median(thin(gain)))
+        if noise:  # grain on the paper's scale; a clean picture (a canvas, a JPEG) has none
+            noise *= float(np.median(thin(gain)))
     else:  # light ink (chalk, a canvas, MNIST itself): the background is dark, so only subtract it
         ink = gray.astype(np.float32, copy=True)
         ink -= block_background(ink, s.blocks)
@@ -786,7 +788,7 @@ def paper_ink(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS,
     residual = thin(ink)
     paper = residual[residual <= threshold]  # Otsu's paper side: ink, even a bold digit cropped tight, is not noise
     quartile, centre = np.percentile(paper if paper.size else residual, [25, 50])
-    sigma = max(float(centre - quartile) / 0.6745, noise, 0.5)
+    sigma = max(float(centre - quartile) / MAD_SIGMA, noise, 0.5)
     np.maximum(ink, 0.0, out=ink)
     strokes = ink[ink > max(threshold, centre + s.min_snr * sigma)]
     if strokes.size == 0:
