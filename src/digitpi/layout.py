@@ -2,8 +2,9 @@
 
 `preprocess` turns a picture into an ink map and one digit into the model's 28x28 input; this module
 decides where the digits of a whole page are. Boxes drawn around digits (a form's fields) and lines
-drawn under them are dropped first (`preprocess.ink_blobs`). Lines are bands of blobs of ink,
-measured across the lines' slope (a page photographed askew): the tallest blobs found the bands,
+drawn under them are dropped first (`preprocess.ink_blobs`). A page photographed askew is turned
+level, so its digits stand upright. Lines are bands of blobs of ink, measured across the lines'
+slope (what turning leaves, or a writer's lines climbing): the tallest blobs found the bands,
 and every other blob joins the band that holds most of its height. Within a line, blobs stacked
 above one another are one digit (the detached bar of a 5), loose strokes join their nearest digit,
 specks and dashes are dropped, and a blob wider than a digit is cut into touching digits where the
@@ -18,12 +19,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+from PIL import Image
 
 from digitpi.preprocess import (
-    MAX_TILT,
     SETTINGS,
     Blobs,
     NoDigitError,
@@ -35,6 +36,8 @@ from digitpi.preprocess import (
     ink_blobs,
     ink_map,
     load_upright,
+    ring,
+    ring_median,
     slope_of,
     source_name,
 )
@@ -54,6 +57,8 @@ class Layout:
     cuts_tried: float = 5.0  # among this many columns per line height (the profile's least-ink minima),
     most_cuts: int = 40  # and never more: the judge's work stays bounded on a line of touching digits
     digit_width: float = 0.75  # without a model, cut evenly into parts about this many line heights wide
+    most_turn: float = 0.5  # written lines are looked for up to this slope, rise over run (27 degrees askew),
+    turn_from: float = 0.1  # and a page whose lines slope more (6 degrees) is turned level: its digits stand upright
 
 
 LAYOUT = Layout()
@@ -72,10 +77,10 @@ def read_page(source: Source, s: Settings = SETTINGS, name: str | None = None,
     With a `judge` (a model), digits written touching are cut where it reads the parts surest."""
     image, (width, height) = load_upright(source, s, s.load_side, name)
     try:
-        ink = ink_map(gray_array(image, s.load_side), s)
-        sx, sy = width / ink.shape[1], height / ink.shape[0]
+        gray = gray_array(image, s.load_side)
+        sx, sy = width / gray.shape[1], height / gray.shape[0]
         return [[Digit(frame(piece, s), (round(left * sx), round(top * sy), round(right * sx), round(bottom * sy)))
-                 for piece, (left, top, right, bottom) in line] for line in page_pieces(ink, s, layout, judge)]
+                 for piece, (left, top, right, bottom) in line] for line in page_pieces(gray, s, layout, judge)]
     except NoDigitError as e:
         raise NoDigitError(about(source_name(source, name), str(e))) from None
 
@@ -85,15 +90,24 @@ def split_digits(source: Source, s: Settings = SETTINGS, name: str | None = None
     return [digit.image for line in read_page(source, s, name) for digit in line]
 
 
-Piece = tuple[np.ndarray, tuple[int, int, int, int]]  # a digit's ink, cropped; its box (left, top, right, bottom)
+Box = tuple[int, int, int, int]  # left, top, right, bottom (exclusive)
+Piece = tuple[np.ndarray, Box]  # a digit's ink, cropped; its box
 
 
-def page_pieces(ink: np.ndarray, s: Settings = SETTINGS, layout: Layout = LAYOUT, judge: Judge | None = None
+def page_pieces(gray: np.ndarray, s: Settings = SETTINGS, layout: Layout = LAYOUT, judge: Judge | None = None
                 ) -> list[list[Piece]]:
-    """The ink of each digit on the page, line by line, with its box in `ink`'s pixels."""
+    """The ink of each digit on the page (grey levels `gray`), line by line, with its box in `gray`'s
+    pixels. A page whose written lines slope more than `turn_from` is turned level and read again: its
+    digits stand upright, and a ruling or grid runs level, to be cleared."""
+    ink = ink_map(gray, s)
     blobs, kept = ink_blobs(ink, s)
     area, boxes = blobs.area, blobs.boxes
-    lines = find_lines(kept, boxes, layout, line_slope(blobs, kept, ink.shape))
+    slope = line_slope(blobs, kept, ink.shape, layout.most_turn)
+    lines = find_lines(kept, boxes, layout, slope)
+    if abs(slope) > layout.turn_from and written_lines(lines, boxes, layout):
+        level, back = levelled(gray, slope)
+        return [[(piece, back(box)) for piece, box in line]
+                for line in page_pieces(level, s, replace(layout, most_turn=layout.turn_from), judge)]
     # a line's height is its biggest blob's: a digit, where the line's band may also span loose strokes
     heights = [int(np.subtract(*boxes[line[np.argmax(area[line])], [2, 0]])) for line in lines]
     if max(heights) < max(2, s.min_digit * max(ink.shape)):
@@ -120,10 +134,11 @@ def page_pieces(ink: np.ndarray, s: Settings = SETTINGS, layout: Layout = LAYOUT
     return page
 
 
-def line_slope(blobs: Blobs, kept: np.ndarray, shape: tuple[int, int], points: int = 1024) -> float:
-    """How much the written lines fall per column (rise, if negative), within MAX_TILT: a phone held a
-    few degrees askew, or a writer's lines climbing. The slope that gathers the kept ink (about
-    `points` of its pixels, taken evenly along its runs) onto the fewest rows."""
+def line_slope(blobs: Blobs, kept: np.ndarray, shape: tuple[int, int], most: float, points: int = 8192) -> float:
+    """How much the written lines fall per column (rise, if negative), up to `most`: a phone held
+    askew, or a writer's lines climbing. The slope, in steps of 0.02, that gathers the kept ink (about
+    `points` of its pixels, taken evenly along its runs: fewer let strokes of a few digits line up by
+    chance) onto the fewest rows. Of one digit alone it is the slope of its strokes."""
     runs = np.flatnonzero(np.isin(blobs.label, kept))
     if len(runs) == 0:
         return 0.0
@@ -132,7 +147,39 @@ def line_slope(blobs: Blobs, kept: np.ndarray, shape: tuple[int, int], points: i
     picks = np.arange(0, ends[-1], max(1, int(ends[-1]) // points))  # every so many pixels of ink
     at = np.searchsorted(ends, picks, side="right")
     columns = blobs.starts[runs[at]] + picks - (ends[at] - lengths[at])
-    return slope_of(blobs.rows[runs[at]], columns, shape, np.linspace(-MAX_TILT, MAX_TILT, 21))
+    return slope_of(blobs.rows[runs[at]], columns, shape, np.linspace(-most, most, 2 * round(most / 0.02) + 1))
+
+
+def written_lines(lines: list[np.ndarray], boxes: np.ndarray, layout: Layout = LAYOUT) -> bool:
+    """Whether some line holds two digits side by side (blobs at least `short` of its tallest, apart
+    across it): the lines' slope is then the page's, not the slope of one digit's strokes."""
+    for line in lines:
+        heights = boxes[line, 2] - boxes[line, 0]
+        tall = line[heights >= layout.short * heights.max()]
+        lefts, rights = np.sort(boxes[tall, 1]), np.sort(boxes[tall, 3])
+        if len(tall) > 1 and lefts[-1] >= rights[0]:
+            return True
+    return False
+
+
+def levelled(gray: np.ndarray, slope: float) -> tuple[np.ndarray, Callable[[Box], Box]]:
+    """`gray` turned so that lines falling `slope` per column run level (grown to hold its corners, the
+    corners it uncovers the paper's grey), and a function taking a box (left, top, right, bottom) on
+    it back to `gray`'s pixels: the box around the box turned back."""
+    angle = math.atan(slope)
+    turned = Image.fromarray(gray, "F").rotate(math.degrees(angle), Image.BICUBIC, expand=True,
+                                               fillcolor=ring_median(ring(gray)))
+    turned = np.clip(np.asarray(turned), 0.0, 255.0)  # bicubic overshoots a stroke's edges
+    (h, w), (th, tw) = gray.shape, turned.shape
+    cos, sin = math.cos(angle), math.sin(angle)
+
+    def back(box: Box) -> Box:
+        left, top, right, bottom = box
+        xs, ys = np.array([left, right, right, left]) - tw / 2, np.array([top, top, bottom, bottom]) - th / 2
+        x, y = cos * xs - sin * ys + w / 2, sin * xs + cos * ys + h / 2
+        return (max(0, math.floor(x.min())), max(0, math.floor(y.min())),
+                min(w, math.ceil(x.max())), min(h, math.ceil(y.max())))
+    return turned, back
 
 
 def find_lines(kept: np.ndarray, boxes: np.ndarray, layout: Layout = LAYOUT, slope: float = 0.0) -> list[np.ndarray]:

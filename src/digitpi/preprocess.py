@@ -548,7 +548,7 @@ def otsu(values: np.ndarray, bins: int = 128) -> float:
 
 # ---------------------------------------------------------------- ruled and squared paper
 
-MAX_TILT = 0.2  # the steepest ruling or written line looked for, rise over run: a sheet about 11 degrees askew
+MAX_TILT = 0.2  # the steepest ruling looked for, rise over run: a sheet about 11 degrees askew
 UNDERLINE_TILT = 0.1  # the steepest line under the digits cleared (`clear_underline`): a 2's base may slope more
 
 
