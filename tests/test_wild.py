@@ -329,7 +329,7 @@ def test_pages_turned_are_read(classifier, wild_dir) -> None:
 def test_one_writers_pages_turned_read_as_level(classifier, wild_dir) -> None:
     """Pages of 1 to 3 lines (50), each line a number of 2 to 5 of one writer's canvas drawings (80 px
     tall, 20 px apart), turned 20 degrees either way read exactly about as often as level: measured
-    41 level, 42 and 38 turned. Before, 40 level, 38 and 13 turned: past 11 degrees lines fell apart,
+    41 level, 41 and 38 turned. Before, 40 level, 38 and 13 turned: past 11 degrees lines fell apart,
     and digits were framed as turned as the page (the model learned digits turned 10 degrees at most)."""
     numbers = one_writers_numbers(wild_dir, 150, lambda rng: rng.integers(2, 6))
     read = {0: 0, 20: 0, -20: 0}

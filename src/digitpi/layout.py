@@ -36,8 +36,6 @@ from digitpi.preprocess import (
     ink_blobs,
     ink_map,
     load_upright,
-    ring,
-    ring_median,
     slope_of,
     source_name,
 )
@@ -77,10 +75,10 @@ def read_page(source: Source, s: Settings = SETTINGS, name: str | None = None,
     With a `judge` (a model), digits written touching are cut where it reads the parts surest."""
     image, (width, height) = load_upright(source, s, s.load_side, name)
     try:
-        gray = gray_array(image, s.load_side)
-        sx, sy = width / gray.shape[1], height / gray.shape[0]
+        ink = ink_map(gray_array(image, s.load_side), s)
+        sx, sy = width / ink.shape[1], height / ink.shape[0]
         return [[Digit(frame(piece, s), (round(left * sx), round(top * sy), round(right * sx), round(bottom * sy)))
-                 for piece, (left, top, right, bottom) in line] for line in page_pieces(gray, s, layout, judge)]
+                 for piece, (left, top, right, bottom) in line] for line in page_pieces(ink, s, layout, judge)]
     except NoDigitError as e:
         raise NoDigitError(about(source_name(source, name), str(e))) from None
 
@@ -94,18 +92,16 @@ Box = tuple[int, int, int, int]  # left, top, right, bottom (exclusive)
 Piece = tuple[np.ndarray, Box]  # a digit's ink, cropped; its box
 
 
-def page_pieces(gray: np.ndarray, s: Settings = SETTINGS, layout: Layout = LAYOUT, judge: Judge | None = None
+def page_pieces(ink: np.ndarray, s: Settings = SETTINGS, layout: Layout = LAYOUT, judge: Judge | None = None
                 ) -> list[list[Piece]]:
-    """The ink of each digit on the page (grey levels `gray`), line by line, with its box in `gray`'s
-    pixels. A page whose written lines slope more than `turn_from` is turned level and read again: its
-    digits stand upright, and a ruling or grid runs level, to be cleared."""
-    ink = ink_map(gray, s)
+    """The ink of each digit on the page, line by line, with its box in `ink`'s pixels. A page whose
+    written lines slope more than `turn_from` is turned level and read again: its digits stand upright."""
     blobs, kept = ink_blobs(ink, s)
     area, boxes = blobs.area, blobs.boxes
     slope = line_slope(blobs, kept, ink.shape, layout.most_turn)
     lines = find_lines(kept, boxes, layout, slope)
     if abs(slope) > layout.turn_from and written_lines(lines, boxes, layout):
-        level, back = levelled(gray, slope)
+        level, back = levelled(ink, slope)
         return [[(piece, back(box)) for piece, box in line]
                 for line in page_pieces(level, s, replace(layout, most_turn=layout.turn_from), judge)]
     # a line's height is its biggest blob's: a digit, where the line's band may also span loose strokes
@@ -162,23 +158,23 @@ def written_lines(lines: list[np.ndarray], boxes: np.ndarray, layout: Layout = L
     return False
 
 
-def levelled(gray: np.ndarray, slope: float) -> tuple[np.ndarray, Callable[[Box], Box]]:
-    """`gray` turned so that lines falling `slope` per column run level (grown to hold its corners, the
-    corners it uncovers the paper's grey), and a function taking a box (left, top, right, bottom) on
-    it back to `gray`'s pixels: the box around the box turned back."""
+def levelled(ink: np.ndarray, slope: float) -> tuple[np.ndarray, Callable[[Box], Box]]:
+    """`ink` turned so that lines falling `slope` per column run level (grown to hold its corners, no
+    ink in those it uncovers), and a function taking a box (left, top, right, bottom) on it back to
+    `ink`'s pixels: the box around the box turned back. The ink map is turned, not the picture: what
+    `ink_map` made of the picture's edges (a desk, a dark frame) would not be at the edges any more."""
     angle = math.atan(slope)
-    turned = Image.fromarray(gray, "F").rotate(math.degrees(angle), Image.BICUBIC, expand=True,
-                                               fillcolor=ring_median(ring(gray)))
-    turned = np.clip(np.asarray(turned), 0.0, 255.0)  # bicubic overshoots a stroke's edges
-    (h, w), (th, tw) = gray.shape, turned.shape
+    turned = Image.fromarray(ink, "F").rotate(math.degrees(angle), Image.BICUBIC, expand=True)
+    turned = np.clip(np.asarray(turned), 0.0, 1.0)  # bicubic overshoots a stroke's edges
+    (h, w), (th, tw) = ink.shape, turned.shape
     cos, sin = math.cos(angle), math.sin(angle)
 
     def back(box: Box) -> Box:
         left, top, right, bottom = box
         xs, ys = np.array([left, right, right, left]) - tw / 2, np.array([top, top, bottom, bottom]) - th / 2
         x, y = cos * xs - sin * ys + w / 2, sin * xs + cos * ys + h / 2
-        return (max(0, math.floor(x.min())), max(0, math.floor(y.min())),
-                min(w, math.ceil(x.max())), min(h, math.ceil(y.max())))
+        left, top = min(max(0, math.floor(x.min())), w - 1), min(max(0, math.floor(y.min())), h - 1)
+        return left, top, max(left + 1, min(w, math.ceil(x.max()))), max(top + 1, min(h, math.ceil(y.max())))
     return turned, back
 
 
