@@ -98,6 +98,8 @@ def page_pieces(ink: np.ndarray, s: Settings = SETTINGS, layout: Layout = LAYOUT
     written lines slope more than `turn_from` is turned level and read again: its digits stand upright."""
     blobs, kept = ink_blobs(ink, s)
     area, boxes = blobs.area, blobs.boxes
+    if len(kept) == 0 or np.max(boxes[kept, 2] - boxes[kept, 0]) < max(2, s.min_digit * max(ink.shape)):
+        raise NoDigitError("no digit found (only specks)")  # before the lines: thousands of specks are slow
     slope = line_slope(blobs, kept, ink.shape, layout.most_turn)
     lines = find_lines(kept, boxes, layout, slope)
     if abs(slope) > layout.turn_from and written_lines(lines, boxes, layout):
@@ -106,8 +108,6 @@ def page_pieces(ink: np.ndarray, s: Settings = SETTINGS, layout: Layout = LAYOUT
                 for line in page_pieces(level, s, replace(layout, most_turn=layout.turn_from), judge)]
     # a line's height is its biggest blob's: a digit, where the line's band may also span loose strokes
     heights = [int(np.subtract(*boxes[line[np.argmax(area[line])], [2, 0]])) for line in lines]
-    if max(heights) < max(2, s.min_digit * max(ink.shape)):
-        raise NoDigitError("no digit found (only specks)")
     lines = [(line_groups(line, boxes, area, height, layout), height)
              for line, height in zip(lines, heights) if height >= layout.min_line * max(heights)]
     biggest = max(area[group].sum() for groups, _ in lines for group in groups)

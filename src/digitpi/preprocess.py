@@ -1118,16 +1118,18 @@ def without_boxes(ink: np.ndarray, blobs: Blobs, keep: np.ndarray, s: Settings =
     whose box holds other blobs, when 80 % of its pixels lie in the outer eighth of its box or on lines
     that cross it (`crossings`: the walls between adjoining boxes; a 0, or an oval around the digit,
     has most of its ink further in and crosses nothing) and what it holds is a third of its size or
-    more (else specks inside a square 0)."""
+    more (else specks inside a square 0). Only blobs the size of a digit may be boxes: a picture of
+    thousands of specks would otherwise compare every one with every other."""
     boxes = blobs.boxes
     top, left, bottom, right = boxes.T
-    held = ((top > top[keep, None]) & (left > left[keep, None]) & (bottom < bottom[keep, None])
-            & (right < right[keep, None]))  # (kept, blobs): blob j lies inside kept blob i's box
+    frames = keep[np.maximum(bottom - top, right - left)[keep] >= max(3, s.min_digit * max(ink.shape))]
+    held = ((top > top[frames, None]) & (left > left[frames, None]) & (bottom < bottom[frames, None])
+            & (right < right[frames, None]))  # (frames, blobs): blob j lies inside frame i's box
     if not held.any():  # most pictures: no blob holds another
         return keep
     strong = blobs.count(ink >= s.strong_ink)
     dropped, digits = [], []
-    for frame, inside in zip(keep, held):
+    for frame, inside in zip(frames, held):
         inside = np.flatnonzero(inside)
         if len(inside) == 0 or strong[inside].max() < 1:
             continue
