@@ -260,7 +260,8 @@ def array_image(array: np.ndarray) -> Image.Image:
         return gray_image(Image.fromarray(array, "RGB" if array.shape[2] == 3 else "RGBA"))
     if array.ndim != 2 or array.size == 0 or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
         raise ImageError(f"array of shape {array.shape} and dtype {array.dtype} is not an image")
-    return Image.fromarray(np.nan_to_num(array.astype(np.float32), posinf=0.0, neginf=0.0), "F")
+    with np.errstate(over="ignore"):  # float64 beyond float32's range: infinite, then 0 as below
+        return Image.fromarray(np.nan_to_num(array.astype(np.float32), posinf=0.0, neginf=0.0), "F")
 
 
 def gray_image(image: Image.Image) -> Image.Image:
