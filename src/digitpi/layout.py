@@ -61,12 +61,13 @@ class Layout:
 
 LAYOUT = Layout()
 Judge = Callable[[np.ndarray], np.ndarray]  # (N, 28, 28) uint8 digits -> (N,) how sure a model is of each
+Box = tuple[int, int, int, int]  # left, top, right, bottom (exclusive)
 
 
 @dataclass(frozen=True)
 class Digit:
     image: np.ndarray  # uint8 (28, 28): what the model sees
-    box: tuple[int, int, int, int]  # left, top, right, bottom (exclusive) in the picture's pixels, upright
+    box: Box  # in the picture's own pixels, upright
 
 
 def read_page(source: Source, s: Settings = SETTINGS, name: str | None = None,
@@ -88,7 +89,6 @@ def split_digits(source: Source, s: Settings = SETTINGS, name: str | None = None
     return [digit.image for line in read_page(source, s, name) for digit in line]
 
 
-Box = tuple[int, int, int, int]  # left, top, right, bottom (exclusive)
 Piece = tuple[np.ndarray, Box]  # a digit's ink, cropped; its box
 
 

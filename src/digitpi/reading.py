@@ -13,7 +13,7 @@ import numpy as np
 from digitpi import layout, preprocess
 from digitpi.preprocess import Source
 
-Box = tuple[int, int, int, int]  # left, top, right, bottom (exclusive), in the picture's own pixels, upright
+Box = layout.Box  # in the picture's own pixels, upright
 
 
 @dataclass(frozen=True)
