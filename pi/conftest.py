@@ -128,3 +128,25 @@ def pictures(test_set, tmp_path_factory) -> list[Path]:
             made += [wild / r["file"] for r in rows if r["medium"] == medium][: WILD_PICTURES // 2]
     return made
 
+
+@pytest.fixture(scope="session")
+def pages(test_set, tmp_path_factory) -> list[Path]:
+    """Pages to `digitpi predict --multi`: two lines of MNIST test digits printed on paper and turned 20
+    degrees (read by turning the page level), and wild-dev's pages read in place."""
+    from PIL import Image
+
+    _, _, images, _ = test_set
+    page = Image.new("L", (720, 360), 255)
+    for k in range(10):
+        page.paste(Image.fromarray(255 - images[k]).resize((112, 112), Image.BICUBIC),
+                   (40 + 130 * (k % 5), 40 + 160 * (k // 5)))
+    path = tmp_path_factory.mktemp("pages") / "turned.png"
+    page.rotate(20, Image.BICUBIC, expand=True, fillcolor=255).save(path)
+    wild = SHARED / "wild-dev"
+    if not (wild / "labels.csv").is_file():
+        return [path]
+    import csv
+
+    with open(wild / "labels.csv", newline="") as f:
+        return [path, *(wild / r["file"] for r in csv.DictReader(f) if r["kind"] == "multi")]
+

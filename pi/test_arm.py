@@ -42,6 +42,35 @@ def x86_answers(model: Path, pictures: list[Path], backend: str, precision: str)
     return [int(d) for d in classifier.predict(np.stack([preprocess.to_mnist(p) for p in pictures])).labels]
 
 
+def predict_pages(arch: str, root: Path, core: str, digitpi: list[str], model: Path, pages: list[Path], env: dict,
+                  python: Path | None = None) -> tuple[list[tuple[str, list]], str]:
+    """`digitpi predict --multi --json --precision fp32` on the emulated Pi: each page's text and its digits'
+    boxes (fp32: the model's sureness chooses where touching digits are cut, and int8 kernels vary by CPU)."""
+    done = userland.run(arch, root, core, [*digitpi, "predict", "--model", str(model), "--multi", "--json",
+                                           "--precision", "fp32", *map(str, pages)], env=env, python=python)
+    assert done.returncode == 0, done.stderr
+    return [(page["text"], [d["box"] for line in page["lines"] for d in line["digits"]])
+            for page in json.loads(done.stdout)], done.stderr
+
+
+def x86_pages(model: Path, pages: list[Path], backend: str, precision: str) -> list[tuple[str, list]]:
+    """What this PC reads on `pages`: the page layout (numpy and Pillow) must find the same digits there."""
+    from digitpi import reading
+    from digitpi.runtime import Classifier
+
+    classifier = Classifier.load(model, precision=precision, backend=backend)
+    return [(page.text, [list(d.box) for d in page.digits])
+            for page in (reading.read(classifier, p, page=True) for p in pages)]
+
+
+def same_pages(there: list[tuple[str, list]], here: list[tuple[str, list]]) -> bool:
+    """The same text, and every box within a pixel (Pillow's bicubic turn may round otherwise on ARM)."""
+    return len(there) == len(here) and all(
+        text == x86_text and len(boxes) == len(x86_boxes)
+        and np.abs(np.subtract(boxes, x86_boxes)).max(initial=0) <= 1
+        for (text, boxes), (x86_text, x86_boxes) in zip(there, here))
+
+
 def check_full_test_set(results: list, arch: str, core: str, report: dict, model: Path, card: dict, test_set,
                         out: Path) -> None:
     """Every variant's accuracy within ACCURACY_POINTS of the card's x86 number; rows for the summary."""
@@ -107,6 +136,13 @@ def test_arm64_predict_reads_pictures_as_x86(arm64, arm64_site, core, model, pic
         digits, stderr = predict_json("arm64", arm64[core], core, digitpi, model, pictures, env,
                                       ("--precision", precision))
         assert digits == x86_answers(model, pictures, "onnxruntime", precision), stderr
+
+
+def test_arm64_reads_pages_as_x86(arm64, arm64_site, model, pages, tmp_path):
+    core = "cortex-a72"
+    env = {"PYTHONPATH": str(arm64_site), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    read, stderr = predict_pages("arm64", arm64[core], core, [str(arm64_site / "bin" / "digitpi")], model, pages, env)
+    assert same_pages(read, x86_pages(model, pages, "onnxruntime", "fp32")), (read, stderr)
 
 
 @pytest.fixture(scope="session")
@@ -206,6 +242,14 @@ def test_armhf_predict_reads_pictures_as_x86(armhf, armhf_venv, model, pictures,
                                   {"XDG_CACHE_HOME": str(tmp_path / "cache")}, python=python)
     assert digits == x86_answers(model, pictures, "numpy", "fp32"), stderr
     assert "onnxruntime is not installed" in stderr  # the runtime says which backend reads
+
+
+def test_armhf_reads_pages_as_x86(armhf, armhf_venv, model, pages, tmp_path):
+    python, _ = armhf_venv
+    core = "cortex-a7"
+    read, stderr = predict_pages("armhf", armhf[core], core, [str(python.with_name("digitpi"))], model, pages,
+                                 {"XDG_CACHE_HOME": str(tmp_path / "cache")}, python=python)
+    assert same_pages(read, x86_pages(model, pages, "numpy", "fp32")), (read, stderr)
 
 
 # ---------------------------------------------------------------- the full test set on every core at once
