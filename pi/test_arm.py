@@ -44,13 +44,11 @@ def x86_answers(model: Path, pictures: list[Path], backend: str, precision: str)
 
 def predict_pages(arch: str, root: Path, core: str, digitpi: list[str], model: Path, pages: list[Path], env: dict,
                   python: Path | None = None) -> tuple[list[tuple[str, list]], str]:
-    """`digitpi predict --multi --json --precision fp32` on the emulated Pi: each page's text and its digits'
+    """`digitpi predict --multi --precision fp32` on the emulated Pi: each page's text and its digits'
     boxes (fp32: the model's sureness chooses where touching digits are cut, and int8 kernels vary by CPU)."""
-    done = userland.run(arch, root, core, [*digitpi, "predict", "--model", str(model), "--multi", "--json",
-                                           "--precision", "fp32", *map(str, pages)], env=env, python=python)
-    assert done.returncode == 0, done.stderr
-    return [(page["text"], [d["box"] for line in page["lines"] for d in line["digits"]])
-            for page in json.loads(done.stdout)], done.stderr
+    answers, stderr = predict_json(arch, root, core, digitpi, model, pages, env, ("--multi", "--precision", "fp32"),
+                                   python)
+    return [(page["text"], [d["box"] for line in page["lines"] for d in line["digits"]]) for page in answers], stderr
 
 
 def x86_pages(model: Path, pages: list[Path], backend: str, precision: str) -> list[tuple[str, list]]:
@@ -91,12 +89,16 @@ def check_full_test_set(results: list, arch: str, core: str, report: dict, model
 
 
 def predict_json(arch: str, root: Path, core: str, digitpi: list[str], model: Path, pictures: list[Path],
-                 env: dict, extra: tuple[str, ...] = (), python: Path | None = None) -> tuple[list[int], str]:
-    """`digitpi predict --json` on the emulated Pi: the digits read, and what it said on stderr."""
+                 env: dict, extra: tuple[str, ...] = (), python: Path | None = None) -> tuple[list[dict], str]:
+    """`digitpi predict --json` on the emulated Pi: its answers, one per picture, and what it said on stderr."""
     done = userland.run(arch, root, core, [*digitpi, "predict", "--model", str(model), "--json", *extra,
                                            *map(str, pictures)], env=env, python=python)
     assert done.returncode == 0, done.stderr
-    return [reading["digit"] for reading in json.loads(done.stdout)], done.stderr
+    return json.loads(done.stdout), done.stderr
+
+
+def digits_read(answers: list[dict]) -> list[int]:
+    return [answer["digit"] for answer in answers]
 
 
 # ---------------------------------------------------------------- 64-bit Raspberry Pi OS
@@ -133,9 +135,9 @@ def test_arm64_predict_reads_pictures_as_x86(arm64, arm64_site, core, model, pic
     env = {"PYTHONPATH": str(arm64_site), "XDG_CACHE_HOME": str(tmp_path / "cache")}
     digitpi = [str(arm64_site / "bin" / "digitpi")]  # the console script pip wrote, run by the emulated python
     for precision in ("int8", "fp32"):
-        digits, stderr = predict_json("arm64", arm64[core], core, digitpi, model, pictures, env,
-                                      ("--precision", precision))
-        assert digits == x86_answers(model, pictures, "onnxruntime", precision), stderr
+        answers, stderr = predict_json("arm64", arm64[core], core, digitpi, model, pictures, env,
+                                       ("--precision", precision))
+        assert digits_read(answers) == x86_answers(model, pictures, "onnxruntime", precision), stderr
 
 
 def test_arm64_reads_pages_as_x86(arm64, arm64_site, model, pages, tmp_path):
@@ -167,10 +169,10 @@ def test_arm64_survives_onnxruntime_killed_at_import(arm64, arm64_site, crashing
     digitpi = [str(arm64_site / "bin" / "digitpi")]
     expected = x86_answers(model, pictures, "numpy", "fp32")
     for attempt in ("probed", "remembered"):
-        digits, stderr = predict_json("arm64", arm64[core], core, digitpi, model, pictures, env)
+        answers, stderr = predict_json("arm64", arm64[core], core, digitpi, model, pictures, env)
         warning = [line for line in stderr.splitlines() if line.strip()]
         assert len(warning) == 1 and "SIGILL" in warning[0] and "NumPy backend" in warning[0], (attempt, stderr)
-        assert digits == expected, attempt
+        assert digits_read(answers) == expected, attempt
     [answer] = json.loads((tmp_path / "cache" / "digitpi" / "onnxruntime-probe.json").read_text()).values()
     assert answer["works"] is False and "SIGILL" in answer["reason"]
 
@@ -238,9 +240,9 @@ def test_armhf_predict_reads_pictures_as_x86(armhf, armhf_venv, model, pictures,
     python, _ = armhf_venv
     core = "cortex-a7"
     digitpi = [str(python.with_name("digitpi"))]
-    digits, stderr = predict_json("armhf", armhf[core], core, digitpi, model, pictures,
-                                  {"XDG_CACHE_HOME": str(tmp_path / "cache")}, python=python)
-    assert digits == x86_answers(model, pictures, "numpy", "fp32"), stderr
+    answers, stderr = predict_json("armhf", armhf[core], core, digitpi, model, pictures,
+                                   {"XDG_CACHE_HOME": str(tmp_path / "cache")}, python=python)
+    assert digits_read(answers) == x86_answers(model, pictures, "numpy", "fp32"), stderr
     assert "onnxruntime is not installed" in stderr  # the runtime says which backend reads
 
 
