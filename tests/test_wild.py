@@ -328,11 +328,13 @@ def test_pages_turned_are_read(classifier, wild_dir) -> None:
 
 def test_one_writers_pages_turned_read_as_level(classifier, wild_dir) -> None:
     """Pages of 1 to 3 lines (50), each line a number of 2 to 5 of one writer's canvas drawings (80 px
-    tall, 20 px apart), turned 20 degrees either way read exactly about as often as level: measured
-    41 level, 41 and 38 turned. Before, 40 level, 38 and 13 turned: past 11 degrees lines fell apart,
-    and digits were framed as turned as the page (the model learned digits turned 10 degrees at most)."""
+    tall, 20 px apart), turned 5 and 20 degrees either way read exactly about as often as level:
+    measured 41 level, 40 and 40 turned 5 degrees, 41 and 38 turned 20. Before, 40 level, 42 and 33
+    turned 5, 38 and 13 turned 20: past 11 degrees lines fell apart, and digits were framed as turned
+    as the page (the model learned digits turned up to 10 degrees, but these writers' digits turned 5
+    degrees clockwise read worse than level: a page is now turned level from 3 degrees)."""
     numbers = one_writers_numbers(wild_dir, 150, lambda rng: rng.integers(2, 6))
-    read = {0: 0, 20: 0, -20: 0}
+    read = {0: 0, 5: 0, -5: 0, 20: 0, -20: 0}
     for k in range(50):
         lines = numbers[3 * k:3 * k + 1 + k % 3]
         rows = [written_in_a_row([drawn_ink(wild_dir / row["file"], 80) for row in number], 20) for number in lines]
@@ -342,7 +344,7 @@ def test_one_writers_pages_turned_read_as_level(classifier, wild_dir) -> None:
         written = "\n".join("".join(row["label"] for row in number) for number in lines)
         for degrees in read:
             read[degrees] += reading.read(classifier, turned(degrees)(page), page=True).text == written
-    assert read[0] >= 38 and min(read[20], read[-20]) >= read[0] - 5, read
+    assert read[0] >= 38 and min(read.values()) >= read[0] - 5, read
 
 
 @pytest.mark.parametrize("gap", [0.15, 0.0], ids=["below", "touching"])
