@@ -107,7 +107,8 @@ def page_pieces(ink: np.ndarray, s: Settings = SETTINGS, layout: Layout = LAYOUT
     lines = find_lines(kept, boxes, layout, slope)
     beside = neighbours(lines, blobs, slope, layout)
     if beside and abs(slope) > (layout.turn_from if beside > 1 else layout.pair_turn_from):
-        level, back = levelled(np.where(blobs.mask(kept, ink.shape), ink, np.float32(0)), slope)  # dropped stays so
+        kept_ink = np.where(blobs.mask(kept, ink.shape), ink, np.float32(0))  # what was dropped stays dropped
+        level, back = levelled(kept_ink, slope)
         return [[(piece, back(box)) for piece, box in line]
                 for line in page_pieces(level, s, replace(layout, most_turn=layout.turn_from), judge)]
     # a line's height is its biggest blob's: a digit, where the line's band may also span loose strokes
@@ -136,7 +137,7 @@ def page_pieces(ink: np.ndarray, s: Settings = SETTINGS, layout: Layout = LAYOUT
 
 def line_slope(blobs: Blobs, kept: np.ndarray, shape: tuple[int, int], most: float, points: int = 8192) -> float:
     """How much the written lines fall per column (rise, if negative), up to `most`: a phone held
-    askew, or a writer's lines climbing. The slope, in steps of 0.02, that gathers the kept ink (about
+    askew, or a writer's lines climbing. The slope (in steps of about 0.02) that gathers the kept ink (about
     `points` of its pixels, taken evenly along its runs: fewer let strokes of a few digits line up by
     chance) onto the fewest rows. Of one digit alone it is the slope of its strokes."""
     runs = np.flatnonzero(np.isin(blobs.label, kept))
