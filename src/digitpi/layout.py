@@ -37,6 +37,7 @@ from digitpi.preprocess import (
     ink_map,
     load_upright,
     slope_of,
+    smallest_digit,
     source_name,
 )
 
@@ -101,7 +102,7 @@ def page_pieces(ink: np.ndarray, s: Settings = SETTINGS, layout: Layout = LAYOUT
     that climb) stays dropped."""
     blobs, kept = ink_blobs(ink, s)
     area, boxes = blobs.area, blobs.boxes
-    if len(kept) == 0 or np.max(boxes[kept, 2] - boxes[kept, 0]) < max(2, s.min_digit * max(ink.shape)):
+    if len(kept) == 0 or np.max(boxes[kept, 2] - boxes[kept, 0]) < smallest_digit(ink.shape, s):
         raise NoDigitError("no digit found (only specks)")  # before the lines: thousands of specks are slow
     slope = line_slope(blobs, kept, ink.shape, layout.most_turn)
     lines = find_lines(kept, boxes, layout, slope)

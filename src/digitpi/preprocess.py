@@ -1113,6 +1113,12 @@ def near(mask: np.ndarray, k: int, axis: int) -> np.ndarray:
     return ahead > behind
 
 
+def smallest_digit(shape: tuple[int, int], s: Settings = SETTINGS) -> float:
+    """The fewest pixels a digit's longer side spans in a picture of `shape` (`min_digit` of its longer
+    side, 2 at least): shorter ink is specks."""
+    return max(2.0, s.min_digit * max(shape))
+
+
 def without_boxes(ink: np.ndarray, blobs: Blobs, keep: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
     """`keep` without the boxes drawn around digits (a form's fields, a frame), each digit told from
     specks inside its box by itself: a thin pen inside a bold box is the digit. A box is a kept blob
@@ -1123,7 +1129,7 @@ def without_boxes(ink: np.ndarray, blobs: Blobs, keep: np.ndarray, s: Settings =
     thousands of specks would otherwise compare every one with every other."""
     boxes = blobs.boxes
     top, left, bottom, right = boxes.T
-    frames = keep[np.maximum(bottom - top, right - left)[keep] >= max(3, s.min_digit * max(ink.shape))]
+    frames = keep[np.maximum(bottom - top, right - left)[keep] >= max(3.0, smallest_digit(ink.shape, s))]
     held = ((top > top[frames, None]) & (left > left[frames, None]) & (bottom < bottom[frames, None])
             & (right < right[frames, None]))  # (frames, blobs): blob j lies inside frame i's box
     if not held.any():  # most pictures: no blob holds another
@@ -1176,7 +1182,7 @@ def digit_ink(ink: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
     keep = without_underline(boxes, keep)
     box = boxes[keep]
     height, width = box[:, 2].max() - box[:, 0].min(), box[:, 3].max() - box[:, 1].min()
-    if max(height, width) < max(2, s.min_digit * max(ink.shape)):
+    if max(height, width) < smallest_digit(ink.shape, s):
         raise NoDigitError("no digit found (only specks)")
     return np.where(blobs.mask(keep, ink.shape), ink, 0.0)
 
