@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -173,6 +174,17 @@ def test_bad_input_is_one_line_error(make, message, fast_export, mnist_test, tmp
     err = captured.err.strip()
     assert err.startswith(f"digitpi: error: {path}: ") and "\n" not in err
     assert re.search(message, err)
+
+
+def test_the_runtime_sends_onnxruntime_no_telemetry(fast_export, mnist_test, tmp_path):
+    """onnxruntime 1.29+ queues events about the machine for Microsoft under ~/.cache unless told not to."""
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")}
+    done = subprocess.run([sys.executable, "-m", "digitpi", "predict", "--model", str(fast_export),
+                           str(scan(mnist_test[0][0], tmp_path / "d.png"))], env={**env, "HOME": str(home)},
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert not (home / ".cache" / "Microsoft").exists()
 
 
 def test_no_traceback_from_the_real_command(fast_export, mnist_test, tmp_path):

@@ -13,6 +13,7 @@ must work without torch, and `digitpi --help` must start fast; `read` imports wh
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,11 @@ if TYPE_CHECKING:
     from digitpi.runtime import Classifier
 
 __version__ = "0.1.0"
+
+# onnxruntime's Linux wheels (1.29 on) queue events about the machine and the process for Microsoft and keep a
+# device id under ~/.cache. A digit reader has no business sending them: off before any onnxruntime import reads
+# it, unless the user's environment says otherwise (ORT_DISABLE_TELEMETRY=0).
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 DEFAULT_MODEL = Path("runs/default/export")  # what `make main` exports, relative to where it ran
 
