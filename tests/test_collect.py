@@ -113,6 +113,37 @@ def test_bad_samples_get_a_4xx_and_nothing_is_stored(collecting, mnist_test, que
     assert client.get("/samples/stats").json()["total"] == before
 
 
+def test_a_database_locked_by_another_program_is_a_503_and_predictions_go_on(collecting, mnist_test):
+    """A sqlite3 shell left in a transaction on the server's database: corrections wait for it (5 s),
+    then answer 503 with a message; meanwhile /predict answers, and once the lock goes, samples are kept."""
+    client, db = collecting
+    picture = png(mnist_test[0][0])
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    finished: list[tuple[str, int, dict]] = []
+
+    def post(path: str) -> None:
+        r = client.post(path, content=picture, headers={"Content-Type": "image/png"})
+        finished.append((path, r.status_code, r.json()))
+
+    try:
+        waiting = [threading.Thread(target=post, args=("/samples?label=7",)) for _ in range(2)]  # as many as decoders
+        for t in waiting:
+            t.start()
+        time.sleep(1)
+        post("/predict")
+        for t in waiting:
+            t.join(timeout=60)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert [path for path, *_ in finished] == ["/predict", "/samples?label=7", "/samples?label=7"]
+    assert finished[0][1] == 200
+    assert all(status == 503 and "locked" in body["error"] for _, status, body in finished[1:])
+    r = client.post("/samples?label=7", content=picture, headers={"Content-Type": "image/png"})
+    assert r.status_code == 201
+
+
 def test_sigkill_while_writing_loses_no_acknowledged_sample(fast_export, tmp_path, mnist_test):
     """A Pi losing power mid-write, as near as a process can come: the server killed with SIGKILL
     while four clients post samples. Every sample it answered 201 for must be there afterwards."""

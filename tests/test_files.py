@@ -95,10 +95,12 @@ def test_one_writer_per_folder(tmp_path):
 
 
 def test_a_failure_removes_the_folder_it_created(tmp_path):
-    with pytest.raises(RuntimeError), files.writing(tmp_path / "new"):
+    with pytest.raises(RuntimeError), files.writing(tmp_path / "new") as out:
+        files.write_atomic(out / "config.json", b"{}")  # stopped after the first files of a run were saved
         raise RuntimeError("export failed")
     assert not (tmp_path / "new").exists()
     (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("mine")
     with pytest.raises(RuntimeError), files.writing(tmp_path / "kept"):
         raise RuntimeError("export failed")
-    assert (tmp_path / "kept").is_dir()  # the user's own folder stays
+    assert (tmp_path / "kept" / "notes.txt").is_file()  # the user's own folder stays

@@ -12,10 +12,12 @@ tried; a fat marker is a style, like a real writer's.
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from digitpi import data, finetune, rundir, samples
 from digitpi.cli import main
@@ -98,6 +100,32 @@ def test_the_default_model_keeps_mnist_above_the_floor(trained_run, writer_db, t
           f"{100 * report['holdout_after']:.1f} %; MNIST {100 * report['mnist_after']:.2f} %")
     assert report["mnist_after"] >= MNIST_FLOOR
     assert report["holdout_after"] >= report["holdout_before"] + 0.12  # measured: 76 -> 96 % (mid_cnn)
+
+
+def test_a_run_copied_from_another_pc_is_taught_from_inside_it(fast_run, mnist_dir, tmp_path, monkeypatch, capsys):
+    """The run folder copied from another PC, its MNIST folder gone: `--data-dir` says where MNIST is here.
+    `finetune .` in it writes beside it; a picture among the user's that cannot be read is skipped."""
+    copied = tmp_path / "copied"
+    shutil.copytree(fast_run, copied)
+    config = json.loads((copied / rundir.CONFIG).read_text())
+    (copied / rundir.CONFIG).write_text(json.dumps({**config, "data_dir": str(tmp_path / "alice" / "mnist")}))
+    images, labels = fat_marker_writer(4, seed=2)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        (tmp_path / "mine" / str(label)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(255 - image).save(tmp_path / "mine" / str(label) / f"{i}.png")
+    (tmp_path / "mine" / "3" / "notes.png").write_text("not a picture")
+    monkeypatch.chdir(copied)
+    small = ["--samples", str(tmp_path / "mine"), "--epochs", "1", "--replay", "500", "--quiet"]
+    assert main(["finetune", ".", *small]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "alice" in err
+    assert main(["finetune", ".", *small, "--data-dir", str(mnist_dir)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "notes.png" in captured.err
+    assert "skipped 1 pictures" in captured.out and rundir.is_complete(tmp_path / "copied-finetuned")
+    assert rundir.load_metrics(tmp_path / "copied-finetuned")["finetune"]["per_digit"] == [4] * 10
+    assert main(["finetune", "/", *small]) == 2
+    assert "say where with --out" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv,words", [

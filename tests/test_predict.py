@@ -176,6 +176,14 @@ def test_bad_input_is_one_line_error(make, message, fast_export, mnist_test, tmp
     assert re.search(message, err)
 
 
+def test_save_input_never_replaces_a_picture_being_read(fast_export, mnist_test, tmp_path, capsys):
+    photo = scan(mnist_test[0][0], tmp_path / "photo.png")
+    before = photo.read_bytes()
+    assert main(["predict", "--model", str(fast_export), str(photo), "--save-input", str(photo)]) == 2
+    assert "is one of the pictures to read" in capsys.readouterr().err
+    assert photo.read_bytes() == before
+
+
 def test_the_runtime_sends_onnxruntime_no_telemetry(fast_export, mnist_test, tmp_path):
     """onnxruntime 1.29+ queues events about the machine for Microsoft under ~/.cache unless told not to."""
     home = tmp_path / "home"

@@ -6,9 +6,17 @@ through the database, an export folder and its import, a copy of the file, and a
 
 from __future__ import annotations
 
+import csv
 import io
 import json
+import os
+import shutil
 import sqlite3
+import subprocess
+import sys
+import tempfile
+import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,8 +196,147 @@ def test_importing_pictures_skips_one_without_a_digit_and_says_so(tmp_path, digi
     assert "imported 4 samples" in captured.out and "skipped 2 pictures" in captured.out
     with samples.SampleStore(db, create=False) as store:
         assert store.count() == 4
-    with pytest.raises(preprocess.ImageError, match="blank.png|notes.png"):  # fine-tuning reads all or stops
+    with pytest.raises(preprocess.ImageError, match="blank.png|notes.png"):  # without `skipped`: all or nothing
         samples.read_samples(tmp_path / "mine")
+
+
+def test_a_huge_file_among_the_pictures_is_skipped_without_reading_it_whole(tmp_path, digits, capsys):
+    """A 300 MB file that is no picture (sparse: it costs no disk) in a folder per digit: one line, the
+    others imported, and it is never read into memory."""
+    images, labels = digits
+    (tmp_path / "mine" / str(labels[0])).mkdir(parents=True)
+    (tmp_path / "mine" / str(labels[0]) / "a.png").write_bytes(png(255 - images[0]))
+    with open(tmp_path / "mine" / str(labels[0]) / "video.png", "wb") as f:
+        f.truncate(300 * 2**20)
+    tracemalloc.start()
+    try:
+        assert main(["samples", "import", str(tmp_path / "mine"), "--samples", str(tmp_path / "s.db")]) == 2
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "video.png" in captured.err
+    assert "imported 1 samples" in captured.out
+    assert peak < 50 * 2**20, f"{peak / 2**20:.0f} MB traced"
+
+
+def damaged(path: Path) -> None:
+    """Overwrite the middle third of a database file with noise, its header page intact: an SD card's damage."""
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.seek(size // 3)
+        f.write(np.random.default_rng(0).integers(0, 256, size // 3, dtype=np.uint8).tobytes())
+
+
+def test_a_damaged_database_is_one_line_for_every_command(tmp_path, digits, capsys):
+    images, labels = digits
+    db = tmp_path / "samples.db"
+    with samples.SampleStore(db) as s:
+        s.add_many([sample_of(image, int(label)) for image, label in zip(images, labels)])
+    damaged(db)
+    for argv in (["stats"], ["list"], ["export", str(tmp_path / "out")], ["export", str(tmp_path / "copy"), "--sqlite"],
+                 ["delete", "--all"], ["import", str(tmp_path / "nothing")]):
+        assert main(["samples", *argv, "--samples", str(db)]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "malformed" in err, (argv, err)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "copy").exists()  # no half-made export
+
+
+def test_another_programs_lock_is_one_line_after_the_wait(tmp_path, digits):
+    images, labels = digits
+    db = tmp_path / "samples.db"
+    with samples.SampleStore(db, samples.Limits(busy_seconds=0.2)) as store:
+        store.add(sample_of(images[0], int(labels[0])))
+        other = sqlite3.connect(db, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")  # a sqlite3 shell left in a transaction
+        for write in (lambda: store.add(sample_of(images[1], int(labels[1]))), lambda: store.delete(label=1)):
+            with pytest.raises(samples.StoreError, match="locked.*another program holds it"):
+                write()
+        assert store.count() == 1  # reading goes on beside the writer (WAL)
+        other.execute("ROLLBACK")
+        store.add(sample_of(images[1], int(labels[1])))
+        assert store.count() == 2
+
+
+def test_a_database_of_another_shape_is_refused(tmp_path, digits):
+    """Written by hand or by another program: columns missing, or rows that break the schema's checks."""
+    raw = sqlite3.connect(tmp_path / "columns.db")
+    raw.executescript("CREATE TABLE samples (id INTEGER PRIMARY KEY, label INTEGER); PRAGMA user_version = 1;")
+    raw.close()
+    with pytest.raises(samples.SamplesError, match="columns id, label"):
+        samples.SampleStore(tmp_path / "columns.db")
+    with samples.SampleStore(tmp_path / "rows.db") as s:
+        s.add(sample_of(digits[0][0], 4))
+    raw = sqlite3.connect(tmp_path / "rows.db")
+    raw.executescript("PRAGMA ignore_check_constraints = 1; UPDATE samples SET label = 12;")
+    raw.close()
+    with pytest.raises(samples.SamplesError, match="1 rows with a label that is not a digit"):
+        samples.SampleStore(tmp_path / "rows.db")
+
+
+def test_reading_needs_no_right_to_write(tmp_path, digits):
+    """A database another user owns (the Pi's service user), in a folder only they may write: `stats`,
+    `list` and `export` read it; `delete` says it cannot write."""
+    shared = Path(tempfile.mkdtemp(prefix="digitpi-shared-"))  # not under pytest's tmp_path: that is private
+    try:
+        with samples.SampleStore(shared / "samples.db") as s:
+            s.add(sample_of(digits[0][0], int(digits[1][0])))
+        shared.chmod(0o755)
+        (shared / "samples.db").chmod(0o644)
+        out = Path(tempfile.mkdtemp(prefix="digitpi-out-"))
+        out.chmod(0o777)
+        other = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+        if not other:
+            shared.chmod(0o555)  # ourselves, without the right to write the folder or the file
+            (shared / "samples.db").chmod(0o444)
+
+        def digitpi(*argv: str) -> subprocess.CompletedProcess:
+            return subprocess.run([*other, sys.executable, "-m", "digitpi", "samples", *argv, "--samples",
+                                   str(shared / "samples.db")], capture_output=True, text=True, cwd=out)
+
+        assert "1 samples" in digitpi("stats").stdout
+        assert digitpi("list", "--json").returncode == 0
+        assert digitpi("export", str(out / "ex")).returncode == 0 and (out / "ex" / samples.EXPORT_CSV).is_file()
+        refused = digitpi("delete", "--all")
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "readonly" in refused.stderr
+        with samples.SampleStore(shared / "samples.db", writable=False) as s:
+            assert s.count() == 1
+    finally:
+        for folder in (shared, out):
+            folder.chmod(0o755)
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("change,words", [
+    ({"label": "12"}, "label must be a digit"),
+    ({"input": "../elsewhere.png"}, "is not a file in"),
+    ({"picture": "/dev/zero"}, "is not a file in"),
+    ({"input": "big.png"}, "is 29x28, not 28x28"),
+    ({"input": "bomb.png"}, "image too large"),
+])
+def test_an_export_folder_is_checked_as_the_database_checks_samples(store, digits, tmp_path, change, words, capsys):
+    """An export from someone else: its CSV may name any file and hold any label."""
+    images, labels = digits
+    for image, label in zip(images[:3], labels[:3]):
+        store.add(sample_of(image, int(label)))
+    folder = tmp_path / "export"
+    samples.export_folder(store, folder)
+    Image.new("L", (29, 28)).save(folder / "big.png")
+    Image.new("1", (20_000, 20_000)).save(folder / "bomb.png")  # 400 megapixels in a few KB
+    (tmp_path / "elsewhere.png").write_bytes(png(images[0]))
+    rows = samples.export_rows(folder)
+    rows[1].update(change)
+    with open(folder / samples.EXPORT_CSV, "w", newline="") as f:
+        writer = csv.DictWriter(f, samples.CSV_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(samples.SamplesError, match=f"line 3: .*{words}"):
+        samples.read_samples(folder)
+    assert main(["samples", "import", str(folder), "--samples", str(tmp_path / "new.db")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err
+    with samples.SampleStore(tmp_path / "new.db", create=False) as new:
+        assert new.count() == 0  # an export is one piece, written by digitpi: a bad row refuses it whole
 
 
 def test_samples_command(tmp_path, digits, capsys):
@@ -211,6 +358,15 @@ def test_samples_command(tmp_path, digits, capsys):
     assert "exported 6 samples" in capsys.readouterr().out
     assert main(["samples", "export", str(tmp_path / "copy"), "--sqlite", "--samples", str(db)]) == 0
     assert (tmp_path / "copy" / samples.FILE_NAME).is_file()
+    copied = (tmp_path / "copy" / samples.FILE_NAME).read_bytes()
+    assert main(["samples", "export", str(tmp_path / "copy"), "--sqlite", "--samples", str(db)]) == 2
+    assert "exists already" in capsys.readouterr().err  # an older copy is never replaced
+    assert (tmp_path / "copy" / samples.FILE_NAME).read_bytes() == copied
+    for last in ("0", "-5"):
+        assert main(["samples", "list", "--last", last, "--samples", str(db)]) == 2
+        assert "--last must be at least 1" in capsys.readouterr().err
+    assert main(["samples", "list", "--last", "1" + "0" * 30, "--samples", str(db), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 6
     assert main(["samples", "import", str(tmp_path / "out"), "--samples", str(tmp_path / "new.db")]) == 0
     assert "imported 6 samples" in capsys.readouterr().out
     assert main(["samples", "delete", "--samples", str(db)]) == 2

@@ -350,6 +350,27 @@ def test_connections_over_the_cap_close_the_oldest_idle_one(strict_server, mnist
         sock.close()
 
 
+@pytest.mark.parametrize("request_bytes", [
+    b"POST /predict HTTP/1.1\r\nHost: localhost\r\nContent-Length: -1\r\n\r\n",
+    b"POST /predict HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 a TLS hello\r\n\r\n",
+    b"GET /he\x00alth HTTP/1.1\r\nHost: localhost\r\n\r\n",
+])
+def test_a_request_that_cannot_be_parsed_gets_a_json_400(strict_server, mnist_test, request_bytes):
+    url, port = strict_server
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(request_bytes)
+        sock.settimeout(6)
+        answer = b""
+        while chunk := sock.recv(4096):  # until the server closes it
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head.lower()
+    assert "error" in json.loads(body)
+    with httpx.Client(base_url=url, timeout=30) as client:
+        assert_still_serving(client, mnist_test)
+
+
 def test_allowed_hosts_adds_names(strict_server):
     url, _ = strict_server
     with httpx.Client(base_url=url, timeout=30) as client:

@@ -229,7 +229,10 @@ def cmd_samples(args: argparse.Namespace) -> int:
     from digitpi import samples
 
     path = Path(args.samples) if args.samples else samples.default_path()
-    with samples.SampleStore(path, create=args.action == "import") as store:
+    if args.action == "list" and args.last is not None and args.last < 1:
+        fail(f"--last must be at least 1, got {args.last}")
+    writes = args.action in ("import", "delete")  # the others only read: a database another user owns will do
+    with samples.SampleStore(path, create=args.action == "import", writable=writes) as store:
         if args.action == "stats":
             stats = store.stats()
             print(json.dumps(stats, indent=2) if args.json else samples.format_stats(stats, path))
@@ -237,12 +240,13 @@ def cmd_samples(args: argparse.Namespace) -> int:
             rows = store.listing(label=args.label, last=args.last)
             print(json.dumps(rows, indent=2) if args.json else samples.format_listing(rows))
         elif args.action == "export":
-            out = writable_dir(args.dir)
-            if args.sqlite:
-                store.backup(out / samples.FILE_NAME)
-                print(f"copied {store.count():,} samples to {out / samples.FILE_NAME}")
-            else:
-                print(f"exported {samples.export_folder(store, out):,} samples to {out}")
+            with files.writing(args.dir) as out:  # cut short, it leaves no folder it made
+                writable_dir(out)
+                if args.sqlite:
+                    store.backup(out / samples.FILE_NAME)
+                    print(f"copied {store.count():,} samples to {out / samples.FILE_NAME}")
+                else:
+                    print(f"exported {samples.export_folder(store, out):,} samples to {out}")
         elif args.action == "import":
             skipped: list[str] = []
             added, present = samples.import_into(store, args.source, skipped=skipped)
@@ -258,12 +262,15 @@ def cmd_samples(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_finetune(args: argparse.Namespace) -> None:
-    from digitpi import finetune
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from digitpi import finetune, rundir
     from digitpi.config import FinetuneConfig
 
     run_dir = Path(args.run_dir)
-    out = Path(args.out) if args.out else run_dir.with_name(run_dir.name + "-finetuned")
+    named = run_dir if run_dir.name not in ("", "..") else run_dir.resolve()  # ".", "..": the folder's own name
+    if not args.out and not named.name:
+        fail(f"{run_dir} has no name to give the new run: say where with --out DIR")
+    out = Path(args.out) if args.out else named.with_name(named.name + "-finetuned")
     if out.resolve() == run_dir.resolve():
         fail(f"--out {out} is the run being fine-tuned: choose another folder")
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneConfig)
@@ -272,10 +279,18 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         cfg = FinetuneConfig(**overrides)
     except ValueError as e:
         fail(str(e))
+    skipped: list[str] = []
     with files.writing(out):  # one run at a time per folder; a failure leaves no folder it made
-        report = finetune.finetune_run(run_dir, Path(args.samples), writable_dir(out), cfg, progress=not args.quiet)
+        replacing = rundir.is_complete(out)
+        report = finetune.finetune_run(run_dir, Path(args.samples), writable_dir(out), cfg, args.data_dir,
+                                       progress=not args.quiet, skipped=skipped)
+    for message in skipped:  # each picture that could not be read: one line, and the others were learned
+        print(f"digitpi: error: {message}", file=sys.stderr)
     print(finetune.format_report(report))
-    print(f"saved run to {out}; `digitpi export {out}` takes it to the Pi")
+    print(f"saved run to {out}" + (", in place of the run that was there" if replacing else "")
+          + f"; `digitpi export {out}` takes it to the Pi"
+          + (f"; skipped {len(skipped):,} pictures" if skipped else ""))
+    return 2 if skipped else 0
 
 
 def cmd_service(args: argparse.Namespace) -> None:
@@ -299,6 +314,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         fail(f"{STDIN} (-) can be read only once")
     if args.save_input:
         files.check_replaceable(Path(args.save_input))  # a FIFO or a device there: refused before any work
+        pictures = [image for image in args.images if image != "-" and os.path.exists(image)]
+        if os.path.exists(args.save_input) and any(os.path.samefile(p, args.save_input) for p in pictures):
+            fail(f"--save-input {args.save_input} is one of the pictures to read: it is not replaced")
     classifier = runtime.Classifier.load(args.model, precision=args.precision)
     top = min(args.top, len(classifier.classes))
     records, seen, failed = [], [], 0
@@ -516,6 +534,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--samples", required=True, metavar="DB_OR_DIR",
                    help="a samples database, `samples export` folder, or folders 0/ ... 9/ of pictures")
     p.add_argument("--out", metavar="DIR", help="the new run folder (default: RUN_DIR-finetuned)")
+    p.add_argument("--data-dir", metavar="DIR", help="the MNIST folder (default: the run's, else as `train` finds it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines")
     from digitpi.config import FinetuneConfig
 

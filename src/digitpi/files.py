@@ -121,9 +121,8 @@ def writing(folder: str | os.PathLike) -> Iterator[Path]:
                                 "or choose another folder") from None
         yield folder
     except BaseException:
-        if created:  # a failure leaves no empty folder behind
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        if created:  # a failure (Ctrl-C, SIGTERM mid-save) leaves no folder behind: only this process wrote in it
+            shutil.rmtree(folder, ignore_errors=True)
         raise
     finally:
         os.close(fd)

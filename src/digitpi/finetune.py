@@ -90,15 +90,16 @@ def finetune_model(model: nn.Module, run_cfg: Config, split: Split, cfg: Finetun
 
 
 def finetune_run(run_dir: Path, source: Path, out_dir: Path, cfg: FinetuneConfig | None = None,
-                 data_dir: str | None = None, progress: bool = True) -> dict:
+                 data_dir: str | None = None, progress: bool = True, skipped: list[str] | None = None) -> dict:
     """Fine-tune the run in `run_dir` on the samples in `source` and save it as a run in `out_dir`;
-    returns what was measured, which the new run's metrics.json keeps under "finetune"."""
+    returns what was measured, which the new run's metrics.json keeps under "finetune". With
+    `skipped`, a picture of a folder per digit that cannot be read is left out, its error kept there."""
     start = time.perf_counter()
     cfg = cfg or FinetuneConfig()
     base, run_cfg = rundir.load_checkpoint(run_dir)
     if run_cfg.dataset != "mnist":
         raise UserError(f"{run_dir} was trained on {run_cfg.dataset}: only MNIST runs read digits")
-    images, labels = samples.read_samples(source)
+    images, labels = samples.read_samples(source, skipped)
     if not len(labels):
         raise UserError(f"{source} holds no samples: collect some with `digitpi serve --collect`")
     split = split_samples(images, labels, cfg.holdout, cfg.seed)

@@ -96,6 +96,12 @@ def guarded_protocol(header_timeout: float, max_connections: int) -> type[H11Pro
             self.stop_watching()
             super().connection_lost(exc)
 
+        def send_400_response(self, msg: str) -> None:
+            """A request h11 cannot parse (a Content-Length of -1, a garbled request line), answered in
+            JSON as every other refusal is, not uvicorn's plain text."""
+            self.transport.write(raw_error(400, "Bad Request", msg))
+            self.transport.close()
+
         def watch_headers(self) -> None:
             """Start the header clock when the connection waits for a request that has begun (or for
             its first); stop it once the request's headers are in."""

@@ -17,6 +17,7 @@ Where samples come from, and what `read_samples` (fine-tuning) takes:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import io
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from digitpi import UserError, files, preprocess
+from digitpi import UserError, files, one_line, preprocess
 from digitpi.contract import IMAGE_SIZE, NUM_CLASSES
 
 FILE_NAME = "samples.db"  # in the user's data folder unless `--samples PATH` says otherwise
@@ -69,6 +70,7 @@ class Limits:
     max_samples: int = 5_000  # a few hundred teach a writer; more only fills a Pi's SD card
     max_picture_bytes: int = 256 * 1024  # a larger picture is kept as a grey JPEG, reduced until it fits
     reduced_side: int = preprocess.SETTINGS.load_side  # px: preprocessing never reads more of a picture
+    busy_seconds: float = 30.0  # how long to wait for another program's lock before saying it is locked
 
 
 LIMITS = Limits()
@@ -80,6 +82,21 @@ class SamplesError(UserError):
 
 class FullError(SamplesError):
     """The database holds `Limits.max_samples` samples: export and delete some first."""
+
+
+class StoreError(SamplesError):
+    """The database failed under a command: damaged (an SD card cut off mid-write by the OS, not by
+    SQLite), locked by another program past the wait, or not writable. Not the request's fault: a
+    server answers 503."""
+
+
+def store_error(path: Path, e: sqlite3.Error) -> StoreError:
+    text = str(e)
+    hint = ("another program holds it (a sqlite3 shell, a database browser): close it and try again"
+            if "locked" in text or "busy" in text else
+            f"`sqlite3 {path} .recover` may save what is left" if "malformed" in text or "not a database" in text
+            else "")
+    return StoreError(f"{path}: {text}" + (f"; {hint}" if hint else ""))
 
 
 @dataclass(frozen=True)
@@ -125,10 +142,13 @@ def extension(fmt: str) -> str:
     return next((ext for ext, name in Image.registered_extensions().items() if name == fmt), ".bin")
 
 
-def capped(picture: bytes, limits: Limits = LIMITS) -> tuple[bytes, str, bool]:
-    """(bytes, format, reduced): the picture as received when it fits `max_picture_bytes`, else a grey
-    JPEG of it, upright, its longer side `reduced_side` or halved until it fits."""
-    if len(picture) <= limits.max_picture_bytes:
+def capped(picture: bytes | Path, limits: Limits = LIMITS) -> tuple[bytes, str, bool]:
+    """(bytes, format, reduced): the picture (its bytes, or a file that is never read whole when it is
+    larger) as received when it fits `max_picture_bytes`, else a grey JPEG of it, upright, its longer
+    side `reduced_side` or halved until it fits."""
+    if isinstance(picture, Path) and picture.stat().st_size <= limits.max_picture_bytes:
+        picture = picture.read_bytes()
+    if isinstance(picture, bytes) and len(picture) <= limits.max_picture_bytes:
         return picture, picture_format(picture), False
     side = limits.reduced_side
     while True:
@@ -163,40 +183,84 @@ def checked(sample: Sample) -> Sample:
 # ---------------------------------------------------------------- the database
 
 
+COLUMNS = ("id", "created", "label", "predicted", "probabilities", "model_sha256", "origin", "picture",
+           "picture_format", "picture_reduced", "input")
+# Rows that break the schema's checks: only a file written by hand (PRAGMA ignore_check_constraints) holds any
+BROKEN_ROWS = (f"SELECT count(*) FROM samples WHERE label NOT BETWEEN 0 AND {NUM_CLASSES - 1} "
+               f"OR predicted NOT BETWEEN 0 AND {NUM_CLASSES - 1} OR length(input) != {INPUT_BYTES}")
+
+
 class SampleStore:
     """One samples database. Safe to share between a server's threads: one connection, one lock;
-    other processes (`digitpi samples list` while the server runs) read it side by side (WAL)."""
+    other processes (`digitpi samples list` while the server runs) read it side by side (WAL).
+    `writable=False` opens it read-only: a database the Pi's service user owns can be read by anyone
+    who may read the file. Every SQLite failure is a one-line `SamplesError`."""
 
-    def __init__(self, path: str | Path, limits: Limits = LIMITS, create: bool = True) -> None:
+    def __init__(self, path: str | Path, limits: Limits = LIMITS, create: bool = True, writable: bool = True) -> None:
         self.path = Path(path)
         self.limits = limits
         self.lock = threading.Lock()
         if not self.path.is_file():
-            if not create:
+            if not create or not writable:
                 raise SamplesError(f"no samples database {self.path}")
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise SamplesError(f"cannot create {self.path.parent}: {e.strerror}") from None
         try:
-            # autocommit (isolation_level=None): every transaction below is an explicit BEGIN ... COMMIT
-            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            self.setup()
-        except sqlite3.DatabaseError as e:  # not a database, a read-only folder, another program's file
-            if hasattr(self, "db"):
-                self.db.close()
+            self.open(writable)
+        except sqlite3.Error as e:  # not a database, a read-only folder, another program's file, damage
             raise SamplesError(f"{self.path}: cannot use it as a samples database ({e})") from None
 
-    def setup(self) -> None:
+    def open(self, writable: bool) -> None:
+        """Connect (autocommit: every transaction below is an explicit BEGIN ... COMMIT) and check the
+        file. Read-only, `mode=ro` shares the WAL's -shm file with a server writing the database; when
+        no one has it open there is no -shm, none can be made in a folder we may not write, and
+        `immutable=1` reads the file as it is."""
+        uri = self.path.resolve().as_uri()
+        tries = [str(self.path)] if writable else [f"{uri}?mode=ro", f"{uri}?immutable=1"]
+        for where in tries:
+            self.db = sqlite3.connect(where, timeout=self.limits.busy_seconds, isolation_level=None,
+                                      check_same_thread=False, uri=not writable)
+            try:
+                self.setup(writable)
+                return
+            except sqlite3.Error as e:
+                self.db.close()
+                no_shm = (getattr(e, "sqlite_errorname", None) or "").startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN"))
+                if where == tries[-1] or not no_shm:
+                    raise
+
+    def setup(self, writable: bool) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         tables = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if tables and (version != SCHEMA_VERSION or "samples" not in tables):
             raise sqlite3.DatabaseError(f"schema version {version}, tables {', '.join(sorted(tables))}; "
                                         f"this digitpi reads version {SCHEMA_VERSION}")
+        if tables:
+            columns = tuple(row[1] for row in self.db.execute("PRAGMA table_info(samples)"))
+            if columns != COLUMNS:
+                raise sqlite3.DatabaseError(f"its samples table has columns {', '.join(columns)}")
+            broken = self.db.execute(BROKEN_ROWS).fetchone()[0]
+            if broken:
+                raise sqlite3.DatabaseError(f"{broken:,} rows with a label that is not a digit or an input "
+                                            f"that is not {IMAGE_SIZE}x{IMAGE_SIZE}: written by hand?")
+        if not writable:
+            return
         self.db.execute("PRAGMA journal_mode = WAL")  # readers and the writer side by side; atomic commits
         self.db.execute("PRAGMA synchronous = FULL")  # each commit reaches the disk before add() returns
         if not tables:
             self.db.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock (a server's threads share it and its transaction); SQLite's
+        failures (damage, another program's lock held past `busy_seconds`) as a one-line `StoreError`."""
+        with self.lock:
+            try:
+                yield self.db
+            except sqlite3.Error as e:
+                raise store_error(self.path, e) from None
 
     def close(self) -> None:
         self.db.close()
@@ -216,22 +280,24 @@ class SampleStore:
     def add_many(self, samples: list[Sample]) -> list[int | None]:
         """Store samples in one transaction: all or none. Ids, or None for one already stored."""
         rows = [self.row(checked(s)) for s in samples]
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")  # the count and the inserts, with no other writer between
+        with self.session() as db:
+            db.execute("BEGIN IMMEDIATE")  # the count and the inserts, with no other writer between
             try:
-                count = self.db.execute("SELECT count(*) FROM samples").fetchone()[0]
+                count = db.execute("SELECT count(*) FROM samples").fetchone()[0]
                 if count + len(rows) > self.limits.max_samples:
                     raise FullError(f"{self.path} holds {count:,} samples and the limit is "
                                     f"{self.limits.max_samples:,}: export and delete some (`digitpi samples`)")
                 ids = []
                 for row in rows:
-                    cursor = self.db.execute(
+                    cursor = db.execute(
                         "INSERT OR IGNORE INTO samples (created, label, predicted, probabilities, model_sha256, "
                         "origin, picture, picture_format, picture_reduced, input) VALUES (?,?,?,?,?,?,?,?,?,?)", row)
                     ids.append(cursor.lastrowid if cursor.rowcount else None)
-                self.db.execute("COMMIT")
+                db.execute("COMMIT")
             except BaseException:
-                self.db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite may have rolled back already (a full disk, an I/O error)
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
                 raise
         return ids
 
@@ -244,13 +310,13 @@ class SampleStore:
     def delete(self, ids: list[int] | None = None, label: int | None = None) -> int:
         """Delete the samples with these ids and/or this label (both None: every sample); returns how many."""
         where, params = self.where(ids, label)
-        with self.lock:
-            return self.db.execute(f"DELETE FROM samples{where}", params).rowcount
+        with self.session() as db:
+            return db.execute(f"DELETE FROM samples{where}", params).rowcount
 
     def fetch(self, sql: str, params: list | tuple = ()) -> list[tuple]:
-        """Rows of one query, under the lock: a server's threads share one connection and its transaction."""
-        with self.lock:
-            return self.db.execute(sql, params).fetchall()
+        """Rows of one query."""
+        with self.session() as db:
+            return db.execute(sql, params).fetchall()
 
     # ---------------------------------------------------------------- reading
 
@@ -283,7 +349,7 @@ class SampleStore:
     def listing(self, label: int | None = None, last: int | None = None) -> list[dict]:
         """The samples without their pictures, oldest first (the `last` newest if given)."""
         where, params = self.where(label=label)
-        limit = f" LIMIT {int(last)}" if last is not None else ""
+        limit = f" LIMIT {min(int(last), 2**62)}" if last is not None else ""  # SQLite's integers are 64-bit
         rows = self.fetch(f"SELECT {META_COLUMNS} FROM samples{where} ORDER BY id DESC{limit}", params)
         keys = ("id", "created", "label", "predicted", "probabilities", "model_sha256", "origin", "picture_format",
                 "picture_reduced", "picture_bytes")
@@ -319,17 +385,23 @@ class SampleStore:
         return images.copy(), np.array([r[1] for r in rows], np.int64), np.array([r[0] for r in rows], np.int64)
 
     def backup(self, dest: Path) -> None:
-        """A consistent copy of the whole database in one file, even while a server writes to it."""
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        tmp.unlink(missing_ok=True)
-        copy = sqlite3.connect(tmp)
+        """A consistent copy of the whole database in one new file, even while a server writes to it."""
+        if dest.exists() or dest.is_symlink():
+            raise SamplesError(f"{dest} exists already: choose another folder")
+        tmp = files.temporary_name(dest)
         try:
-            with self.lock:
-                self.db.backup(copy)
-            copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file, no -wal beside it
+            copy = sqlite3.connect(tmp)
+            try:
+                with self.session() as db:
+                    db.backup(copy)
+                copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file, no -wal beside it
+            finally:
+                copy.close()
+            tmp.replace(dest)
+        except sqlite3.Error as e:
+            raise store_error(dest, e) from None
         finally:
-            copy.close()
-        tmp.replace(dest)
+            tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- export and import
@@ -341,11 +413,27 @@ CSV_FIELDS = ("id", "created", "label", "predicted", *(f"p{d}" for d in range(NU
 
 def export_folder(store: SampleStore, dest: Path) -> int:
     """PNG files and a CSV: DIR/pictures/ID.* as received, DIR/inputs/ID.png as the model saw them,
-    DIR/samples.csv (written last) with one row each. Refuses a folder that already holds an export."""
+    DIR/samples.csv (written last) with one row each. Refuses a folder that already holds an export;
+    an export cut short (a damaged database) removes the files it wrote."""
     if (dest / EXPORT_CSV).exists():
         raise SamplesError(f"{dest} already holds an export ({EXPORT_CSV}): choose another folder")
-    (dest / PICTURES).mkdir(parents=True, exist_ok=True)
-    (dest / INPUTS).mkdir(exist_ok=True)
+    made = [folder for folder in (dest / PICTURES, dest / INPUTS) if not folder.exists()]
+    written: list[Path] = []
+    try:
+        for folder in made:
+            folder.mkdir(parents=True)
+        count = write_export(store, dest, written)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    return count
+
+
+def write_export(store: SampleStore, dest: Path, written: list[Path]) -> int:
     text = io.StringIO()
     writer = csv.DictWriter(text, CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
@@ -353,8 +441,9 @@ def export_folder(store: SampleStore, dest: Path) -> int:
     for s in store.samples():
         picture = f"{PICTURES}/{s.id:06d}{extension(s.picture_format)}"
         image = f"{INPUTS}/{s.id:06d}.png"
-        (dest / picture).write_bytes(s.picture)
-        (dest / image).write_bytes(png_bytes(s.input))
+        for name, payload in ((picture, s.picture), (image, png_bytes(s.input))):
+            written.append(dest / name)
+            (dest / name).write_bytes(payload)
         probabilities = s.probabilities or ("",) * NUM_CLASSES
         writer.writerow({"id": s.id, "created": s.created, "label": s.label,
                          "predicted": "" if s.predicted is None else s.predicted,
@@ -362,6 +451,7 @@ def export_folder(store: SampleStore, dest: Path) -> int:
                          "origin": s.origin, "picture": picture, "picture_reduced": int(s.picture_reduced),
                          "input": image})
         count += 1
+    written.append(dest / EXPORT_CSV)
     files.write_atomic(dest / EXPORT_CSV, text.getvalue().encode())
     return count
 
@@ -375,38 +465,60 @@ def export_rows(folder: Path) -> list[dict]:
         raise SamplesError(f"{index}: unreadable ({e})") from None
 
 
+def failure(e: Exception) -> str:
+    """Why a file could not be read, in a few words: the system's reason, else the exception's message."""
+    return e.strerror if isinstance(e, OSError) and e.strerror else one_line(e)
+
+
+def member(folder: Path, name: str) -> Path:
+    """The file `name` of an export folder: a regular file inside it (an export from elsewhere must not
+    make digitpi read /dev/zero or a file beside the folder)."""
+    path = folder / name
+    if not path.resolve().is_relative_to(folder.resolve()) or not path.is_file():
+        raise ValueError(f"{name!r} is not a file in {folder}")
+    return path
+
+
+def export_input(path: Path) -> np.ndarray:
+    """An export's inputs/ID.png: the 28x28 the model saw, its size checked before it is decoded."""
+    with preprocess.open_image(path) as image:
+        if image.size != (IMAGE_SIZE, IMAGE_SIZE):
+            raise ValueError(f"{path.name} is {image.width}x{image.height}, not {IMAGE_SIZE}x{IMAGE_SIZE}")
+        return np.asarray(image.convert("L"))
+
+
 def read_export(folder: Path, rows: list[dict]) -> Iterator[Sample]:
-    """The samples of an export folder (`export_folder`) as they were stored, from its CSV rows."""
+    """The samples of an export folder (`export_folder`) as they were stored, from its CSV rows, each
+    checked as the database checks a sample."""
     index = folder / EXPORT_CSV
     for number, row in enumerate(rows, start=2):
         try:
-            image = np.asarray(Image.open(folder / row["input"]).convert("L"))
-            picture = (folder / row["picture"]).read_bytes()
+            image = export_input(member(folder, row["input"]))
+            picture, fmt, reduced = capped(member(folder, row["picture"]))
             probabilities = tuple(float(row[f"p{d}"]) for d in range(NUM_CLASSES)) if row["p0"] else None
-            yield Sample(label=int(row["label"]), input=image, picture=picture,
-                         picture_format=picture_format(picture), origin=row["origin"],
-                         predicted=int(row["predicted"]) if row["predicted"] else None, probabilities=probabilities,
-                         model_sha256=row["model_sha256"] or None, created=row["created"],
-                         picture_reduced=row["picture_reduced"] == "1")
-        except (KeyError, TypeError, ValueError, OSError) as e:  # a missing column or file, a damaged PNG
-            raise SamplesError(f"{index}, line {number}: {preprocess.reason(e)}") from None
+            yield checked(Sample(label=int(row["label"]), input=image, picture=picture, picture_format=fmt,
+                                 origin=row["origin"], predicted=int(row["predicted"]) if row["predicted"] else None,
+                                 probabilities=probabilities, model_sha256=row["model_sha256"] or None,
+                                 created=row["created"], picture_reduced=reduced or row["picture_reduced"] == "1"))
+        except (KeyError, TypeError, ValueError, OSError, UserError) as e:  # a missing column or file, a bad PNG
+            raise SamplesError(f"{index}, line {number}: {failure(e)}") from None
 
 
 def read_digit_files(files: list[tuple[int, Path]], skipped: list[str] | None = None) -> Iterator[Sample]:
     """Pictures sorted into DIR/0 ... DIR/9, read as `digitpi predict` reads a picture; never read by
     a model, so without an answer. Each file's time is its modification time: importing twice adds nothing.
-    A picture without a digit, or not a picture, raises; with `skipped`, its one-line error goes there instead."""
+    A picture without a digit, not a picture or unreadable raises; with `skipped`, its one-line error
+    goes there instead and the others are read."""
     for digit, path in files:
-        picture = path.read_bytes()
         try:
-            image = preprocess.to_mnist(picture, name=str(path))
-        except preprocess.ImageError as e:
+            image = preprocess.to_mnist(path, name=str(path))
+            stored, fmt, reduced = capped(path)
+            created = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc)
+        except (preprocess.ImageError, OSError) as e:
             if skipped is None:
                 raise
-            skipped.append(str(e))
+            skipped.append(str(e) if isinstance(e, preprocess.ImageError) else f"{path}: {failure(e)}")
             continue
-        stored, fmt, reduced = capped(picture)
-        created = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc)
         yield Sample(label=digit, input=image, picture=stored, picture_format=fmt, origin="import",
                      picture_reduced=reduced, created=created.isoformat(timespec="milliseconds"))
 
@@ -439,7 +551,7 @@ def read_source(source: str | Path, skipped: list[str] | None = None) -> tuple[i
     source = Path(source)
     kind = source_kind(source)
     if kind == "sqlite":
-        other = SampleStore(source, create=False)
+        other = SampleStore(source, create=False, writable=False)
 
         def from_db() -> Iterator[Sample]:
             with other:
@@ -473,14 +585,15 @@ def import_into(store: SampleStore, source: str | Path, batch: int = 256,
     return added, total - added - len(skipped)
 
 
-def read_samples(source: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 (N, 28, 28), labels int64 (N,)) of a samples database or folder: fine-tuning's input."""
+def read_samples(source: str | Path, skipped: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 (N, 28, 28), labels int64 (N,)) of a samples database or folder: fine-tuning's
+    input. `skipped`: see `read_digit_files`."""
     source = Path(source)
     if source_kind(source) == "sqlite":
-        with SampleStore(source, create=False) as store:
+        with SampleStore(source, create=False, writable=False) as store:
             images, labels, _ = store.inputs()
         return images, labels
-    _, samples = read_source(source)
+    _, samples = read_source(source, skipped)
     pairs = [(s.input, s.label) for s in samples]
     images = np.stack([p[0] for p in pairs]) if pairs else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
     return images, np.array([p[1] for p in pairs], np.int64)

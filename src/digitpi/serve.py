@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import ctypes
 import dataclasses
 import io
@@ -26,6 +27,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 
@@ -233,8 +235,13 @@ async def read_upload(request: Request) -> bytes:
     return data
 
 
+# A correction waits 5 s at most for another program's lock on the samples database (a sqlite3 shell left in a
+# transaction), then answers 503: the page's user is waiting, where `digitpi samples import` may wait 30.
+SERVER_LIMITS = samples.Limits(busy_seconds=5.0)
 SAMPLE_ERRORS = {**ERRORS, 403: {"model": ErrorBody, "description": "collecting is off: `digitpi serve --collect`"},
-                 409: {"model": ErrorBody, "description": "the samples database is full"}}
+                 409: {"model": ErrorBody, "description": "the samples database is full"},
+                 503: {"model": ErrorBody, "description": "the samples database failed: damaged, or locked by "
+                                                          "another program"}}
 
 
 def model_sha256(classifier) -> str | None:
@@ -348,6 +355,18 @@ def create_app(classifier, cfg: ServeConfig | None = None, limit: int = MAX_BODY
             raise ApiError(403, "collecting samples is off: start the server with `digitpi serve --collect`")
         return store
 
+    @contextlib.contextmanager
+    def stored() -> Iterator[None]:
+        """The samples database's refusals as answers: full 409, a bad sample 422, the file failing 503."""
+        try:
+            yield
+        except samples.FullError as e:
+            raise ApiError(409, str(e)) from None
+        except samples.StoreError as e:
+            raise ApiError(503, str(e)) from None
+        except samples.SamplesError as e:
+            raise ApiError(422, str(e)) from None
+
     sha256 = model_sha256(classifier)
 
     @app.post("/samples", status_code=201, response_model=SampleSaved, responses=SAMPLE_ERRORS,
@@ -357,32 +376,36 @@ def create_app(classifier, cfg: ServeConfig | None = None, limit: int = MAX_BODY
         target = collecting()
         data = await read_upload(request)
 
-        def work() -> SampleSaved:
+        def read() -> samples.Sample:
             try:
                 (digit,) = reading.classify(classifier, look(data, False, settings)).digits
                 picture, fmt, reduced = samples.capped(data, target.limits)
             finally:
                 trim_memory()
-            sample = samples.Sample(label=label, input=digit.image, picture=picture, picture_format=fmt, origin=origin,
-                                    predicted=digit.index, probabilities=tuple(map(float, digit.probabilities)),
-                                    model_sha256=sha256, picture_reduced=reduced)
-            try:
+            return samples.Sample(label=label, input=digit.image, picture=picture, picture_format=fmt, origin=origin,
+                                  predicted=digit.index, probabilities=tuple(map(float, digit.probabilities)),
+                                  model_sha256=sha256, picture_reduced=reduced)
+
+        def keep(sample: samples.Sample) -> SampleSaved:
+            with stored():
                 sample_id = target.add(sample)  # on disk when it returns
-            except samples.FullError as e:
-                raise ApiError(409, str(e)) from None
-            except samples.SamplesError as e:
-                raise ApiError(422, str(e)) from None
-            return SampleSaved(id=sample_id, label=label, predicted=digit.index,
-                               confidence=round(digit.probability, 6), stats=stats_body(target))
+                return SampleSaved(id=sample_id, label=label, predicted=sample.predicted,
+                                   confidence=round(max(sample.probabilities), 6), stats=stats_body(target))
 
         async with decoding:  # the same bound on pictures decoded at once as /predict
-            return await run_in_threadpool(work)
+            sample = await run_in_threadpool(read)
+        return await run_in_threadpool(keep, sample)  # waiting on a locked database holds no decoder
 
     @app.get("/samples/stats", response_model=SampleStats, responses={403: SAMPLE_ERRORS[403]},
              summary="how many samples each digit has (--collect)")
     async def sample_stats():
         target = collecting()
-        return await run_in_threadpool(stats_body, target)
+
+        def stats() -> SampleStats:
+            with stored():
+                return stats_body(target)
+
+        return await run_in_threadpool(stats)
 
     guarded = HostCheck(HeadAsGet(app), [*default_hosts(cfg.host), *cfg.allowed_hosts])
     return BodyLimit(guarded, limit, cfg.body_timeout) if limit else guarded
@@ -398,7 +421,7 @@ def serve(cfg: ServeConfig, log_level: str = "info") -> None:
         raise UserError("--samples names the database --collect writes: add --collect")
     # loaded once; a missing or altered export is a UserError. One onnxruntime thread a request: they run side by side
     classifier = Classifier.load(cfg.model_dir, precision=cfg.precision, backend=cfg.backend)
-    store = samples.SampleStore(cfg.samples or samples.default_path()) if cfg.collect else None
+    store = samples.SampleStore(cfg.samples or samples.default_path(), SERVER_LIMITS) if cfg.collect else None
     try:  # a busy port is a user mistake: say so in one line before uvicorn logs a traceback
         with socket.create_server((cfg.host, cfg.port)):
             pass
