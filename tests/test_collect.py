@@ -127,7 +127,7 @@ def test_a_database_locked_by_another_program_is_a_503_and_predictions_go_on(col
         finished.append((path, r.status_code, r.json()))
 
     try:
-        waiting = [threading.Thread(target=post, args=("/samples?label=7",)) for _ in range(2)]  # as many as decoders
+        waiting = [threading.Thread(target=post, args=("/samples?label=7",)) for _ in range(6)]  # 3x the decoders
         for t in waiting:
             t.start()
         time.sleep(1)
@@ -137,11 +137,13 @@ def test_a_database_locked_by_another_program_is_a_503_and_predictions_go_on(col
     finally:
         other.execute("ROLLBACK")
         other.close()
-    assert [path for path, *_ in finished] == ["/predict", "/samples?label=7", "/samples?label=7"]
+    assert [path for path, *_ in finished] == ["/predict"] + ["/samples?label=7"] * 6
     assert finished[0][1] == 200
     assert all(status == 503 and "locked" in body["error"] for _, status, body in finished[1:])
     r = client.post("/samples?label=7", content=picture, headers={"Content-Type": "image/png"})
     assert r.status_code == 201
+    twice = [client.post("/samples?label=7", content=picture, headers={"Content-Type": "image/png"}) for _ in range(2)]
+    assert [r.status_code for r in twice] == [201, 201]  # the same picture again: kept again (another time)
 
 
 def test_sigkill_while_writing_loses_no_acknowledged_sample(fast_export, tmp_path, mnist_test):

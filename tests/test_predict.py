@@ -176,12 +176,17 @@ def test_bad_input_is_one_line_error(make, message, fast_export, mnist_test, tmp
     assert re.search(message, err)
 
 
-def test_save_input_never_replaces_a_picture_being_read(fast_export, mnist_test, tmp_path, capsys):
+def test_save_input_never_replaces_a_picture_being_read(fast_export, mnist_test, tmp_path, capsys, monkeypatch):
     photo = scan(mnist_test[0][0], tmp_path / "photo.png")
     before = photo.read_bytes()
     assert main(["predict", "--model", str(fast_export), str(photo), "--save-input", str(photo)]) == 2
-    assert "is one of the pictures to read" in capsys.readouterr().err
-    assert photo.read_bytes() == before
+    assert main(["predict", "--model", str(fast_export), str(photo), "--save-input",
+                 str(tmp_path / "missing" / ".." / "photo.png")]) == 2  # the same file, by a name not there yet
+    with open(photo, "rb") as stdin:
+        monkeypatch.setattr(sys, "stdin", stdin)
+        assert main(["predict", "--model", str(fast_export), "-", "--save-input", str(photo)]) == 2
+    assert capsys.readouterr().err.count("is one of the pictures to read") == 3
+    assert photo.read_bytes() == before and not (tmp_path / "missing").exists()
 
 
 def test_the_runtime_sends_onnxruntime_no_telemetry(fast_export, mnist_test, tmp_path):

@@ -88,6 +88,12 @@ def test_stats_count_per_digit_and_model_answers(store, digits):
     assert store.delete(ids=first_two) == 2 and store.count() == 41 - 2 - sevens
 
 
+def test_the_same_sample_twice_is_stored_once_and_answered_with_its_id(store, digits):
+    """Two posts of one picture in the same millisecond: the second is the first (no 500 for a missing id)."""
+    sample = sample_of(digits[0][0], 5, created="2026-12-06T12:00:00.000+00:00")
+    assert store.add(sample) == store.add(sample) and store.count() == 1
+
+
 def test_bad_samples_are_refused_in_one_line(store, digits):
     good = sample_of(digits[0][0], 5)
     for change, message in [({"label": 10}, "label must be a digit"), ({"origin": "guess"}, "origin must be"),
@@ -147,6 +153,16 @@ def test_export_import_round_trip_loses_nothing_and_adds_nothing_twice(store, di
         samples.export_folder(store, tmp_path / "export")
     store.backup(tmp_path / "copy.db")
     assert not (tmp_path / "copy.db-wal").exists()
+    (tmp_path / "mine" / samples.PICTURES).mkdir(parents=True)
+    (tmp_path / "mine" / samples.PICTURES / "000002.png").write_text("my own")  # the user's, where #2 would go
+    (tmp_path / "outside.txt").write_text("kept")
+    (tmp_path / "mine" / samples.PICTURES / "000001.png").symlink_to(tmp_path / "outside.txt")
+    with pytest.raises(samples.SamplesError, match="000001.png exists already"):
+        samples.export_folder(store, tmp_path / "mine")
+    assert (tmp_path / "outside.txt").read_text() == "kept"
+    assert sorted(p.name for p in (tmp_path / "mine").rglob("*")) == ["000001.png", "000002.png", samples.PICTURES]
+    with pytest.raises(samples.SamplesError, match="more than 5 samples"):
+        samples.export_rows(tmp_path / "export", limit=5)  # a CSV too long for any database: refused as it is read
 
     for source in ("export", "copy.db"):
         with samples.SampleStore(tmp_path / f"into-{source}.db") as target:
@@ -301,6 +317,19 @@ def test_reading_needs_no_right_to_write(tmp_path, digits):
         assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "readonly" in refused.stderr
         with samples.SampleStore(shared / "samples.db", writable=False) as s:
             assert s.count() == 1
+        # A server killed mid-work leaves samples in its -wal that only a writer can fold in: said, not skipped
+        shared.chmod(0o755)
+        (shared / "samples.db").chmod(0o644)
+        subprocess.run([sys.executable, "-c", "import os, sys, numpy as np\nfrom digitpi import samples\n"
+                        f"s = samples.SampleStore({str(shared / 'samples.db')!r})\n"
+                        "s.add(samples.Sample(label=3, input=np.zeros((28, 28), np.uint8), picture=b'x', "
+                        "picture_format='PNG'))\nos._exit(0)"], check=True)
+        (shared / "samples.db-shm").chmod(0o600)  # the server's, unreadable to others
+        (shared / "samples.db-wal").chmod(0o644)
+        if not other:
+            shared.chmod(0o555)
+        stale = digitpi("stats")
+        assert stale.returncode == 2 and "samples.db-wal holds changes" in stale.stderr, stale.stderr
     finally:
         for folder in (shared, out):
             folder.chmod(0o755)

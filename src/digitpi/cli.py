@@ -314,8 +314,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         fail(f"{STDIN} (-) can be read only once")
     if args.save_input:
         files.check_replaceable(Path(args.save_input))  # a FIFO or a device there: refused before any work
-        pictures = [image for image in args.images if image != "-" and os.path.exists(image)]
-        if os.path.exists(args.save_input) and any(os.path.samefile(p, args.save_input) for p in pictures):
+        if any(same_file(image, args.save_input) for image in args.images):
             fail(f"--save-input {args.save_input} is one of the pictures to read: it is not replaced")
     classifier = runtime.Classifier.load(args.model, precision=args.precision)
     top = min(args.top, len(classifier.classes))
@@ -343,6 +342,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(records, indent=2))
     return 2 if failed else 0
+
+
+def same_file(image: str, target: str) -> bool:
+    """Whether writing `target` would replace the picture `image` (`-`: what standard input reads),
+    by whatever name: a link, or `missing/..` that writing would create."""
+    try:
+        there = os.stat(os.path.realpath(target))
+        here = os.fstat(sys.stdin.fileno()) if image == "-" else os.stat(image)
+    except (OSError, ValueError):  # nothing there yet, or no such picture: nothing to replace
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:

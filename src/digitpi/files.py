@@ -105,9 +105,14 @@ def writing(folder: str | os.PathLike) -> Iterator[Path]:
     """Create `folder` and hold it for this process until the block ends: a second digitpi writing the
     same folder (two `train --out DIR`) stops at once with one line, instead of after minutes of work."""
     folder = Path(folder)
-    created = not folder.exists()
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True)
+            created = True  # by this mkdir, not by another process between a check and it
+        except FileExistsError:
+            if not folder.is_dir():
+                raise
+            created = False
         fd = os.open(folder, os.O_RDONLY)
     except OSError as e:
         raise UserError(f"cannot write to output folder {folder}: {e.strerror}") from None

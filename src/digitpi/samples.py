@@ -25,8 +25,9 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -230,6 +231,10 @@ class SampleStore:
                 no_shm = (getattr(e, "sqlite_errorname", None) or "").startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN"))
                 if where == tries[-1] or not no_shm:
                     raise
+                wal = Path(f"{self.path}-wal")
+                if wal.exists() and wal.stat().st_size:  # immutable=1 would read the file without them
+                    raise sqlite3.OperationalError(f"{wal.name} holds changes not yet in the file, which only a "
+                                                   "user who may write its folder can read (its owner)") from None
 
     def setup(self, writable: bool) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
@@ -255,12 +260,20 @@ class SampleStore:
     @contextlib.contextmanager
     def session(self) -> Iterator[sqlite3.Connection]:
         """The connection, under the lock (a server's threads share it and its transaction); SQLite's
-        failures (damage, another program's lock held past `busy_seconds`) as a one-line `StoreError`."""
-        with self.lock:
-            try:
-                yield self.db
-            except sqlite3.Error as e:
-                raise store_error(self.path, e) from None
+        failures (damage, another program's lock) as a one-line `StoreError`. Waiting for the lock and
+        then for SQLite's share one deadline, `busy_seconds`: requests queued behind a locked file
+        each get their answer in time, not one `busy_seconds` after another."""
+        deadline = time.monotonic() + self.limits.busy_seconds
+        if not self.lock.acquire(timeout=self.limits.busy_seconds):
+            raise StoreError(f"{self.path}: busy for {self.limits.busy_seconds:g} s (database is locked); "
+                             "another program may hold it: try again")
+        try:
+            self.db.execute(f"PRAGMA busy_timeout = {max(1, round(1000 * (deadline - time.monotonic())))}")
+            yield self.db
+        except sqlite3.Error as e:
+            raise store_error(self.path, e) from None
+        finally:
+            self.lock.release()
 
     def close(self) -> None:
         self.db.close()
@@ -274,8 +287,15 @@ class SampleStore:
     # ---------------------------------------------------------------- writing
 
     def add(self, sample: Sample) -> int:
-        """Store one sample; returns its id once it is on disk. Refuses (FullError) at `max_samples`."""
-        return self.add_many([sample])[0]
+        """Store one sample; returns its id once it is on disk, or the stored one's if the same sample
+        (time, label and input: the same picture posted twice in a millisecond) is there already.
+        Refuses (FullError) at `max_samples`."""
+        sample = replace(sample, created=sample.created or now())
+        (sample_id,) = self.add_many([sample])
+        if sample_id is None:
+            (sample_id,), = self.fetch("SELECT id FROM samples WHERE created = ? AND label = ? AND input = ?",
+                                       (sample.created, int(sample.label), sample.input.tobytes()))
+        return sample_id
 
     def add_many(self, samples: list[Sample]) -> list[int | None]:
         """Store samples in one transaction: all or none. Ids, or None for one already stored."""
@@ -442,8 +462,12 @@ def write_export(store: SampleStore, dest: Path, written: list[Path]) -> int:
         picture = f"{PICTURES}/{s.id:06d}{extension(s.picture_format)}"
         image = f"{INPUTS}/{s.id:06d}.png"
         for name, payload in ((picture, s.picture), (image, png_bytes(s.input))):
-            written.append(dest / name)
-            (dest / name).write_bytes(payload)
+            try:
+                with open(dest / name, "xb") as f:  # a new file: never over one of the user's, nor through a link
+                    written.append(dest / name)
+                    f.write(payload)
+            except FileExistsError:
+                raise SamplesError(f"{dest / name} exists already: export into an empty folder") from None
         probabilities = s.probabilities or ("",) * NUM_CLASSES
         writer.writerow({"id": s.id, "created": s.created, "label": s.label,
                          "predicted": "" if s.predicted is None else s.predicted,
@@ -456,13 +480,21 @@ def write_export(store: SampleStore, dest: Path, written: list[Path]) -> int:
     return count
 
 
-def export_rows(folder: Path) -> list[dict]:
+def export_rows(folder: Path, limit: int = LIMITS.max_samples) -> list[dict]:
+    """The rows of an export folder's CSV; more than `limit` (no database holds more) are refused as
+    they are read, so a huge CSV costs no memory."""
     index = folder / EXPORT_CSV
+    rows = []
     try:
         with open(index, newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))
+            for row in csv.DictReader(f):
+                if len(rows) == limit:
+                    raise SamplesError(f"{index} holds more than {limit:,} samples, more than a samples "
+                                       "database holds: not an export of digitpi's")
+                rows.append(row)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise SamplesError(f"{index}: unreadable ({e})") from None
+    return rows
 
 
 def failure(e: Exception) -> str:

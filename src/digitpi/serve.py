@@ -278,6 +278,7 @@ def create_app(classifier, cfg: ServeConfig | None = None, limit: int = MAX_BODY
     map_large_blocks()
     card = public_card(classifier.card)
     decoding = asyncio.Semaphore(cfg.decoders)
+    keeping = asyncio.Semaphore(cfg.decoders)  # corrections waiting on a locked database hold no more threads
     settings = dataclasses.replace(preprocess.SETTINGS, decode_budget=cfg.decode_budget)
     # /docs (Swagger UI) and /redoc load their scripts from fastapi-offline's package, not a CDN: a Pi is often
     # offline. No validator badge either: Swagger UI would fetch it from swagger.io.
@@ -394,7 +395,16 @@ def create_app(classifier, cfg: ServeConfig | None = None, limit: int = MAX_BODY
 
         async with decoding:  # the same bound on pictures decoded at once as /predict
             sample = await run_in_threadpool(read)
-        return await run_in_threadpool(keep, sample)  # waiting on a locked database holds no decoder
+        try:  # waiting on a locked database holds no decoder, and queued corrections no thread
+            async with asyncio.timeout(SERVER_LIMITS.busy_seconds):
+                await keeping.acquire()
+        except TimeoutError:
+            raise ApiError(503, f"{target.path}: busy, other corrections wait for it (database is locked?): "
+                                "try again") from None
+        try:
+            return await run_in_threadpool(keep, sample)
+        finally:
+            keeping.release()
 
     @app.get("/samples/stats", response_model=SampleStats, responses={403: SAMPLE_ERRORS[403]},
              summary="how many samples each digit has (--collect)")
