@@ -121,11 +121,10 @@ def open_image(source: Source, s: Settings = SETTINGS, name: str | None = None) 
         raise ImageError(about(name, "image too large (decompression bomb?)")) from None
     except UnidentifiedImageError:
         raise ImageError(about(name, "not an image (no known image format)")) from None
-    except OSError as e:  # the system's refusal (permission, an I/O error) has a number; Pillow's own have none
-        reason = f"cannot read it ({e.strerror})" if e.errno else f"not an image ({one_line(e, 100)})"
-        raise ImageError(about(name, reason)) from None
     except Exception as e:  # Pillow raises many types on foreign or corrupt bytes
-        raise ImageError(about(name, f"not an image ({one_line(e, 100)})")) from None
+        unread = isinstance(e, OSError) and e.errno  # the system's refusal (permission) has a number; Pillow's not
+        raise ImageError(about(name, f"cannot read it ({e.strerror})" if unread
+                               else f"not an image ({one_line(e, 100)})")) from None
     width, height = image.size
     if width * height > s.max_pixels or width == 0 or height == 0:
         image.close()  # the file it holds open

@@ -396,7 +396,7 @@ def create_app(classifier, cfg: ServeConfig | None = None, limit: int = MAX_BODY
         async with decoding:  # the same bound on pictures decoded at once as /predict
             sample = await run_in_threadpool(read)
         try:  # waiting on a locked database holds no decoder, and queued corrections no thread
-            async with asyncio.timeout(SERVER_LIMITS.busy_seconds):
+            async with asyncio.timeout(target.limits.busy_seconds):
                 await keeping.acquire()
         except TimeoutError:
             raise ApiError(503, f"{target.path}: busy, other corrections wait for it (database is locked?): "
