@@ -396,16 +396,17 @@ def desk(gray: np.ndarray, low: float, high: float, side: int = 128) -> np.ndarr
 
     Found on a copy `side` px long. The largest light piece is a sheet when, with the marks inside it
     filled in, it covers 85 % of its box (a sheet turned a few degrees does; a digit drawn light on
-    dark does not); it holds marks, at most 30 % of it (a light bar of a 1 holds none); it reaches one
-    edge of the picture at most (light falling off across a sheet that fills the picture makes a
-    lighter part that reaches three); what lies outside it covers 40 % of the border ring; and it is
-    wide where its marks are strokes, its pixels half as deep again inside it as theirs inside them
-    (a bold 8 is as thick as its holes)."""
+    dark does not); it holds marks, at most 30 % of it (a light bar of a 1 holds none); it leaves one
+    edge of the picture at least (a sheet photographed from near runs past the others); what lies
+    outside it covers a fifth of the border ring (a strip of desk along one side does); it is wide
+    where its marks are strokes, its pixels half as deep again inside it as theirs inside them (a
+    bold 8 is as thick as its holes); and what lies outside it is a desk (`a_desk`), not the sheet's
+    own darker part: light falling off across a sheet, or a shadow over it, makes a lighter part too."""
     small = reduced(gray, side)
     if min(small.shape) < 8:
         return None
     lit = small > otsu(np.maximum(thin(small) - low, 0.0)) + low
-    if (~ring(lit)).mean() < 0.4:  # the border ring is mostly light: no desk (most pictures end here)
+    if (~ring(lit)).mean() < 0.2:  # the border ring is mostly light: no desk (most pictures end here)
         return None
     light = find_blobs(lit)
     if light.n == 0:
@@ -413,21 +414,47 @@ def desk(gray: np.ndarray, low: float, high: float, side: int = 128) -> np.ndarr
     sheet = int(np.argmax(light.area))
     paper = light.mask([sheet], small.shape)
     dark = find_blobs(~paper)
-    around = dark.mask(np.flatnonzero(edges_reached(dark.boxes, small.shape) > 0), small.shape)
+    # The desk: what reaches an edge the sheet does not reach, or a corner (where a turned sheet's edge
+    # crosses the frame); a mark reaching only an edge the sheet runs past is writing the frame cuts.
+    runs_past, reached = edges_reached(light.boxes[[sheet]], small.shape)[0], edges_reached(dark.boxes, small.shape)
+    around = dark.mask(np.flatnonzero((reached & ~runs_past).any(1) | (reached.sum(1) >= 2)), small.shape)
     inside = int(np.count_nonzero(~around))
     marks = inside - int(light.area[sheet])
     top, left, bottom, right = light.boxes[sheet]
     if (inside < 0.85 * (bottom - top) * (right - left) or not 0 < marks <= 0.3 * inside
-            or edges_reached(light.boxes[[sheet]], small.shape)[0] > 1 or ring(around.astype(np.float32)).mean() < 0.4
-            or mean_depth(paper, 8) < 1.5 * mean_depth(~around & ~paper, 8)):
+            or runs_past.all() or ring(around.astype(np.float32)).mean() < 0.2
+            or mean_depth(paper, 8) < 1.5 * mean_depth(~around & ~paper, 8) or not a_desk(small, paper, around)):
         return None
-    grown = Image.fromarray(around.astype(np.uint8) * 255, "L").filter(ImageFilter.MaxFilter(3))  # and the sheet's rim
+    grown = Image.fromarray(dilated(around, 1))  # and the sheet's rim
     return np.asarray(grown.resize((gray.shape[1], gray.shape[0]), Image.NEAREST)) > 0
 
 
+def a_desk(small: np.ndarray, sheet: np.ndarray, around: np.ndarray) -> bool:
+    """Whether what lies `around` the `sheet` is a desk, not the sheet's own shadowed or unlit part.
+    The sheet's edge is sharp: within 3 px of the desk, at most 1.5 pixels for each pixel of the
+    sheet's rim lie in the middle half of the step between the desk's level and the sheet's (where
+    light falls off across a sheet, or a phone's shadow ends, the step spreads over many pixels).
+    And nothing is written on a desk: at most 0.5 % of it is darker than its level by a fifth of that
+    step (where a hard shadow cuts across a sheet, what is written in the shadow is)."""
+    sheet_level, desk_level = float(np.median(small[sheet])), float(np.median(small[around]))
+    step = sheet_level - desk_level
+    middle = np.abs(small - (sheet_level + desk_level) / 2) < 0.25 * abs(step)
+    rim = np.count_nonzero(dilated(around, 1) & ~around)
+    spread = np.count_nonzero(middle & dilated(around, 3) & (sheet | around))
+    written = np.count_nonzero(around & (small < desk_level - 0.2 * step))
+    return spread <= 1.5 * rim and written <= 0.005 * np.count_nonzero(around)
+
+
+def dilated(mask: np.ndarray, px: int) -> np.ndarray:
+    """`mask` grown by `px` pixels each way (a square neighbourhood)."""
+    image = Image.fromarray(mask.astype(np.uint8) * 255, "L").filter(ImageFilter.MaxFilter(2 * px + 1))
+    return np.asarray(image) > 0
+
+
 def edges_reached(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """How many edges of a picture of `shape` each box (top, left, bottom, right) reaches."""
-    return ((boxes[:, 0] == 0).astype(int) + (boxes[:, 1] == 0) + (boxes[:, 2] == shape[0]) + (boxes[:, 3] == shape[1]))
+    """(n, 4) bool: whether each box (top, left, bottom, right) reaches the picture's top, left, bottom
+    and right edge."""
+    return np.stack([boxes[:, 0] == 0, boxes[:, 1] == 0, boxes[:, 2] == shape[0], boxes[:, 3] == shape[1]], 1)
 
 
 def block_medians(values: np.ndarray, blocks: int) -> np.ndarray:
