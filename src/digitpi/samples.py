@@ -125,6 +125,13 @@ def default_path() -> Path:
     return Path(base) / "digitpi" / FILE_NAME
 
 
+def remove_database(path: Path) -> None:
+    """Delete a database file and the files SQLite keeps beside it (a closed one: a command's own)."""
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
+        with contextlib.suppress(OSError):
+            name.unlink(missing_ok=True)
+
+
 # ---------------------------------------------------------------- pictures
 
 
