@@ -19,10 +19,14 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from digitpi import UserError, __version__, files, one_line
 from digitpi.bench import BENCHMARKS
 from digitpi.exportdir import BACKENDS, PRECISIONS, is_export
+
+if TYPE_CHECKING:  # every command imports what it uses, when it runs: none pays for the others
+    from digitpi.samples import SampleStore
 
 DEFAULT_RUN_DIR = "runs"
 ERROR_CHARS = 1000  # an error line quoting a value from a file is cut here
@@ -242,7 +246,7 @@ def cmd_samples(args: argparse.Namespace) -> int:
         raise
 
 
-def samples_action(args: argparse.Namespace, store, path: Path) -> int:
+def samples_action(args: argparse.Namespace, store: SampleStore, path: Path) -> int:
     """`digitpi samples ACTION` on the open `store`."""
     from digitpi import samples
 
