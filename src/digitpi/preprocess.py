@@ -400,8 +400,9 @@ def desk(gray: np.ndarray, low: float, high: float, side: int = 128) -> np.ndarr
     edge of the picture at least (a sheet photographed from near runs past the others); what lies
     outside it covers a fifth of the border ring (a strip of desk along one side does); it is wide
     where its marks are strokes, its pixels half as deep again inside it as theirs inside them (a
-    bold 8 is as thick as its holes); and what lies outside it is a desk (`a_desk`), not the sheet's
-    own darker part: light falling off across a sheet, or a shadow over it, makes a lighter part too."""
+    bold 8 is as thick as its holes). Where it runs past two edges or more, what lies outside it must
+    be a desk (`a_desk`): light falling off across a sheet, a shadow over it, or a bold stroke along
+    the picture's edge, makes a lighter part that runs past them too."""
     small = reduced(gray, side)
     if min(small.shape) < 8:
         return None
@@ -421,28 +422,34 @@ def desk(gray: np.ndarray, low: float, high: float, side: int = 128) -> np.ndarr
     inside = int(np.count_nonzero(~around))
     marks = inside - int(light.area[sheet])
     top, left, bottom, right = light.boxes[sheet]
+    strokes = mean_depth(~around & ~paper, 8)
     if (inside < 0.85 * (bottom - top) * (right - left) or not 0 < marks <= 0.3 * inside
-            or runs_past.all() or ring(around.astype(np.float32)).mean() < 0.2
-            or mean_depth(paper, 8) < 1.5 * mean_depth(~around & ~paper, 8) or not a_desk(small, paper, around)):
+            or runs_past.all() or ring(around.astype(np.float32)).mean() < 0.2 or mean_depth(paper, 8) < 1.5 * strokes
+            or runs_past.sum() >= 2 and not a_desk(small, paper, around, strokes)):
         return None
     grown = Image.fromarray(dilated(around, 1))  # and the sheet's rim
     return np.asarray(grown.resize((gray.shape[1], gray.shape[0]), Image.NEAREST)) > 0
 
 
-def a_desk(small: np.ndarray, sheet: np.ndarray, around: np.ndarray) -> bool:
-    """Whether what lies `around` the `sheet` is a desk, not the sheet's own shadowed or unlit part.
-    The sheet's edge is sharp: within 3 px of the desk, at most 1.5 pixels for each pixel of the
-    sheet's rim lie in the middle half of the step between the desk's level and the sheet's (where
-    light falls off across a sheet, or a phone's shadow ends, the step spreads over many pixels).
-    And nothing is written on a desk: at most 0.5 % of it is darker than its level by a fifth of that
-    step (where a hard shadow cuts across a sheet, what is written in the shadow is)."""
+def a_desk(small: np.ndarray, sheet: np.ndarray, around: np.ndarray, strokes: float) -> bool:
+    """Whether what lies `around` the `sheet` is a desk, not the sheet's own shadowed or unlit part
+    nor a stroke of the digit. The sheet's edge is sharp: within 3 px of the desk, at most 1.5 pixels
+    for each pixel of the sheet's rim lie in the middle half of the step between the desk's level and
+    the sheet's (where light falls off across a sheet, or a phone's shadow ends, the step spreads over
+    many pixels). Nothing is written on a desk: at most 0.5 % of it is darker than its level by a
+    fifth of that step (where a hard shadow cuts across a sheet, what is written in the shadow is; a
+    pen lying on the desk is refused too). And a desk is wide: its pixels three times as deep inside it
+    as the marks' pixels are inside theirs, `strokes` (mean depth). The frame cuts a desk, which
+    doubles its depth: a bold 1 cut tight along the picture's edge is twice as deep as the other
+    strokes of its digit."""
     sheet_level, desk_level = float(np.median(small[sheet])), float(np.median(small[around]))
     step = sheet_level - desk_level
     middle = np.abs(small - (sheet_level + desk_level) / 2) < 0.25 * abs(step)
     rim = np.count_nonzero(dilated(around, 1) & ~around)
     spread = np.count_nonzero(middle & dilated(around, 3) & (sheet | around))
     written = np.count_nonzero(around & (small < desk_level - 0.2 * step))
-    return spread <= 1.5 * rim and written <= 0.005 * np.count_nonzero(around)
+    return (spread <= 1.5 * rim and written <= 0.005 * np.count_nonzero(around)
+            and mean_depth(around, 16) >= 3 * strokes)
 
 
 def dilated(mask: np.ndarray, px: int) -> np.ndarray:
