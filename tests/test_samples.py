@@ -368,6 +368,31 @@ def test_an_export_folder_is_checked_as_the_database_checks_samples(store, digit
     assert not list(tmp_path.glob("new.db*"))
 
 
+def test_a_refused_import_leaves_nothing_it_made_and_no_sample_goes(tmp_path, digits, monkeypatch, capsys):
+    """A refused import into a new database removes it, the folders made for it, and through a
+    symbolic link the file SQLite made where it points; a sample another program added meanwhile
+    keeps the database."""
+    missing = tmp_path / "nothing"
+    assert main(["samples", "import", str(missing), "--samples", str(tmp_path / "new" / "sub" / "s.db")]) == 2
+    (tmp_path / "link.db").symlink_to(tmp_path / "target.db")
+    assert main(["samples", "import", str(missing), "--samples", str(tmp_path / "link.db")]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.db"]
+    assert capsys.readouterr().err.count("\n") == 2
+
+    images, labels = digits
+
+    def another_program_adds_then_the_import_fails(store, source, skipped=None):
+        with samples.SampleStore(store.path) as other:
+            other.add(sample_of(images[0], int(labels[0])))
+        raise samples.SamplesError("refused")
+
+    monkeypatch.setattr(samples, "import_into", another_program_adds_then_the_import_fails)
+    db = tmp_path / "shared.db"
+    assert main(["samples", "import", str(missing), "--samples", str(db)]) == 2
+    with samples.SampleStore(db, create=False) as store:
+        assert store.count() == 1
+
+
 def test_samples_command(tmp_path, digits, capsys):
     images, labels = digits
     db = tmp_path / "samples.db"

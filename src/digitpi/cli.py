@@ -8,6 +8,7 @@ a Raspberry Pi that has only the core install.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import inspect
@@ -19,14 +20,10 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from digitpi import UserError, __version__, files, one_line
 from digitpi.bench import BENCHMARKS
 from digitpi.exportdir import BACKENDS, PRECISIONS, is_export
-
-if TYPE_CHECKING:  # every command imports what it uses, when it runs: none pays for the others
-    from digitpi.samples import SampleStore
 
 DEFAULT_RUN_DIR = "runs"
 ERROR_CHARS = 1000  # an error line quoting a value from a file is cut here
@@ -236,46 +233,34 @@ def cmd_samples(args: argparse.Namespace) -> int:
     if args.action == "list" and args.last is not None and args.last < 1:
         fail(f"--last must be at least 1, got {args.last}")
     writes = args.action in ("import", "delete")  # the others only read: a database another user owns will do
-    made = args.action == "import" and not os.path.lexists(path)
-    try:
-        with samples.SampleStore(path, create=args.action == "import", writable=writes) as store:
-            return samples_action(args, store, path)
-    except BaseException:
-        if made:  # a refused or stopped import leaves no database it made
-            samples.remove_database(path)
-        raise
-
-
-def samples_action(args: argparse.Namespace, store: SampleStore, path: Path) -> int:
-    """`digitpi samples ACTION` on the open `store`."""
-    from digitpi import samples
-
-    if args.action == "stats":
-        stats = store.stats()
-        print(json.dumps(stats, indent=2) if args.json else samples.format_stats(stats, path))
-    elif args.action == "list":
-        rows = store.listing(label=args.label, last=args.last)
-        print(json.dumps(rows, indent=2) if args.json else samples.format_listing(rows))
-    elif args.action == "export":
-        with files.writing(args.dir) as out:  # cut short, it leaves no folder it made
-            writable_dir(out)
-            if args.sqlite:
-                store.backup(out / samples.FILE_NAME)
-                print(f"copied {store.count():,} samples to {out / samples.FILE_NAME}")
-            else:
-                print(f"exported {samples.export_folder(store, out):,} samples to {out}")
-    elif args.action == "import":
-        skipped: list[str] = []
-        added, present = samples.import_into(store, args.source, skipped=skipped)
-        for message in skipped:  # each picture that holds no digit: one line, and the others are imported
-            print(f"digitpi: error: {message}", file=sys.stderr)
-        print(f"imported {added:,} samples into {path}" + (f" ({present:,} were there already)" if present else "")
-              + (f"; skipped {len(skipped):,} pictures" if skipped else ""))
-        return 2 if skipped else 0
-    else:  # delete
-        if not (args.ids or args.label is not None or args.all):
-            fail("say which samples to delete: --id N..., --label D or --all")
-        print(f"deleted {store.delete(args.ids, args.label):,} samples from {path}")
+    made = samples.removed_if_left_empty(path) if args.action == "import" else contextlib.nullcontext()
+    with made, samples.SampleStore(path, create=args.action == "import", writable=writes) as store:
+        if args.action == "stats":
+            stats = store.stats()
+            print(json.dumps(stats, indent=2) if args.json else samples.format_stats(stats, path))
+        elif args.action == "list":
+            rows = store.listing(label=args.label, last=args.last)
+            print(json.dumps(rows, indent=2) if args.json else samples.format_listing(rows))
+        elif args.action == "export":
+            with files.writing(args.dir) as out:  # cut short, it leaves no folder it made
+                writable_dir(out)
+                if args.sqlite:
+                    store.backup(out / samples.FILE_NAME)
+                    print(f"copied {store.count():,} samples to {out / samples.FILE_NAME}")
+                else:
+                    print(f"exported {samples.export_folder(store, out):,} samples to {out}")
+        elif args.action == "import":
+            skipped: list[str] = []
+            added, present = samples.import_into(store, args.source, skipped=skipped)
+            for message in skipped:  # each picture that holds no digit: one line, and the others are imported
+                print(f"digitpi: error: {message}", file=sys.stderr)
+            print(f"imported {added:,} samples into {path}" + (f" ({present:,} were there already)" if present else "")
+                  + (f"; skipped {len(skipped):,} pictures" if skipped else ""))
+            return 2 if skipped else 0
+        else:  # delete
+            if not (args.ids or args.label is not None or args.all):
+                fail("say which samples to delete: --id N..., --label D or --all")
+            print(f"deleted {store.delete(args.ids, args.label):,} samples from {path}")
     return 0
 
 

@@ -125,11 +125,41 @@ def default_path() -> Path:
     return Path(base) / "digitpi" / FILE_NAME
 
 
-def remove_database(path: Path) -> None:
-    """Delete a database file and the files SQLite keeps beside it (a closed one: a command's own)."""
-    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
-        with contextlib.suppress(OSError):
-            name.unlink(missing_ok=True)
+@contextlib.contextmanager
+def removed_if_left_empty(path: Path) -> Iterator[None]:
+    """A database that the block creates at `path` goes again, with the folders made for it, when the
+    block fails or is stopped (a refused `samples import`) and it holds no sample: not one another
+    program added meanwhile, nor a batch already committed. Through a symbolic link, SQLite creates
+    the file it points to; the files SQLite keeps beside it that were there before stay."""
+    real = Path(os.path.realpath(path))
+    if real.exists():
+        yield
+        return
+    made = [name for name in (real, *(Path(f"{real}{end}") for end in ("-wal", "-shm", "-journal")))
+            if not os.path.lexists(name)]
+    folders = [folder for folder in real.parents if not folder.exists()]  # the nearest first
+    try:
+        yield
+    except BaseException:
+        if holds_no_sample(real):
+            for name in made:
+                with contextlib.suppress(OSError):
+                    name.unlink(missing_ok=True)
+            for folder in folders:
+                with contextlib.suppress(OSError):  # only an empty folder goes
+                    folder.rmdir()
+        raise
+
+
+def holds_no_sample(path: Path) -> bool:
+    """Whether the database at `path` is missing or holds no sample; False when that cannot be told."""
+    if not path.exists():
+        return True
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=1)) as db:
+            return db.execute("SELECT COUNT(*) FROM samples").fetchone()[0] == 0
+    except sqlite3.Error as e:
+        return str(e).startswith("no such table")  # created, its schema not yet written
 
 
 # ---------------------------------------------------------------- pictures
