@@ -177,11 +177,32 @@ def test_continental_strokes_go_on_1s_and_7s_only(tensors) -> None:
     assert 0.4 < changed[ones | sevens].float().mean() < 0.6 and not changed[~(ones | sevens)].any()
 
 
+def test_blocky_digits_hold_what_a_16x16_binarized_scan_holds(tensors) -> None:
+    """A digit made blocky holds what a binarized scan of its 20-px box at 16 px holds: shrunk to 22x22
+    and cut at half its level again, 99 % of its pixels are that scan's. It stays where it was, and
+    about the share asked for is made blocky."""
+    x, _, _, _ = tensors
+    batch = train.to_float(x[:2000])
+    gen = torch.Generator().manual_seed(0)
+
+    def draw(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=gen) * 2 - 1
+
+    out = train.as_tiny_scan(batch, 1.0, draw)
+    scan = torch.nn.functional.interpolate(batch, size=22, mode="area") > 0.5
+    again = torch.nn.functional.interpolate(out, size=22, mode="area") > 0.5
+    assert (again == scan).float().mean() > 0.99 and out.min() >= 0 and out.max() <= 1
+    shift = torch.stack(ink_centre(out)) - torch.stack(ink_centre(batch))
+    assert shift.abs().median() < 0.25
+    changed = (train.as_tiny_scan(batch, 0.25, draw) != batch).flatten(1).any(1).float().mean()
+    assert 0.2 < changed < 0.3
+
+
 def test_default_model_beats_99_percent(trained_output, mnist_test) -> None:
     """The README's main job: `digitpi train` on the full set, measured on the real 10,000 test images."""
     run, stdout = trained_output
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["test_accuracy"] >= 0.994  # the standard recipe: 99.58 % measured with seed 0
+    assert metrics["test_accuracy"] >= 0.994  # the standard recipe: 99.50 % measured with seed 0 (2026-12-06)
     assert metrics["params"] == 40_794
     assert metrics["data_sha256"] == data.DATASETS["mnist"].sha256
     assert f"The accuracy on test data is {100 * metrics['test_accuracy']:.2f}%" in stdout

@@ -127,11 +127,23 @@ def continental(x: torch.Tensor, y: torch.Tensor, share: float, draw: Callable[.
     return out
 
 
+def as_tiny_scan(x: torch.Tensor, share: float, draw: Callable[..., torch.Tensor]) -> torch.Tensor:
+    """`share` of the batch as a tiny binarized scan looks once framed: the 20-px box shrunk to 16 px,
+    each pixel made black or white at half its level, then enlarged again. Semeion's 16x16 scans, and
+    the small canvases of some writers, reach the model blocky; MNIST's digits are smooth (README,
+    "Blocky scans"). The whole batch is worked on and chosen from: no images picked out, no sync."""
+    side = x.shape[-1]
+    chosen = ((draw(x.shape[0]) + 1) / 2 < share)[:, None, None, None]
+    small = F.interpolate(x, size=round(side * 16 / contract.BOX_SIZE), mode="area")
+    blocky = F.interpolate((small > 0.5).to(x.dtype), size=side, mode="bilinear", align_corners=False)
+    return torch.where(chosen, blocky, x)
+
+
 def augment(x: torch.Tensor, y: torch.Tensor, cfg: Config, gen: torch.Generator) -> torch.Tensor:
     """A whole batch changed as handwriting and cameras change digits, with no per-image Python: 1s
     flagged and 7s crossed (`continental`), the stroke thickened or thinned, then shifted, rotated,
-    zoomed, stretched, sheared and (`elastic`) warped by one sampling grid. Every amount is uniform
-    in +-the config's maximum."""
+    zoomed, stretched, sheared and (`elastic`) warped by one sampling grid, and some made blocky
+    (`coarse`). Every amount is uniform in +-the config's maximum."""
     n = x.shape[0]
 
     def uniform(*shape: int) -> torch.Tensor:
@@ -157,7 +169,8 @@ def augment(x: torch.Tensor, y: torch.Tensor, cfg: Config, gen: torch.Generator)
     if cfg.elastic:  # a smooth random displacement: coarse noise, bicubic-upsampled, in grid units
         coarse = uniform(n, 2, 4, 4) * (2 * cfg.elastic / contract.IMAGE_SIZE)
         grid = grid + F.interpolate(coarse, size=x.shape[-2:], mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
-    return F.grid_sample(x, grid, align_corners=False)
+    x = F.grid_sample(x, grid, align_corners=False)
+    return as_tiny_scan(x, cfg.coarse, uniform) if cfg.coarse else x
 
 
 def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
