@@ -310,19 +310,26 @@ def test_photos_are_read_as_users_also_take_them(change, least: float, classifie
     assert len(rows) == 70 and taken >= 66 and changed >= least * taken, (taken, changed)
 
 
+def pages_read_exactly(classifier, wild_dir: Path, changes) -> list[bool]:
+    """Whether each page of wild-dev (5), changed by each of `changes` in turn, reads exactly as written."""
+    read = []
+    for row in [row for row in wild.rows_of(wild_dir, every=1) if row["kind"] == "multi"]:
+        with Image.open(wild_dir / row["file"]) as page:
+            page = ImageOps.exif_transpose(page)
+            page.load()
+        for change in changes:
+            read.append(reading.read(classifier, change(page), page=True).text == "\n".join(row["lines"].split()))
+    return read
+
+
 @pytest.mark.parametrize("grid", [True, False], ids=["squared", "ruled"])
 def test_pages_on_squared_and_ruled_paper_are_read(grid: bool, classifier, wild_dir) -> None:
     """Every page of wild-dev (5, up to 3 lines of digits), printed with a grid of 40-px squares or lines
     60 px apart, 2 px thick, turned 2 degrees, reads exactly as written. Before, no page read on
     squared paper and 1 on ruled paper: a grid is one blob with the digits, a ruling joins a line's digits."""
-    rows = [row for row in wild.rows_of(wild_dir, every=1) if row["kind"] == "multi"]
-    read = []
-    for row in rows:
-        with Image.open(wild_dir / row["file"]) as page:
-            lined = printed_lines(ImageOps.exif_transpose(page), 40.0 if grid else 60.0, 2.0, GRID if grid else RULING,
-                                  2.0, grid)
-        read.append(reading.read(classifier, lined, page=True).text == "\n".join(row["lines"].split()))
-    assert len(rows) == 5 and all(read), read
+    read = pages_read_exactly(classifier, wild_dir, [lambda page: printed_lines(
+        page, 40.0 if grid else 60.0, 2.0, GRID if grid else RULING, 2.0, grid)])
+    assert len(read) == 5 and all(read), read
 
 
 def test_pages_by_a_desk_are_read(classifier, wild_dir) -> None:
@@ -332,15 +339,8 @@ def test_pages_by_a_desk_are_read(classifier, wild_dir) -> None:
     one with the desk at two sides: a sheet was looked for only inside the picture, the desk around
     it; the desk's edge was kept as ink, framed with the digits. Digits that the picture's edge cuts are
     writing, not desk."""
-    rows = [row for row in wild.rows_of(wild_dir, every=1) if row["kind"] == "multi"]
-    read = []
-    for row in rows:
-        with Image.open(wild_dir / row["file"]) as page:
-            page = ImageOps.exif_transpose(page)
-            page.load()
-        for change in (by_a_desk(0.25, turn=0.0), by_a_desk(0.25, 0.2, turn=0.0)):
-            read.append(reading.read(classifier, change(page), page=True).text == "\n".join(row["lines"].split()))
-    assert len(rows) == 5 and all(read), read
+    read = pages_read_exactly(classifier, wild_dir, [by_a_desk(0.25, turn=0.0), by_a_desk(0.25, 0.2, turn=0.0)])
+    assert len(read) == 10 and all(read), read
 
 
 def test_a_hard_shadow_is_not_taken_for_a_desk(classifier, wild_dir) -> None:
@@ -348,15 +348,13 @@ def test_a_hard_shadow_is_not_taken_for_a_desk(classifier, wild_dir) -> None:
     exactly as written: the shadowed part is the sheet, not a desk to cut away (`preprocess.a_desk`).
     With the sharp-edge check alone, none did: the shadow's edge is as sharp as a desk's, but digits
     are written in it."""
-    rows = [row for row in wild.rows_of(wild_dir, every=1) if row["kind"] == "multi"]
-    read = []
-    for row in rows:
-        with Image.open(wild_dir / row["file"]) as page:
-            rgb = np.asarray(ImageOps.exif_transpose(page).convert("RGB"), dtype=np.float32)
+    def under_a_hard_shadow(page: Image.Image) -> Image.Image:
+        rgb = np.asarray(page.convert("RGB"), dtype=np.float32)
         rgb[:, :round(0.4 * rgb.shape[1])] *= 0.5
-        shadowed = Image.fromarray(rgb.astype(np.uint8))
-        read.append(reading.read(classifier, shadowed, page=True).text == "\n".join(row["lines"].split()))
-    assert len(rows) == 5 and all(read), read
+        return Image.fromarray(rgb.astype(np.uint8))
+
+    read = pages_read_exactly(classifier, wild_dir, [under_a_hard_shadow])
+    assert len(read) == 5 and all(read), read
 
 
 def test_pages_turned_are_read(classifier, wild_dir) -> None:
@@ -365,16 +363,8 @@ def test_pages_turned_are_read(classifier, wild_dir) -> None:
     height of its tallest, so a long line that climbed (two pages' writers already climb 1-3 degrees)
     split in two, its last digits read as a line above it. Then 8 of the 20 at 15 and 25 did: lines
     were looked for up to 11 degrees, and the digits framed as turned as the page."""
-    rows = [row for row in wild.rows_of(wild_dir, every=1) if row["kind"] == "multi"]
-    read = []
-    for row in rows:
-        with Image.open(wild_dir / row["file"]) as page:
-            page = ImageOps.exif_transpose(page)
-            page.load()
-        for degrees in (-25, -15, -10, -5, 5, 10, 15, 25):
-            read.append(reading.read(classifier, turned(degrees)(page), page=True).text
-                        == "\n".join(row["lines"].split()))
-    assert len(rows) == 5 and all(read), read
+    read = pages_read_exactly(classifier, wild_dir, [turned(degrees) for degrees in (-25, -15, -10, -5, 5, 10, 15, 25)])
+    assert len(read) == 40 and all(read), read
 
 
 def test_one_writers_pages_turned_read_as_level(classifier, wild_dir) -> None:

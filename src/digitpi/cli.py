@@ -233,8 +233,8 @@ def cmd_samples(args: argparse.Namespace) -> int:
     if args.action == "list" and args.last is not None and args.last < 1:
         fail(f"--last must be at least 1, got {args.last}")
     writes = args.action in ("import", "delete")  # the others only read: a database another user owns will do
-    made = samples.removed_if_left_empty(path) if args.action == "import" else contextlib.nullcontext()
-    with made, samples.SampleStore(path, create=args.action == "import", writable=writes) as store:
+    new_database = samples.removed_if_left_empty(path) if args.action == "import" else contextlib.nullcontext()
+    with new_database, samples.SampleStore(path, create=args.action == "import", writable=writes) as store:
         if args.action == "stats":
             stats = store.stats()
             print(json.dumps(stats, indent=2) if args.json else samples.format_stats(stats, path))

@@ -422,10 +422,11 @@ def desk(gray: np.ndarray, low: float, high: float, side: int = 128) -> np.ndarr
     inside = int(np.count_nonzero(~around))
     marks = inside - int(light.area[sheet])
     top, left, bottom, right = light.boxes[sheet]
+    if (inside < 0.85 * (bottom - top) * (right - left) or not 0 < marks <= 0.3 * inside or runs_past.all()
+            or ring(around.astype(np.float32)).mean() < 0.2):
+        return None
     strokes = mean_depth(~around & ~paper, 8)
-    if (inside < 0.85 * (bottom - top) * (right - left) or not 0 < marks <= 0.3 * inside
-            or runs_past.all() or ring(around.astype(np.float32)).mean() < 0.2 or mean_depth(paper, 8) < 1.5 * strokes
-            or runs_past.sum() >= 2 and not a_desk(small, paper, around, strokes)):
+    if mean_depth(paper, 8) < 1.5 * strokes or runs_past.sum() >= 2 and not a_desk(small, paper, around, strokes):
         return None
     grown = Image.fromarray(dilated(around, 1))  # and the sheet's rim
     return np.asarray(grown.resize((gray.shape[1], gray.shape[0]), Image.NEAREST)) > 0

@@ -167,8 +167,8 @@ def augment(x: torch.Tensor, y: torch.Tensor, cfg: Config, gen: torch.Generator)
                          torch.stack([sin / aspect, (sin * shear + cos) * aspect, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     if cfg.elastic:  # a smooth random displacement: coarse noise, bicubic-upsampled, in grid units
-        coarse = uniform(n, 2, 4, 4) * (2 * cfg.elastic / contract.IMAGE_SIZE)
-        grid = grid + F.interpolate(coarse, size=x.shape[-2:], mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
+        field = uniform(n, 2, 4, 4) * (2 * cfg.elastic / contract.IMAGE_SIZE)
+        grid = grid + F.interpolate(field, size=x.shape[-2:], mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
     x = F.grid_sample(x, grid, align_corners=False)
     return as_tiny_scan(x, cfg.coarse, uniform) if cfg.coarse else x
 
