@@ -495,7 +495,10 @@ def test_numbers_written_with_digits_touching_are_read(classifier, wild_dir) -> 
     """Numbers of 2 to 4 digits (82), each of one writer's canvas drawings, 120 px tall: written touching,
     most read as they do written apart (gap of 12 px). Measured: 58 touching, 74 apart, most misreads
     of both the flagged writer's 1s. Before, 41 read touching: a piece wider than 1.35 line heights
-    was cut into even parts; now the model judges where (`layout.judged_cuts`)."""
+    was cut into even parts; now the model judges where (`layout.judged_cuts`). The models of the
+    standard recipe swing with the seed (2026-12-06, twelve runs with and without blocky scans): 50 to 63
+    touching, 72 to 79 apart; the lowest ratio, 50 of 72 (0.69), is the default of seed 0 with blocky
+    scans. 0.65 keeps a margin under it and fails the even cuts of before (41 of 74, 0.55)."""
     numbers = one_writers_numbers(wild_dir, 80, lambda rng: rng.integers(2, 5))
     read = {0: 0, 12: 0}
     for number in numbers:
@@ -503,7 +506,7 @@ def test_numbers_written_with_digits_touching_are_read(classifier, wild_dir) -> 
         for gap in read:
             read[gap] += reading.read(classifier, written_in_a_row(inks, gap), page=True).text == \
                 "".join(row["label"] for row in number)
-    assert len(numbers) == 82 and read[12] >= 70 and read[0] >= 0.75 * read[12], read
+    assert len(numbers) == 82 and read[12] >= 70 and read[0] >= 0.65 * read[12], read
 
 
 def test_a_dash_between_digits_is_not_read_as_one(classifier, wild_dir) -> None:
