@@ -425,14 +425,14 @@ def desk(gray: np.ndarray, low: float, high: float, side: int = 128) -> np.ndarr
     if (inside < 0.85 * (bottom - top) * (right - left) or not 0 < marks <= 0.3 * inside or runs_past.all()
             or ring(around.astype(np.float32)).mean() < 0.2):
         return None
-    strokes = mean_depth(~around & ~paper, 8)
-    if mean_depth(paper, 8) < 1.5 * strokes or runs_past.sum() >= 2 and not a_desk(small, paper, around, strokes):
+    strokes, grown = mean_depth(~around & ~paper, 8), dilated(around, 1)  # the desk and the sheet's rim
+    if (mean_depth(paper, 8) < 1.5 * strokes
+            or runs_past.sum() >= 2 and not a_desk(small, paper, around, grown, strokes)):
         return None
-    grown = Image.fromarray(dilated(around, 1))  # and the sheet's rim
-    return np.asarray(grown.resize((gray.shape[1], gray.shape[0]), Image.NEAREST)) > 0
+    return np.asarray(Image.fromarray(grown).resize((gray.shape[1], gray.shape[0]), Image.NEAREST)) > 0
 
 
-def a_desk(small: np.ndarray, sheet: np.ndarray, around: np.ndarray, strokes: float) -> bool:
+def a_desk(small: np.ndarray, sheet: np.ndarray, around: np.ndarray, grown: np.ndarray, strokes: float) -> bool:
     """Whether what lies `around` the `sheet` is a desk, not the sheet's own shadowed or unlit part
     nor a stroke of the digit. The sheet's edge is sharp: within 3 px of the desk, at most 1.5 pixels
     for each pixel of the sheet's rim lie in the middle half of the step between the desk's level and
@@ -440,13 +440,14 @@ def a_desk(small: np.ndarray, sheet: np.ndarray, around: np.ndarray, strokes: fl
     many pixels). Nothing is written on a desk: at most 0.5 % of it is darker than its level by a
     fifth of that step (where a hard shadow cuts across a sheet, what is written in the shadow is; a
     pen lying on the desk is refused too). And a desk is wide: its pixels three times as deep inside it
-    as the marks' pixels are inside theirs, `strokes` (mean depth). The frame cuts a desk, which
+    as the marks' pixels are inside theirs, `strokes` (mean depth). `grown`: `around` and the sheet's
+    rim, one pixel wide. The frame cuts a desk, which
     doubles its depth: a bold 1 cut tight along the picture's edge is twice as deep as the other
     strokes of its digit."""
     sheet_level, desk_level = float(np.median(small[sheet])), float(np.median(small[around]))
     step = sheet_level - desk_level
     middle = np.abs(small - (sheet_level + desk_level) / 2) < 0.25 * abs(step)
-    rim = np.count_nonzero(dilated(around, 1) & ~around)
+    rim = np.count_nonzero(grown & ~around)
     spread = np.count_nonzero(middle & dilated(around, 3) & (sheet | around))
     written = np.count_nonzero(around & (small < desk_level - 0.2 * step))
     return (spread <= 1.5 * rim and written <= 0.005 * np.count_nonzero(around)
