@@ -339,6 +339,31 @@ def test_missing_file(tmp_path) -> None:
         preprocess.load_image(tmp_path / "nothing.png")
 
 
+def test_a_sharp_shadow_across_the_digit_changes_little(mnist_test) -> None:
+    """50 test digits as dark ink on paper, a sharp shadow over the picture's left half (the light cut to
+    half: its edge crosses most digits), come out nearly as they do without it: 3.2 grey levels apart on
+    the mean. Before `preprocess.under_shadows`, 33.4: the edge was kept as a line of ink with the digit."""
+    apart = []
+    for digit in mnist_test[0][:50]:
+        page = np.asarray(Image.open(io.BytesIO(paper_png(digit))), dtype=np.float32)
+        shaded = page.copy()
+        shaded[:, :page.shape[1] // 2] *= 0.5
+        plain, shadowed = (preprocess.to_mnist(p.astype(np.uint8)).astype(np.float32) for p in (page, shaded))
+        apart.append(np.abs(plain - shadowed).mean())
+    assert np.mean(apart) < 8, np.round(apart, 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(height=st.integers(1, 30), width=st.integers(1, 30), half=st.integers(0, 16), seed=st.integers(0, 2**32 - 1),
+       op=st.sampled_from([np.minimum, np.maximum]))
+def test_spread_is_the_extreme_of_each_square(height, width, half, seed, op) -> None:
+    values = np.random.default_rng(seed).random((height, width)).astype(np.float32)
+    k = 2 * half + 1
+    expected = [[op.reduce(values[max(0, i - half):i + half + 1, max(0, j - half):j + half + 1], axis=None)
+                 for j in range(width)] for i in range(height)]
+    assert np.array_equal(preprocess.spread(values, k, op), np.array(expected, dtype=np.float32))
+
+
 @pytest.mark.parametrize("make", [
     lambda: np.full((300, 400), 255, np.uint8),  # white page
     lambda: np.full((300, 400), 17, np.uint8),  # black page

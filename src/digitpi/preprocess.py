@@ -49,6 +49,8 @@ class Settings:
     load_side: int = 1024  # load_image decodes/reduces to this longer side or less: plenty for a row of digits
     digit_side: int = 256  # to_mnist works at this longer side or less: 20 px of output need far fewer
     blocks: int = 16  # background grid: blocks along the longer side (3x3 blocks are wider than a stroke)
+    shadow_width: float = 0.2  # marks wider than this share of the picture are paper (a shadow), not strokes...
+    shadow_step: float = 0.1  # ...whose edge counts where it stands this share of the contrast over the blocks
     min_contrast: float = 12.0  # grey levels (of 255) between paper and ink below which nothing is written
     max_grain: float = 1 / 40  # grainier pictures (pixel noise over this share of the contrast) are smoothed
     min_snr: float = 6.0  # ink must stand this many noise standard deviations above the background
@@ -468,12 +470,21 @@ def edges_reached(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def block_medians(values: np.ndarray, blocks: int) -> np.ndarray:
     """The median level of each block of a grid with `blocks` blocks (of 8 px or more) along the longer
-    side: box-averaged to exactly 4x4 cells per block (the grid covers the image edge to edge), then
-    each block's median of 16 cells. Cheap, and robust to strokes crossing the block."""
+    side (`block_cells`): each block's median of 16 cells. Cheap, and robust to strokes crossing the block."""
+    return cell_medians(block_cells(values, blocks))
+
+
+def block_cells(values: np.ndarray, blocks: int) -> np.ndarray:
+    """`values` box-averaged to exactly 4x4 cells per block of a grid with `blocks` blocks (of 8 px or
+    more) along the longer side: the grid covers the image edge to edge."""
     h, w = values.shape
     size = max(8, max(h, w) // blocks)
     gh, gw = -(-h // size), -(-w // size)
-    cells = np.asarray(Image.fromarray(np.asarray(values, dtype=np.float32), "F").resize((4 * gw, 4 * gh), Image.BOX))
+    return np.asarray(Image.fromarray(np.asarray(values, dtype=np.float32), "F").resize((4 * gw, 4 * gh), Image.BOX))
+
+
+def cell_medians(cells: np.ndarray) -> np.ndarray:
+    gh, gw = cells.shape[0] // 4, cells.shape[1] // 4
     return np.median(cells.reshape(gh, 4, gw, 4).transpose(0, 2, 1, 3).reshape(gh, gw, 16), axis=2)
 
 
@@ -528,11 +539,13 @@ def thin_dark(gray: np.ndarray, blocks: int) -> bool:
     return thinner_side(flat < otsu(flat - flat.min()) + flat.min(), limit=4) is True  # strokes: a few px wide
 
 
-def block_background(ink: np.ndarray, blocks: int) -> np.ndarray:
+def block_background(ink: np.ndarray, blocks: int, shadow: tuple[float, float, float] | None = None) -> np.ndarray:
     """Smooth estimate of the background of `ink` (ink bright): block medians, opened so blocks
-    covered by strokes take their neighbours' level, then bilinearly stretched back to full size."""
+    covered by strokes take their neighbours' level, then bilinearly stretched back to full size.
+    With `shadow` (width, step, ceiling), the edges of shadows are kept sharp (`under_shadows`)."""
     h, w = ink.shape
-    grid = block_medians(ink, blocks)  # small images (MNIST itself) get one flat level
+    cells = block_cells(ink, blocks)
+    grid = cell_medians(cells)  # small images (MNIST itself) get one flat level
     gh, gw = grid.shape
     if max(gh, gw) <= 4:  # too few blocks to open (a small image): one level, the paper's side of Otsu's split
         sample = thin(ink) - ink.min()
@@ -540,10 +553,51 @@ def block_background(ink: np.ndarray, blocks: int) -> np.ndarray:
     # grey-level opening over 3x3 blocks, on the grid extended by two blocks that continue its slope:
     # at the edge of a page whose light falls across it, the opening would otherwise cut a step
     extended = np.pad(grid, [(2, 2) if n >= 3 else (0, 0) for n in grid.shape], mode="reflect", reflect_type="odd")
-    opened = neighbourhood(neighbourhood(extended, np.minimum), np.maximum)
+    opened = spread(spread(extended, 3, np.minimum), 3, np.maximum)
     grid = opened[2:-2] if gh >= 3 else opened
     grid = grid[:, 2:-2] if gw >= 3 else grid
-    return stretch(grid, (h, w))
+    background = stretch(grid, (h, w))
+    if shadow is None:
+        return background
+    return under_shadows(ink, background, cells, stretch(grid, cells.shape), *shadow)
+
+
+def under_shadows(ink: np.ndarray, background: np.ndarray, cells: np.ndarray, level: np.ndarray, width: float,
+                  step: float, ceiling: float, side: int = 256) -> np.ndarray:
+    """`background` raised to the paper's own level where a shadow's edge crosses the paper.
+
+    Blocks that straddle a sharp shadow's edge (a hand, a phone, a lamp's cut-off) take a level
+    between the light and the shadow, and the stretch blurs it over blocks: the paper just inside the
+    shadow stands out as a line of ink along the edge, which joins the digits it crosses. The paper's
+    own level (`paper_level`) keeps the edge sharp. Where, at the picture's `cells` (4 per block), it
+    stands over the blocks' `level` by more than `step`, and 3 cells around, the background is raised
+    to it, as measured again `side` px long (the edge to within a few pixels on a page): paper, not
+    the strokes on it, which stand over it still. A shadow is paper, lighter than the writing: where
+    what is wide is as dark as the ink (`ceiling` or more) within 3 cells, it is no shadow's edge (a
+    bold white digit on black taken for dark ink: its black would go, and its strokes' outlines)."""
+    paper = paper_level(cells, width)
+    near = paper - level > step
+    if not near.any():  # no shadow: looking at the cells (64 px long) costs about 0.1 ms
+        return background
+    near &= spread(paper, 7, np.maximum) < ceiling  # 3 cells around too
+    factor = -(-max(ink.shape) // side)
+    paper = paper_level(reduced(ink, side), width)
+    size = ink.shape[1], ink.shape[0]
+    paper = np.asarray(Image.fromarray(paper, "F").resize(size, Image.BILINEAR,
+                                                          box=(0, 0, size[0] / factor, size[1] / factor)))
+    near = np.asarray(Image.fromarray(dilated(near, 3)).resize(size, Image.NEAREST))
+    return np.where(near, np.maximum(background, np.minimum(ink, paper)), background)
+
+
+def paper_level(values: np.ndarray, width: float) -> np.ndarray:
+    """The level of what is wider than `width` of the picture: `values` opened over squares that wide,
+    so strokes (narrower) are gone and a shadow (wider) stays, its edge sharp; grown by a pixel more,
+    as resizing blurs the edge by one. The picture is taken to go on past its edges, so a shadow along
+    an edge keeps its corners."""
+    k = round(width * max(values.shape)) // 2 * 2 + 1
+    pad = k + 1
+    level = spread(spread(np.pad(values, pad, mode="edge"), k, np.minimum), k + 2, np.maximum)
+    return level[pad:-pad, pad:-pad]
 
 
 def stretch(grid: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -559,13 +613,23 @@ def stretch(grid: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(image)
 
 
-def neighbourhood(grid: np.ndarray, op) -> np.ndarray:
-    padded = np.pad(grid, 1, mode="edge")
-    out = grid.copy()
-    for dy in (0, 1, 2):
-        for dx in (0, 1, 2):
-            out = op(out, padded[dy:dy + grid.shape[0], dx:dx + grid.shape[1]])
-    return out
+def spread(values: np.ndarray, k: int, op: np.ufunc) -> np.ndarray:
+    """`op` (np.minimum or np.maximum) over the k x k square (k odd) centred on each pixel, of the
+    pixels in the picture: along rows, then along columns (`running`)."""
+    return running(running(values, k, op).T, k, op).T
+
+
+def running(values: np.ndarray, k: int, op: np.ufunc) -> np.ndarray:
+    """`op` over the k pixels of each row centred on each (k odd): runs of 2, 4, 8... pixels, each
+    from two of the run before, then two overlapping runs make k. A few whole-array passes for any k."""
+    n, half = values.shape[1], k // 2
+    runs = np.full((values.shape[0], n + 2 * half), np.inf if op is np.minimum else -np.inf, dtype=values.dtype)
+    runs[:, half:half + n] = values
+    span = 1
+    while 2 * span <= k:
+        runs = op(runs[:, :-span], runs[:, span:])
+        span *= 2
+    return op(runs[:, :n], runs[:, k - span:k - span + n])
 
 
 def otsu(values: np.ndarray, bins: int = 128) -> float:
@@ -813,7 +877,9 @@ def paper_ink(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS,
     Otsu's cut narrows, so that smoothed grain on blank paper is not taken for strokes."""
     if dark_ink(gray, low, high, s):  # dark ink on light paper: ink is the fraction of light absorbed
         ink = 255.0 - gray
-        background = block_background(ink, s.blocks)
+        step = max(s.min_contrast, s.shadow_step * (high - low))
+        shadow = s.shadow_width, step, 255.0 - low - 2 * step  # a shadow is lighter than the darkest ink
+        background = block_background(ink, s.blocks, shadow)
         ink -= background
         gain = 255.0 / np.maximum(255.0 - background, s.min_contrast)  # as dark in a shadow as in the light
         ink *= gain
