@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -214,6 +215,22 @@ def test_importing_pictures_skips_one_without_a_digit_and_says_so(tmp_path, digi
         assert store.count() == 4
     with pytest.raises(preprocess.ImageError, match="blank.png|notes.png"):  # without `skipped`: all or nothing
         samples.read_samples(tmp_path / "mine")
+
+
+def test_an_import_that_finds_no_sample_leaves_no_database(tmp_path, capsys):
+    """Pictures that all hold no digit, or a samples database that holds none, imported into a new
+    database: a clear error, and no empty database (nor its folder) is left behind."""
+    (tmp_path / "mine" / "3").mkdir(parents=True)
+    for i, level in enumerate((255, 250)):
+        (tmp_path / "mine" / "3" / f"{i}.png").write_bytes(png(np.full((60, 60), level, np.uint8)))
+    with samples.SampleStore(tmp_path / "none.db", create=True):
+        pass
+    for source, says in (("mine", "none of the 2 pictures in .*mine holds a digit"),
+                         ("none.db", ".*none.db holds none")):
+        db = tmp_path / "new" / "s.db"
+        assert main(["samples", "import", str(tmp_path / source), "--samples", str(db)]) == 2
+        assert re.search(f"no sample to import: {says}", capsys.readouterr().err.splitlines()[-1])
+        assert not (tmp_path / "new").exists()
 
 
 def test_a_huge_file_among_the_pictures_is_skipped_without_reading_it_whole(tmp_path, digits, capsys):

@@ -254,6 +254,9 @@ def cmd_samples(args: argparse.Namespace) -> int:
             added, present = samples.import_into(store, args.source, skipped=skipped)
             for message in skipped:  # each picture that holds no digit: one line, and the others are imported
                 print(f"digitpi: error: {message}", file=sys.stderr)
+            if not added and not present:  # nothing came: a database made for it goes (`removed_if_left_empty`)
+                fail(f"no sample to import: none of the {len(skipped):,} pictures in {args.source} holds a digit"
+                     if skipped else f"no sample to import: {args.source} holds none")
             print(f"imported {added:,} samples into {path}" + (f" ({present:,} were there already)" if present else "")
                   + (f"; skipped {len(skipped):,} pictures" if skipped else ""))
             return 2 if skipped else 0

@@ -128,9 +128,10 @@ def default_path() -> Path:
 @contextlib.contextmanager
 def removed_if_left_empty(path: Path) -> Iterator[None]:
     """A database that the block creates at `path` goes again, with the folders made for it, when the
-    block fails or is stopped (a refused `samples import`) and it holds no sample: not one another
-    program added meanwhile, nor a batch already committed. Through a symbolic link, SQLite creates
-    the file it points to; the files SQLite keeps beside it that were there before stay."""
+    block fails or is stopped (a refused `samples import`, or one that found no sample) and it holds
+    no sample: not one another program added meanwhile, nor a batch already committed. Through a
+    symbolic link, SQLite creates the file it points to; the files SQLite keeps beside it that were
+    there before stay."""
     real = Path(os.path.realpath(path))
     if real.exists():
         yield
