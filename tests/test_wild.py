@@ -287,9 +287,8 @@ def printed_short(change):
                                            (printed_short(on_ruled_paper), 0.95), (turned(-10), 0.95),
                                            (turned(10), 0.95), (in_green_ink, 0.95), (in_dim_light, 0.97)],
                          ids=["desk", "desk_at_one_side", "desk_at_two_sides", "box", "shadow", "hard_shadow",
-                              "squared", "ruled",
-                              "underlined", "underlined_touching", "squared_short", "ruled_short", "turned_-10",
-                              "turned_+10", "green_ink", "dim_light"])
+                              "squared", "ruled", "underlined", "underlined_touching", "squared_short", "ruled_short",
+                              "turned_-10", "turned_+10", "green_ink", "dim_light"])
 def test_photos_are_read_as_users_also_take_them(change, least: float, classifier, wild_dir) -> None:
     """Every photo of wild-dev (70), taken as users also take them, reads as the photo itself does but for a few
     (`least` of the photos read right as taken; measured 65, 67, 65, 64, 67, 65, 68, 68, 67, 67, 67, 66, 66, 68 and
