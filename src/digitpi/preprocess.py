@@ -557,7 +557,7 @@ def block_background(ink: np.ndarray, blocks: int, shadow: tuple[float, float, f
     grid = opened[2:-2] if gh >= 3 else opened
     grid = grid[:, 2:-2] if gw >= 3 else grid
     background = stretch(grid, (h, w))
-    if shadow is None or max(gh, gw) < blocks:  # under 128 px a fifth of the picture is finer than 3 blocks
+    if shadow is None or max(gh, gw) < blocks:  # under 121 px a fifth of the picture is finer than 3 blocks
         return background
     return under_shadows(ink, background, cells, stretch(grid, cells.shape), *shadow)
 
