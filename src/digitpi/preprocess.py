@@ -557,7 +557,9 @@ def block_background(ink: np.ndarray, blocks: int, shadow: tuple[float, float, f
     grid = opened[2:-2] if gh >= 3 else opened
     grid = grid[:, 2:-2] if gw >= 3 else grid
     background = stretch(grid, (h, w))
-    if shadow is None or max(gh, gw) < blocks:  # under 121 px a fifth of the picture is finer than 3 blocks
+    # a grid short of `blocks` (under 121 px): a fifth of the picture comes down to the blocks' own opening,
+    # and bold strokes in two shades of ink passed for shadow
+    if shadow is None or max(gh, gw) < blocks:
         return background
     return under_shadows(ink, background, cells, stretch(grid, cells.shape), *shadow)
 
