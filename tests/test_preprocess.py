@@ -364,6 +364,18 @@ def test_spread_is_the_extreme_of_each_square(height, width, half, seed, op) -> 
     assert np.array_equal(preprocess.spread(values, k, op), np.array(expected, dtype=np.float32))
 
 
+def blank_under_a_shadow(where: str) -> np.ndarray:
+    """A phone photo of blank paper (grain, light falling off, JPEG) under a sharp shadow that cuts the
+    light by 40 %: a hand or a phone over the page, or a lamp's cut-off."""
+    rows, columns = np.mgrid[0:480, 0:640]
+    paper = 215 + 20 * columns / 640 + np.random.default_rng(0).normal(0, 4, (480, 640))
+    shade = {"left": columns < 256, "corner": (columns > 384) & (rows > 240), "diagonal": rows + columns < 392}[where]
+    edge = np.asarray(Image.fromarray(shade.astype(np.uint8) * 255).filter(ImageFilter.GaussianBlur(2))) / 255
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(paper * (1 - 0.4 * edge), 0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=85)
+    return np.asarray(Image.open(buffer))
+
+
 @pytest.mark.parametrize("make", [
     lambda: np.full((300, 400), 255, np.uint8),  # white page
     lambda: np.full((300, 400), 17, np.uint8),  # black page
@@ -371,6 +383,11 @@ def test_spread_is_the_extreme_of_each_square(height, width, half, seed, op) -> 
     lambda: np.clip(np.random.default_rng(2).normal(200, 6, (300, 400)), 0, 255).astype(np.uint8),  # once a digit
     lambda: np.pad(np.full((1, 1), 120, np.uint8), ((150, 149), (200, 199)), constant_values=230),  # one speck
     lambda: np.tile(np.linspace(120, 240, 400, dtype=np.float32).astype(np.uint8), (300, 1)),  # light gradient
+    # once a 1 along the shadow's edge: the edge departed from the blocks straddling it (the ink's side
+    # then judged light on the page), and the shadow, the darkest thing there, was taken for ink
+    lambda: blank_under_a_shadow("left"),
+    lambda: blank_under_a_shadow("corner"),
+    lambda: blank_under_a_shadow("diagonal"),
 ])
 def test_blank_pages_have_no_digit(make) -> None:
     buffer = io.BytesIO()

@@ -378,7 +378,7 @@ def dark_ink(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS) 
     16x16 scan) and the border ring holds ink and paper alike; else the border ring is the paper,
     unless the ring is darker but the dark departures from the blocks' levels are clearly thin
     (`thin_dark`): a shadow over the ring, or a desk around the sheet not found as one."""
-    side = ink_side(gray, s.blocks)
+    side = ink_side(gray, s)
     if side is not None:
         return side
     edge = ring(gray)
@@ -389,7 +389,7 @@ def dark_ink(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS) 
         if side is not None:
             return side
     paper = ring_median(edge)
-    return (paper - low) > (high - paper) or thin_dark(gray, s.blocks)
+    return (paper - low) > (high - paper) or thin_dark(gray, s)
 
 
 def desk(gray: np.ndarray, low: float, high: float, side: int = 128) -> np.ndarray | None:
@@ -488,14 +488,19 @@ def cell_medians(cells: np.ndarray) -> np.ndarray:
     return np.median(cells.reshape(gh, 4, gw, 4).transpose(0, 2, 1, 3).reshape(gh, gw, 16), axis=2)
 
 
-def departures(gray: np.ndarray, side: int, blocks: int) -> np.ndarray | None:
+def departures(gray: np.ndarray, side: int, s: Settings) -> np.ndarray | None:
     """`gray` reduced to `side` minus the level of its blocks (their medians, the paper's where strokes
-    are thin): where marks stand out, whichever way. None for a picture too small to have blocks."""
+    are thin): where marks stand out, whichever way. None for a picture too small to have blocks.
+    The level is held between the picture opened and closed over squares as wide as a shadow
+    (`Settings.shadow_width`), which strokes leave and a shadow's edge follows: blocks straddling
+    that edge take a level between light and shadow, and both sides of it departed as far as strokes."""
     small = reduced(gray, side)
-    grid = block_medians(small, blocks)
+    grid = block_medians(small, s.blocks)
     if max(grid.shape) <= 4:  # a small picture: its blocks are too few to have a level of their own
         return None
-    return small - stretch(grid, small.shape)
+    opened, closed = (over_squares(small, s.shadow_width, *ops, grow=0) for ops in ((np.minimum, np.maximum),
+                                                                                  (np.maximum, np.minimum)))
+    return small - np.minimum(np.maximum(stretch(grid, small.shape), opened), closed)
 
 
 def thinner_side(dark: np.ndarray, limit: int) -> bool | None:
@@ -509,13 +514,13 @@ def thinner_side(dark: np.ndarray, limit: int) -> bool | None:
     return None
 
 
-def ink_side(gray: np.ndarray, blocks: int, clearly: float = 2.0) -> bool | None:
+def ink_side(gray: np.ndarray, s: Settings, clearly: float = 2.0) -> bool | None:
     """True if the ink is darker than what is around it, False if lighter, None if that is not clear:
     the picture's strongest departures from the level of their block must go one way `clearly` times
     as far as the other. The border ring alone would not do: under a shadow or in a dark corner it is
     darker than the paper's middle. A page is looked at 256 px long: its strokes still depart, at a
     sixteenth of the cost."""
-    flat = departures(gray, 256, blocks)
+    flat = departures(gray, 256, s)
     if flat is None:
         return None
     darker, lighter = extremes(flat)
@@ -526,14 +531,14 @@ def ink_side(gray: np.ndarray, blocks: int, clearly: float = 2.0) -> bool | None
     return None
 
 
-def thin_dark(gray: np.ndarray, blocks: int) -> bool:
+def thin_dark(gray: np.ndarray, s: Settings) -> bool:
     """Whether the marks departing darker from the level of their block (Otsu's split) are clearly
     thinner than the rest: dark strokes on wide paper, where `ink_side` is not clear (grainy paper,
     or a shadow whose edge departs from its blocks as far as the strokes do). Never the other way:
     in a picture cut tight to thick strokes, the paper left between them is thinner still. Looked at
     128 px long or less: blocks of 8 px or more are wider than bold strokes, the paper's grain is
     averaged away; a picture too small for blocks is not judged."""
-    flat = departures(gray, 128, blocks)
+    flat = departures(gray, 128, s)
     if flat is None:
         return False
     return thinner_side(flat < otsu(flat - flat.min()) + flat.min(), limit=4) is True  # strokes: a few px wide
@@ -576,12 +581,18 @@ def under_shadows(ink: np.ndarray, background: np.ndarray, cells: np.ndarray, le
     to it, as measured again `side` px long (the edge to within a few pixels on a page): paper, not
     the strokes on it, which stand over it still. A shadow is paper, lighter than the writing: where
     what is wide is as dark as the ink (`ceiling` or more) within 3 cells, it is no shadow's edge (a
-    bold white digit on black taken for dark ink: its black would go, and its strokes' outlines)."""
+    bold white digit on black taken for dark ink: its black would go, and its strokes' outlines);
+    unless nothing narrow stands out anywhere, dark or light: then the picture is blank paper, and
+    the shadow is the darkest thing on it."""
     paper = paper_level(cells, width)
     near = paper - level > step
     if not near.any():  # no shadow: looking at the cells (64 px long) costs about 0.1 ms
         return background
-    near &= spread(paper, 7, np.maximum) < ceiling  # 3 cells around too
+    dark = spread(paper, 7, np.maximum) >= ceiling  # 3 cells around too
+    strokes = np.maximum(cells - paper, over_squares(cells, width, np.maximum, np.minimum) - cells)  # dark, light
+    if not (strokes > step).any():  # a blank page: its shadow is the darkest thing on it
+        dark[:] = False
+    near &= ~dark
     factor = -(-max(ink.shape) // side)
     paper = paper_level(reduced(ink, side), width)
     size = ink.shape[1], ink.shape[0]
@@ -594,11 +605,17 @@ def under_shadows(ink: np.ndarray, background: np.ndarray, cells: np.ndarray, le
 def paper_level(values: np.ndarray, width: float) -> np.ndarray:
     """The level of what is wider than `width` of the picture: `values` opened over squares that wide,
     so strokes (narrower) are gone and a shadow (wider) stays, its edge sharp; grown by a pixel more,
-    as resizing blurs the edge by one. The picture is taken to go on past its edges, so a shadow along
-    an edge keeps its corners."""
+    as resizing blurs the edge by one."""
+    return over_squares(values, width, np.minimum, np.maximum)
+
+
+def over_squares(values: np.ndarray, width: float, first: np.ufunc, then: np.ufunc, grow: int = 2) -> np.ndarray:
+    """`first` then `then` (np.minimum, np.maximum) over squares `width` of the picture wide, the second
+    `grow` pixels wider. The picture is taken to go on past its edges, so a shadow along an edge keeps
+    its corners."""
     k = round(width * max(values.shape)) // 2 * 2 + 1
     pad = k + 1
-    level = spread(spread(np.pad(values, pad, mode="edge"), k, np.minimum), k + 2, np.maximum)
+    level = spread(spread(np.pad(values, pad, mode="edge"), k, first), k + grow, then)
     return level[pad:-pad, pad:-pad]
 
 
