@@ -498,9 +498,9 @@ def departures(gray: np.ndarray, side: int, s: Settings) -> np.ndarray | None:
     grid = block_medians(small, s.blocks)
     if max(grid.shape) <= 4:  # a small picture: its blocks are too few to have a level of their own
         return None
-    opened, closed = (over_squares(small, s.shadow_width, *ops, grow=0) for ops in ((np.minimum, np.maximum),
-                                                                                  (np.maximum, np.minimum)))
-    return small - np.minimum(np.maximum(stretch(grid, small.shape), opened), closed)
+    opened = over_squares(small, s.shadow_width, np.minimum, np.maximum, grow=0)
+    closed = over_squares(small, s.shadow_width, np.maximum, np.minimum, grow=0)
+    return small - np.clip(stretch(grid, small.shape), opened, closed)
 
 
 def thinner_side(dark: np.ndarray, limit: int) -> bool | None:
@@ -589,9 +589,10 @@ def under_shadows(ink: np.ndarray, background: np.ndarray, cells: np.ndarray, le
     if not near.any():  # no shadow: looking at the cells (64 px long) costs about 0.1 ms
         return background
     dark = spread(paper, 7, np.maximum) >= ceiling  # 3 cells around too
-    strokes = np.maximum(cells - paper, over_squares(cells, width, np.maximum, np.minimum) - cells)  # dark, light
-    if not (strokes > step).any():  # a blank page: its shadow is the darkest thing on it
-        dark[:] = False
+    if dark.any():
+        strokes = np.maximum(cells - paper, over_squares(cells, width, np.maximum, np.minimum) - cells)  # dark, light
+        if not (strokes > step).any():  # a blank page: its shadow is the darkest thing on it
+            dark[:] = False
     near &= ~dark
     factor = -(-max(ink.shape) // side)
     paper = paper_level(reduced(ink, side), width)
