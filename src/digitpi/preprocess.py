@@ -589,11 +589,10 @@ def under_shadows(ink: np.ndarray, background: np.ndarray, cells: np.ndarray, le
     if not near.any():  # no shadow: looking at the cells (64 px long) costs about 0.1 ms
         return background
     dark = spread(paper, 7, np.maximum) >= ceiling  # 3 cells around too
-    if dark.any():
-        strokes = np.maximum(cells - paper, over_squares(cells, width, np.maximum, np.minimum) - cells)  # dark, light
-        if not (strokes > step).any():  # a blank page: its shadow is the darkest thing on it
-            dark[:] = False
-    near &= ~dark
+    if dark.any():  # unless no stroke stands out, dark or light: a blank page, its shadow the darkest thing on it
+        strokes = np.maximum(cells - paper, over_squares(cells, width, np.maximum, np.minimum) - cells)
+        if (strokes > step).any():
+            near &= ~dark
     factor = -(-max(ink.shape) // side)
     paper = paper_level(reduced(ink, side), width)
     size = ink.shape[1], ink.shape[0]
