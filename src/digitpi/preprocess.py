@@ -612,11 +612,11 @@ def paper_level(values: np.ndarray, width: float) -> np.ndarray:
 def over_squares(values: np.ndarray, width: float, first: np.ufunc, then: np.ufunc, grow: int = 2) -> np.ndarray:
     """`first` then `then` (np.minimum, np.maximum) over squares `width` of the picture wide, the second
     `grow` pixels wider. The picture is taken to go on past its edges, so a shadow along an edge keeps
-    its corners."""
+    its corners: half the second square past them is enough, as what lies further is the edge again."""
     k = round(width * max(values.shape)) // 2 * 2 + 1
-    pad = k + 1
+    pad = (k + grow) // 2
     level = spread(spread(np.pad(values, pad, mode="edge"), k, first), k + grow, then)
-    return level[pad:-pad, pad:-pad]
+    return level[pad:pad + values.shape[0], pad:pad + values.shape[1]]
 
 
 def stretch(grid: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
