@@ -438,6 +438,9 @@ def test_samples_command(tmp_path, digits, capsys):
         assert "--last must be at least 1" in capsys.readouterr().err
     assert main(["samples", "list", "--last", "1" + "0" * 30, "--samples", str(db), "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 6
+    assert [p.name for p in tmp_path.glob("samples.db*")] == ["samples.db"]  # reading left no -wal, no -shm
+    with samples.SampleStore(db, writable=False) as reader, pytest.raises(samples.StoreError, match="readonly"):
+        reader.delete()
     assert main(["samples", "import", str(tmp_path / "out"), "--samples", str(tmp_path / "new.db")]) == 0
     assert "imported 6 samples" in capsys.readouterr().out
     assert main(["samples", "delete", "--samples", str(db)]) == 2

@@ -152,12 +152,22 @@ def removed_if_left_empty(path: Path) -> Iterator[None]:
         raise
 
 
+def reading(path: Path) -> list[str]:
+    """The URIs to read the database at `path` through, in turn. A user who may write the file and its
+    folder opens it read-write (`SampleStore` refuses writes with `query_only`): the last connection to close
+    removes the -wal and -shm files beside a WAL database, which `mode=ro` would leave behind after
+    every `samples list`; others read with `mode=ro`."""
+    uri = path.resolve().as_uri()
+    may_write = os.access(path, os.W_OK) and os.access(path.resolve().parent, os.W_OK)
+    return [f"{uri}?mode=rw"] * may_write + [f"{uri}?mode=ro"]
+
+
 def holds_no_sample(path: Path) -> bool:
     """Whether the database at `path` is missing or holds no sample; False when that cannot be told."""
     if not path.exists():
         return True
     try:
-        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=1)) as db:
+        with contextlib.closing(sqlite3.connect(reading(path)[0], uri=True, timeout=1)) as db:
             return db.execute("SELECT COUNT(*) FROM samples").fetchone()[0] == 0
     except sqlite3.Error as e:
         return str(e).startswith("no such table")  # created, its schema not yet written
@@ -253,11 +263,10 @@ class SampleStore:
 
     def open(self, writable: bool) -> None:
         """Connect (autocommit: every transaction below is an explicit BEGIN ... COMMIT) and check the
-        file. Read-only, `mode=ro` shares the WAL's -shm file with a server writing the database; when
-        no one has it open there is no -shm, none can be made in a folder we may not write, and
-        `immutable=1` reads the file as it is."""
-        uri = self.path.resolve().as_uri()
-        tries = [str(self.path)] if writable else [f"{uri}?mode=ro", f"{uri}?immutable=1"]
+        file. Read-only (`reading`, then `query_only`), `mode=ro` shares the WAL's -shm file with a
+        server writing the database; when no one has it open there is no -shm, none can be made in a
+        folder we may not write, and `immutable=1` reads the file as it is."""
+        tries = [str(self.path)] if writable else [*reading(self.path), f"{self.path.resolve().as_uri()}?immutable=1"]
         for where in tries:
             self.db = sqlite3.connect(where, timeout=self.limits.busy_seconds, isolation_level=None,
                                       check_same_thread=False, uri=not writable)
@@ -269,6 +278,8 @@ class SampleStore:
                 no_shm = (getattr(e, "sqlite_errorname", None) or "").startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN"))
                 if where == tries[-1] or not no_shm:
                     raise
+                if where.endswith("?mode=rw"):
+                    continue
                 wal = Path(f"{self.path}-wal")
                 if wal.exists() and wal.stat().st_size:  # immutable=1 would read the file without them
                     raise sqlite3.OperationalError(f"{wal.name} holds changes not yet in the file, which only a "
@@ -289,6 +300,7 @@ class SampleStore:
                 raise sqlite3.DatabaseError(f"{broken:,} rows with a label that is not a digit or an input "
                                             f"that is not {IMAGE_SIZE}x{IMAGE_SIZE}: written by hand?")
         if not writable:
+            self.db.execute("PRAGMA query_only = ON")
             return
         self.db.execute("PRAGMA journal_mode = WAL")  # readers and the writer side by side; atomic commits
         self.db.execute("PRAGMA synchronous = FULL")  # each commit reaches the disk before add() returns
