@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageFilter, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from digitpi import UserError, one_line
 from digitpi.contract import BOX_SIZE, CENTRE, IMAGE_SIZE, WHITE
@@ -458,8 +458,7 @@ def a_desk(small: np.ndarray, sheet: np.ndarray, around: np.ndarray, grown: np.n
 
 def dilated(mask: np.ndarray, px: int) -> np.ndarray:
     """`mask` grown by `px` pixels each way (a square neighbourhood)."""
-    image = Image.fromarray(mask.astype(np.uint8) * 255, "L").filter(ImageFilter.MaxFilter(2 * px + 1))
-    return np.asarray(image) > 0
+    return spread(mask, 2 * px + 1, np.maximum)
 
 
 def edges_reached(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -634,7 +633,8 @@ def stretch(grid: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def spread(values: np.ndarray, k: int, op: np.ufunc) -> np.ndarray:
     """`op` (np.minimum or np.maximum) over the k x k square (k odd) centred on each pixel, of the
-    pixels in the picture: along rows, then along columns (`running`)."""
+    pixels in the picture: along rows, then along columns (`running`). The same as the picture's
+    edges repeated past it (what Pillow's MinFilter and MaxFilter do, 5x slower), for any dtype."""
     return running(running(values, k, op).T, k, op).T
 
 
@@ -642,7 +642,10 @@ def running(values: np.ndarray, k: int, op: np.ufunc) -> np.ndarray:
     """`op` over the k pixels of each row centred on each (k odd): runs of 2, 4, 8... pixels, each
     from two of the run before, then two overlapping runs make k. A few whole-array passes for any k."""
     n, half = values.shape[1], k // 2
-    runs = np.full((values.shape[0], n + 2 * half), np.inf if op is np.minimum else -np.inf, dtype=values.dtype)
+    if values.size == 0:
+        return values.copy()
+    past_edges = values.max() if op is np.minimum else values.min()  # changes no pixel's result, in any dtype
+    runs = np.full((values.shape[0], n + 2 * half), past_edges, dtype=values.dtype)
     runs[:, half:half + n] = values
     span = 1
     while 2 * span <= k:
@@ -1013,13 +1016,13 @@ def find_blobs(mask: np.ndarray) -> Blobs:
 def mean_depth(mask: np.ndarray, limit: int = 64) -> float:
     """Mean chessboard distance, in px, from a True pixel to the nearest False one: one plus the mean
     number of 3x3 erosions a pixel survives (at most `limit`). 0 for an empty mask."""
-    pixels = int(mask.sum())
+    pixels = int(np.count_nonzero(mask))
     if pixels == 0:
         return 0.0
-    image, total = Image.fromarray(mask.astype(np.uint8) * 255, "L"), pixels
+    total = pixels
     for _ in range(limit):
-        image = image.filter(ImageFilter.MinFilter(3))
-        left = int(np.count_nonzero(np.asarray(image)))
+        mask = spread(mask, 3, np.minimum)
+        left = int(np.count_nonzero(mask))
         if left == 0:
             break
         total += left
@@ -1049,10 +1052,9 @@ def scaled(ink: np.ndarray, size: tuple[int, int], s: Settings = SETTINGS) -> np
     width = stroke_width(fine > 0.5, limit=math.ceil(s.stroke * s.fine / 2) + 1) / s.fine  # enough to tell thin
     if width >= s.stroke:
         return np.asarray(image.resize(size, Image.LANCZOS))
-    thick = Image.fromarray(fine.astype(np.float32), "F")
-    for _ in range(math.ceil((s.stroke - width) * s.fine / 2)):  # a 3x3 dilation adds 2 fine px
-        thick = thick.filter(ImageFilter.MaxFilter(3))
-    return np.asarray(thick.resize(size, Image.BOX))
+    grow = math.ceil((s.stroke - width) * s.fine / 2)  # fine px added on each side
+    thick = spread(fine.astype(np.float32), 2 * grow + 1, np.maximum)
+    return np.asarray(Image.fromarray(thick, "F").resize(size, Image.BOX))
 
 
 def frame(ink: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
