@@ -282,11 +282,13 @@ def printed_short(change):
 
 @pytest.mark.parametrize("change, least", [(on_a_dark_desk, 0.9), (by_a_desk(0.25), 0.9), (by_a_desk(0.25, 0.2), 0.9),
                                            (in_a_box, 0.9), (under_a_shadow, 0.85), (under_a_hard_shadow(0.4), 0.9),
+                                           (under_a_hard_shadow(0.5, top=0.45, light=0.2), 0.85),
                                            (on_squared_paper, 0.9), (on_ruled_paper, 0.95), (underlined, 0.95),
                                            (underlined_touching, 0.95), (printed_short(on_squared_paper), 0.95),
                                            (printed_short(on_ruled_paper), 0.95), (turned(-10), 0.95),
                                            (turned(10), 0.95), (in_green_ink, 0.95), (in_dim_light, 0.97)],
                          ids=["desk", "desk_at_one_side", "desk_at_two_sides", "box", "shadow", "hard_shadow",
+                              "shadow_as_dark_as_ink",
                               "squared", "ruled", "underlined", "underlined_touching", "squared_short", "ruled_short",
                               "turned_-10", "turned_+10", "green_ink", "dim_light"])
 def test_photos_are_read_as_users_also_take_them(change, least: float, classifier, wild_dir) -> None:
@@ -307,7 +309,10 @@ def test_photos_are_read_as_users_also_take_them(change, least: float, classifie
     looked for, now 11); in green ink 63 (luminance keeps 40 % of a green pen's contrast: now the colour channel
     that shows the marks clearly more strongly is read); in dim light 64 (the grain broke small photos' strokes into
     specks: now a grainy picture is smoothed first); under a hard shadow over the left 40 % (the light cut to half)
-    52 (its edge was kept as a line of ink: `preprocess.under_shadows` keeps it out). On small blurred photos a grid
+    52 (its edge was kept as a line of ink: `preprocess.under_shadows` keeps it out), and over the lower-left corner
+    with the light cut to a fifth, the shadow as dark as the ink in the light, 32, now 61 (what is wide and as dark
+    as the ink was taken for a bold stroke and its edge kept; the digit's strokes under the shadow, darker still,
+    now tell it from one). On small blurred photos a grid
     of 1-px lines is too faint along its length to be found; a 3 whose tail comes down onto the line looks like a 2
     on its base and keeps it."""
     rows = singles(wild_dir, "photo")
@@ -365,11 +370,13 @@ def test_a_hard_shadow_is_not_taken_for_a_desk(classifier, wild_dir) -> None:
 
 def test_pages_under_a_hard_shadow_over_a_corner_are_read(classifier, wild_dir) -> None:
     """Every page of wild-dev (5) under a sharp shadow over its lower-left corner (the left half, below
-    45 % of its height; the light cut to 45 %) reads exactly as written. Before, none did: blocks that
-    straddle the shadow's edge took a level between the light and the shadow, so the paper just inside
-    the shadow stood out as ink along its two edges, joined to the digits they crossed."""
-    read = pages_read_exactly(classifier, wild_dir, [under_a_hard_shadow(0.5, top=0.45, light=0.45)])
-    assert len(read) == 5 and all(read), read
+    45 % of its height; the light cut to 45 %, and to a fifth: as dark as the ink in the light) reads
+    exactly as written. Before, none did: blocks that straddle the shadow's edge took a level between the
+    light and the shadow, so the paper just inside the shadow stood out as ink along its two edges, joined
+    to the digits they crossed. Then none did under the deeper shadow, taken for a bold stroke."""
+    read = pages_read_exactly(classifier, wild_dir, [under_a_hard_shadow(0.5, top=0.45, light=light)
+                                                     for light in (0.45, 0.2)])
+    assert len(read) == 10 and all(read), read
 
 
 def test_pages_turned_are_read(classifier, wild_dir) -> None:

@@ -580,25 +580,35 @@ def under_shadows(ink: np.ndarray, background: np.ndarray, cells: np.ndarray, le
     to it, as measured again `side` px long (the edge to within a few pixels on a page): paper, not
     the strokes on it, which stand over it still. A shadow is paper, lighter than the writing: where
     what is wide is as dark as the ink (`ceiling` or more) within 3 cells, it is no shadow's edge (a
-    bold white digit on black taken for dark ink: its black would go, and its strokes' outlines);
-    unless nothing narrow stands out anywhere, dark or light: then the picture is blank paper, and
-    the shadow is the darkest thing on it."""
+    bold stroke's junction, a bold white digit on black taken for dark ink: its black would go, and
+    its strokes' outlines); unless it is a shadow as deep as the ink in the light (`deep_shadow`), or
+    nothing narrow stands out anywhere, dark or light (blank paper, the shadow the darkest thing on it)."""
     paper = paper_level(cells, width)
     near = paper - level > step
     if not near.any():  # no shadow: looking at the cells (64 px long) costs about 0.1 ms
         return background
+    factor = -(-max(ink.shape) // side)
+    fine = reduced(ink, side)
+    fine_paper = paper_level(fine, width)
     dark = spread(paper, 7, np.maximum) >= ceiling  # 3 cells around too
-    if dark.any():  # unless no stroke stands out, dark or light: a blank page, its shadow the darkest thing on it
+    if dark.any() and not deep_shadow(fine, fine_paper >= ceiling, step):
         strokes = np.maximum(cells - paper, over_squares(cells, width, np.maximum, np.minimum) - cells)
         if (strokes > step).any():
             near &= ~dark
-    factor = -(-max(ink.shape) // side)
-    paper = paper_level(reduced(ink, side), width)
     size = ink.shape[1], ink.shape[0]
-    paper = np.asarray(Image.fromarray(paper, "F").resize(size, Image.BILINEAR,
-                                                          box=(0, 0, size[0] / factor, size[1] / factor)))
+    paper = np.asarray(Image.fromarray(fine_paper, "F").resize(size, Image.BILINEAR,
+                                                               box=(0, 0, size[0] / factor, size[1] / factor)))
     near = np.asarray(Image.fromarray(dilated(near, 3)).resize(size, Image.NEAREST))
     return np.where(near, np.maximum(background, np.minimum(ink, paper)), background)
+
+
+def deep_shadow(ink: np.ndarray, dark: np.ndarray, step: float) -> bool:
+    """Whether the `dark` parts of `ink` (what is wider than a shadow's width and as dark as the ink)
+    are a shadow as deep as the ink in the light: they cover a fifth of the picture or more, and
+    something on them is darker still by `step` and narrower than a sixteenth of the picture (the
+    digit's strokes under the shadow). A bold stroke's junction, or a stroke along the edge of a tight
+    crop, is smaller, and its own shading is wider than that."""
+    return dark.mean() >= 0.2 and bool((dark & (ink - paper_level(ink, 1 / 16) > step)).any())
 
 
 def paper_level(values: np.ndarray, width: float) -> np.ndarray:
