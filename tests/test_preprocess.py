@@ -353,15 +353,16 @@ def test_a_sharp_shadow_across_the_digit_changes_little(mnist_test) -> None:
     assert np.mean(apart) < 8, np.round(apart, 1)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(height=st.integers(1, 30), width=st.integers(1, 30), half=st.integers(0, 16), seed=st.integers(0, 2**32 - 1),
-       op=st.sampled_from([np.minimum, np.maximum]))
-def test_spread_is_the_extreme_of_each_square(height, width, half, seed, op) -> None:
-    values = np.random.default_rng(seed).random((height, width)).astype(np.float32)
+       op=st.sampled_from([np.minimum, np.maximum]), dtype=st.sampled_from([np.float32, np.uint8, np.bool_]))
+def test_spread_is_the_extreme_of_each_square(height, width, half, seed, op, dtype) -> None:
+    """In any dtype: grey levels, and masks (grown and eroded by `dilated` and `mean_depth`)."""
+    values = (np.random.default_rng(seed).random((height, width)) * (2 if dtype is np.bool_ else 256)).astype(dtype)
     k = 2 * half + 1
     expected = [[op.reduce(values[max(0, i - half):i + half + 1, max(0, j - half):j + half + 1], axis=None)
                  for j in range(width)] for i in range(height)]
-    assert np.array_equal(preprocess.spread(values, k, op), np.array(expected, dtype=np.float32))
+    assert np.array_equal(preprocess.spread(values, k, op), np.array(expected, dtype=dtype))
 
 
 def blank_under_a_shadow(where: str) -> np.ndarray:
