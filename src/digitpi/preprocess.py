@@ -573,10 +573,11 @@ def block_background(ink: np.ndarray, blocks: int, shadow: tuple[float, float, f
 def digital_paper(ink: np.ndarray, full: float = 0.9) -> float | None:
     """The paper's level of a digital drawing (a canvas, a screenshot, a scan enlarged), None for a photo.
     Its paper is one exact level over half the picture or more, and what stands above it is mostly
-    full ink (its median `full` of the way from the paper to the darkest): a brush's strokes, however
-    bold. There the blocks' level is wrong: a block inside a stroke wider than three blocks kept the
-    stroke's level, and the stroke was read hollow. A photo's paper has grain; a shadow laid over a
-    canvas makes the marks above the paper mostly shadow."""
+    full ink (its median `full` of the way from the paper to the darkest) and strokes (mean depth under
+    4 px at 64 px; half of a two-tone page is not): a brush's strokes, however bold. There the blocks'
+    level is wrong: a block inside a stroke wider than three blocks kept the stroke's level, and the
+    stroke was read hollow. A photo's paper has grain; a shadow laid over a canvas makes the marks
+    above the paper mostly shadow."""
     sample = thin(ink, 16384)
     values, counts = np.unique(sample, return_counts=True)
     top = int(np.argmax(counts))
@@ -586,7 +587,7 @@ def digital_paper(ink: np.ndarray, full: float = 0.9) -> float | None:
             or np.median(marks) - paper < full * (darkest - paper)):
         return None
     strokes = reduced((ink > threshold).astype(np.float32), 64) >= 0.5
-    return paper if mean_depth(strokes, limit=4) < 4 else None  # not half the picture in ink (a two-tone page)
+    return paper if mean_depth(strokes, limit=4) < 4 else None
 
 
 def small_background(ink: np.ndarray, uneven: float = 0.1) -> np.ndarray:
