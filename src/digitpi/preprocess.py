@@ -602,8 +602,7 @@ def small_background(ink: np.ndarray, uneven: float = 0.1) -> np.ndarray:
     p10, p90 = np.percentile(paper, [10, 90])
     if max(ink.shape) < 20 or p90 - p10 < uneven * sample.max():
         return np.full_like(ink, np.median(paper) + ink.min())
-    k = max(ink.shape) // 8 * 2 + 1
-    return spread(spread(ink, k, np.minimum), k, np.maximum)
+    return over_squares(ink, 1 / 4, np.minimum, np.maximum, grow=0)
 
 
 def under_shadows(ink: np.ndarray, background: np.ndarray, cells: np.ndarray, level: np.ndarray, width: float,
