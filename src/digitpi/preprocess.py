@@ -572,19 +572,20 @@ def block_background(ink: np.ndarray, blocks: int, shadow: tuple[float, float, f
 
 def digital_paper(ink: np.ndarray, full: float = 0.9) -> float | None:
     """The paper's level of a digital drawing (a canvas, a screenshot, a scan enlarged), None for a photo.
-    Its paper is one exact level over half the picture or more, and what stands above it is mostly
-    full ink (its median `full` of the way from the paper to the darkest) and strokes (mean depth under
-    4 px at 64 px; half of a two-tone page is not): a brush's strokes, however bold. There the blocks'
-    level is wrong: a block inside a stroke wider than three blocks kept the stroke's level, and the
-    stroke was read hollow. A photo's paper has grain; a shadow laid over a canvas makes the marks
-    above the paper mostly shadow."""
+    Its paper is one exact level over half the picture and over 70 % of its paper's side of Otsu's
+    split, and what stands above it is mostly full ink (its median `full` of the way from the paper to
+    the darkest) and strokes (mean depth under 4 px at 64 px; half of a two-tone page is not): a
+    brush's strokes, however bold. There the blocks' level is wrong: a block inside a stroke wider than
+    three blocks kept the stroke's level, and the stroke was read hollow. A photo's paper has grain (a
+    JPEG squeezed hard flattens it into blocks of nearby levels: 61-63 % at one); a shadow laid over
+    a canvas makes the marks above the paper mostly shadow."""
     sample = thin(ink, 16384)
     values, counts = np.unique(sample, return_counts=True)
     top = int(np.argmax(counts))
     paper, darkest, threshold = float(values[top]), float(values[-1]), otsu(sample - values[0]) + values[0]
     marks = sample[sample > threshold]
-    if (counts[top] < 0.5 * sample.size or paper > threshold or not marks.size
-            or np.median(marks) - paper < full * (darkest - paper)):
+    if (counts[top] < max(0.5 * sample.size, 0.7 * (sample.size - marks.size)) or paper > threshold
+            or not marks.size or np.median(marks) - paper < full * (darkest - paper)):
         return None
     strokes = reduced((ink > threshold).astype(np.float32), 64) >= 0.5
     return paper if mean_depth(strokes, limit=4) < 4 else None
@@ -592,15 +593,17 @@ def digital_paper(ink: np.ndarray, full: float = 0.9) -> float | None:
 
 def small_background(ink: np.ndarray, uneven: float = 0.1) -> np.ndarray:
     """The background of `ink` (ink bright) in a picture too small for blocks (32 px or less): one
-    level, the paper's side of Otsu's split, where that paper is even (MNIST itself, a canvas, a
-    binarized scan). Where its 10th and 90th percentiles lie `uneven` of the contrast apart or more (a
-    phone photo shrunk to 28 px: light falling across it, grain, which one level took for ink or left
-    the faint strokes under), the picture opened over squares a quarter of its size, wider than its
-    strokes. Under 20 px strokes are about as wide as that, and one level stays."""
+    level, the paper's side of Otsu's split, where that paper is even (MNIST itself, a binarized scan)
+    or half of it one exact level (a drawing, whose anti-aliased edges spread the paper's levels in a
+    tight crop). Where the paper's 10th and 90th percentiles lie `uneven` of the contrast apart or more
+    (a phone photo shrunk to 28 px: light falling across it, grain, which one level took for ink or
+    left the faint strokes under), the picture opened over squares a quarter of its size, wider than
+    its strokes. Under 20 px strokes are about as wide as that, and one level stays."""
     sample = ink - ink.min()
     paper = sample[sample <= otsu(sample)]
     p10, p90 = np.percentile(paper, [10, 90])
-    if max(ink.shape) < 20 or p90 - p10 < uneven * sample.max():
+    if (max(ink.shape) < 20 or p90 - p10 < uneven * sample.max()
+            or np.unique(paper, return_counts=True)[1].max() >= 0.5 * paper.size):
         return np.full_like(ink, np.median(paper) + ink.min())
     return over_squares(ink, 1 / 4, np.minimum, np.maximum, grow=0)
 
