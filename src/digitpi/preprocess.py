@@ -580,15 +580,23 @@ def digital_paper(ink: np.ndarray, full: float = 0.9) -> float | None:
     JPEG squeezed hard flattens it into blocks of nearby levels: 61-63 % at one); a shadow laid over
     a canvas makes the marks above the paper mostly shadow."""
     sample = thin(ink, 16384)
-    values, counts = np.unique(sample, return_counts=True)
-    top = int(np.argmax(counts))
-    paper, darkest, threshold = float(values[top]), float(values[-1]), otsu(sample - values[0]) + values[0]
+    low, darkest = float(sample.min()), float(sample.max())
+    threshold = otsu(sample - low) + low
     marks = sample[sample > threshold]
-    if (counts[top] < max(0.5 * sample.size, 0.7 * (sample.size - marks.size)) or paper > threshold
+    paper, count = exact_level(sample)
+    if (count < max(0.5 * sample.size, 0.7 * (sample.size - marks.size)) or paper > threshold
             or not marks.size or np.median(marks) - paper < full * (darkest - paper)):
         return None
     strokes = reduced((ink > threshold).astype(np.float32), 64) >= 0.5
     return paper if mean_depth(strokes, limit=4) < 4 else None
+
+
+def exact_level(values: np.ndarray) -> tuple[float, int]:
+    """The most common exact level of `values` and how many hold it: a drawing's paper is one level,
+    a photo's has grain (`digital_paper`, `small_background`)."""
+    levels, counts = np.unique(values, return_counts=True)
+    top = int(np.argmax(counts))
+    return float(levels[top]), int(counts[top])
 
 
 def small_background(ink: np.ndarray, uneven: float = 0.1) -> np.ndarray:
@@ -602,8 +610,7 @@ def small_background(ink: np.ndarray, uneven: float = 0.1) -> np.ndarray:
     sample = ink - ink.min()
     paper = sample[sample <= otsu(sample)]
     p10, p90 = np.percentile(paper, [10, 90])
-    if (max(ink.shape) < 20 or p90 - p10 < uneven * sample.max()
-            or np.unique(paper, return_counts=True)[1].max() >= 0.5 * paper.size):
+    if max(ink.shape) < 20 or p90 - p10 < uneven * sample.max() or exact_level(paper)[1] >= 0.5 * paper.size:
         return np.full_like(ink, np.median(paper) + ink.min())
     return over_squares(ink, 1 / 4, np.minimum, np.maximum, grow=0)
 
