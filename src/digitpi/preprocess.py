@@ -384,7 +384,7 @@ def dark_ink(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS) 
     edge = ring(gray)
     quarter = 0.25 * (high - low)
     if min((edge <= low + quarter).mean(), (edge >= high - quarter).mean()) >= 0.2:  # ink reaches the edges
-        threshold = otsu(np.maximum(thin(gray) - low, 0)) + low
+        threshold = otsu(thin(gray), low)
         side = thinner_side(reduced(gray, 128) < threshold, limit=8)
         if side is not None:
             return side
@@ -408,7 +408,7 @@ def desk(gray: np.ndarray, low: float, high: float, side: int = 128) -> np.ndarr
     small = reduced(gray, side)
     if min(small.shape) < 8:
         return None
-    lit = small > otsu(np.maximum(thin(small) - low, 0.0)) + low
+    lit = small > otsu(thin(small), low)
     if (~ring(lit)).mean() < 0.2:  # the border ring is mostly light: no desk (most pictures end here)
         return None
     light = find_blobs(lit)
@@ -540,7 +540,7 @@ def thin_dark(gray: np.ndarray, s: Settings) -> bool:
     flat = departures(gray, 128, s)
     if flat is None:
         return False
-    return thinner_side(flat < otsu(flat - flat.min()) + flat.min(), limit=4) is True  # strokes: a few px wide
+    return thinner_side(flat < otsu(flat, flat.min()), limit=4) is True  # strokes: a few px wide
 
 
 def block_background(ink: np.ndarray, blocks: int, shadow: tuple[float, float, float] | None = None) -> np.ndarray:
@@ -581,7 +581,7 @@ def digital_paper(ink: np.ndarray, full: float = 0.9) -> float | None:
     a canvas makes the marks above the paper mostly shadow."""
     sample = thin(ink, 16384)
     low, darkest = float(sample.min()), float(sample.max())
-    threshold = otsu(sample - low) + low
+    threshold = otsu(sample, low)
     marks = sample[sample > threshold]
     paper, count = exact_level(sample)
     if (count < max(0.5 * sample.size, 0.7 * (sample.size - marks.size)) or paper > threshold
@@ -711,11 +711,13 @@ def running(values: np.ndarray, k: int, op: np.ufunc) -> np.ndarray:
     return op(runs[:, :n], runs[:, k - span:k - span + n])
 
 
-def otsu(values: np.ndarray, bins: int = 128) -> float:
-    """The threshold that best splits `values` into two classes (Otsu 1979)."""
+def otsu(values: np.ndarray, low: float = 0.0, bins: int = 128) -> float:
+    """The threshold that best splits `values` into two classes (Otsu 1979), on a histogram from `low`
+    (what lies below it counts as `low`: the darkest level that enough of the picture reaches) up."""
+    values = np.maximum(values - low, 0.0)
     high = float(values.max())
     if high <= 0:
-        return 0.0
+        return low
     counts = np.bincount(np.minimum(values.ravel() * (bins / high), bins - 1).astype(np.intp), minlength=bins)
     edges = np.linspace(0.0, high, bins + 1)
     centres = (edges[:-1] + edges[1:]) / 2
@@ -725,7 +727,7 @@ def otsu(values: np.ndarray, bins: int = 128) -> float:
     mean0 = m0 / np.maximum(w0, 1)
     mean1 = (m0[-1] - m0) / np.maximum(w1, 1)
     between = w0 * w1 * (mean0 - mean1) ** 2
-    return float(edges[int(np.argmax(between[:-1])) + 1])
+    return float(edges[int(np.argmax(between[:-1])) + 1]) + low
 
 
 # ---------------------------------------------------------------- ruled and squared paper
@@ -968,7 +970,7 @@ def paper_ink(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS,
         ink = gray.astype(np.float32, copy=True)
         ink -= block_background(ink, s.blocks)
     clear_ruling(ink, s)
-    threshold = otsu(np.maximum(thin(ink, 16384), 0.0))
+    threshold = otsu(thin(ink, 16384))
     residual = thin(ink)
     paper = residual[residual <= threshold]  # Otsu's paper side: ink, even a bold digit cropped tight, is not noise
     quartile, centre = np.percentile(paper if paper.size else residual, [25, 50])
