@@ -1401,9 +1401,9 @@ def one_digit(gray: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
 
 def with_margin(gray: np.ndarray, share: float, s: Settings = SETTINGS) -> np.ndarray:
     """`gray` framed by `share` of its longer side of its paper's level: the median of the side of
-    Otsu's split that `dark_ink` takes for paper (a margin of the ink's level would frame the picture)."""
+    Otsu's split that `dark_ink` takes for paper (a margin of the ink's level would frame the picture).
+    All of `gray`, not a sample: a sample can miss thin strokes, and one side of the split be empty."""
     low, high = extremes(gray)
-    sample = thin(gray)
-    threshold = otsu(sample, low)
-    paper = sample[sample >= threshold] if dark_ink(gray, low, high, s) else sample[sample < threshold]
+    threshold = otsu(gray, low)
+    paper = gray[gray >= threshold] if dark_ink(gray, low, high, s) else gray[gray < threshold]
     return np.pad(gray, round(share * max(gray.shape)), constant_values=float(np.median(paper)))
