@@ -714,7 +714,7 @@ def running(values: np.ndarray, k: int, op: np.ufunc) -> np.ndarray:
 
 def otsu(values: np.ndarray, low: float = 0.0, bins: int = 128) -> float:
     """The threshold that best splits `values` into two classes (Otsu 1979), on a histogram from `low`
-    (what lies below it counts as `low`: the darkest level that enough of the picture reaches) up."""
+    up (what lies below it counts as `low`: callers pass the darkest level of the picture, or of enough of it)."""
     values = np.maximum(values - low, 0.0)
     high = float(values.max())
     if high <= 0:
@@ -1394,16 +1394,16 @@ def one_digit(gray: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
     if not all(edge.any() for edge in (strong[0], strong[-1], strong[:, 0], strong[:, -1])):
         return ink
     try:
-        return digit_ink(ink_map(with_margin(gray, s.margin, s), s), s)
+        return digit_ink(ink_map(with_margin(gray, s), s), s)
     except NoDigitError:
         return ink
 
 
-def with_margin(gray: np.ndarray, share: float, s: Settings = SETTINGS) -> np.ndarray:
-    """`gray` framed by `share` of its longer side of its paper's level: the median of the side of
+def with_margin(gray: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
+    """`gray` framed by `s.margin` of its longer side of its paper's level: the median of the side of
     Otsu's split that `dark_ink` takes for paper (a margin of the ink's level would frame the picture).
     All of `gray`, not a sample: a sample can miss thin strokes, and one side of the split be empty."""
     low, high = extremes(gray)
     threshold = otsu(gray, low)
     paper = gray[gray >= threshold] if dark_ink(gray, low, high, s) else gray[gray < threshold]
-    return np.pad(gray, round(share * max(gray.shape)), constant_values=float(np.median(paper)))
+    return np.pad(gray, round(s.margin * max(gray.shape)), constant_values=float(np.median(paper)))
