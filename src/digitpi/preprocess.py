@@ -550,13 +550,13 @@ def block_background(ink: np.ndarray, blocks: int, shadow: tuple[float, float, f
     With `shadow` (width, step, ceiling), the edges of shadows are kept sharp (`under_shadows`)."""
     h, w = ink.shape
     cells = block_cells(ink, blocks)
-    grid = cell_medians(cells)
-    gh, gw = grid.shape
+    gh, gw = cells.shape[0] // 4, cells.shape[1] // 4
     if max(gh, gw) <= 4:  # too few blocks to open: 32 px or less
         return small_background(ink)
     level = digital_paper(ink)
-    if level is not None:
+    if level is not None:  # one level: the blocks' medians are not needed
         return np.full_like(ink, level)
+    grid = cell_medians(cells)
     # grey-level opening over 3x3 blocks, on the grid extended by two blocks that continue its slope:
     # at the edge of a page whose light falls across it, the opening would otherwise cut a step
     extended = np.pad(grid, [(2, 2) if n >= 3 else (0, 0) for n in grid.shape], mode="reflect", reflect_type="odd")
