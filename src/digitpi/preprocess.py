@@ -551,7 +551,7 @@ def block_background(ink: np.ndarray, blocks: int, shadow: tuple[float, float, f
     h, w = ink.shape
     cells = block_cells(ink, blocks)
     gh, gw = cells.shape[0] // 4, cells.shape[1] // 4
-    if max(gh, gw) <= 4:  # too few blocks to open: 32 px or less
+    if max(gh, gw) < blocks:  # under 121 px: 3x3 blocks span a third of the picture or more
         return small_background(ink)
     level = digital_paper(ink)
     if level is not None:  # one level: the blocks' medians are not needed
@@ -564,9 +564,7 @@ def block_background(ink: np.ndarray, blocks: int, shadow: tuple[float, float, f
     grid = opened[2:-2] if gh >= 3 else opened
     grid = grid[:, 2:-2] if gw >= 3 else grid
     background = stretch(grid, (h, w))
-    # a grid short of `blocks` (under 121 px): a fifth of the picture comes down to the blocks' own opening,
-    # and bold strokes in two shades of ink passed for shadow
-    if shadow is None or max(gh, gw) < blocks:
+    if shadow is None:
         return background
     return under_shadows(ink, background, cells, stretch(grid, cells.shape), *shadow)
 
@@ -600,18 +598,19 @@ def exact_level(values: np.ndarray) -> tuple[float, int]:
     return float(levels[top]), int(counts[top])
 
 
-def small_background(ink: np.ndarray, uneven: float = 0.1) -> np.ndarray:
-    """The background of `ink` (ink bright) in a picture too small for blocks (32 px or less): one
-    level, the paper's side of Otsu's split, where that paper is even (MNIST itself, a binarized scan)
-    or half of it one exact level (a drawing, whose anti-aliased edges spread the paper's levels in a
-    tight crop). Where the paper's 10th and 90th percentiles lie `uneven` of the contrast apart or more
-    (a phone photo shrunk to 28 px: light falling across it, grain, which one level took for ink or
-    left the faint strokes under), the picture opened over squares a quarter of its size, wider than
-    its strokes. Under 20 px strokes are about as wide as that, and one level stays."""
+def small_background(ink: np.ndarray) -> np.ndarray:
+    """The background of `ink` (ink bright) in a picture short of a full grid of blocks (under 121 px).
+    There blocks are 8 px or more and 3x3 of them span a third of the picture: a digit cut tight puts
+    strokes in every block, and the opened grid, continued past the edges, swallowed whole strokes
+    (a clean digit cut tight at 40 px was "no digit found"). One level, the median of the paper's side
+    of Otsu's split, where half of that side is one exact level (a drawing, a scan, MNIST itself: its
+    anti-aliased edges spread the rest) or the picture is under 20 px (strokes as wide as a quarter
+    of it). Else (a photo shrunk: light falling across it, grain, a shadow, all of which one level
+    took for ink or left faint strokes under) the picture opened over squares a quarter of its size,
+    wider than its strokes, the picture going on past its edges."""
     sample = ink - ink.min()
     paper = sample[sample <= otsu(sample)]
-    p10, p90 = np.percentile(paper, [10, 90])
-    if max(ink.shape) < 20 or p90 - p10 < uneven * sample.max() or exact_level(paper)[1] >= 0.5 * paper.size:
+    if max(ink.shape) < 20 or exact_level(paper)[1] >= 0.5 * paper.size:
         return np.full_like(ink, np.median(paper) + ink.min())
     return over_squares(ink, 1 / 4, np.minimum, np.maximum, grow=0)
 
