@@ -182,7 +182,7 @@ def test_a_bold_digit_cut_tight_is_read_as_with_a_margin(mnist_test, default_cla
 
 @pytest.mark.parametrize("side, bold, dark, least", [(40, False, True, 190), (96, True, False, 130)])
 def test_a_digit_cut_tight_and_small_is_read(side, bold, dark, least, mnist_test, default_classifier) -> None:
-    """Under 121 px the background's 3x3 blocks span a third of the picture or more. Cut tight, a digit
+    """Under 121 px the background's 3x3 blocks span a fifth of the picture or more. Cut tight, a digit
     puts strokes in every block, the opened grid, continued past the edges, swallowed whole strokes, and
     a clean digit was "no digit found". Now such a picture's background is one level where half its
     paper is one exact level, else the picture opened over squares a quarter of its size

@@ -551,7 +551,7 @@ def block_background(ink: np.ndarray, blocks: int, shadow: tuple[float, float, f
     h, w = ink.shape
     cells = block_cells(ink, blocks)
     gh, gw = cells.shape[0] // 4, cells.shape[1] // 4
-    if max(gh, gw) < blocks:  # under 121 px: 3x3 blocks span a third of the picture or more
+    if max(gh, gw) < blocks:  # under 121 px: 3x3 blocks span a fifth of the picture or more
         return small_background(ink)
     level = digital_paper(ink)
     if level is not None:  # one level: the blocks' medians are not needed
@@ -600,9 +600,9 @@ def exact_level(values: np.ndarray) -> tuple[float, int]:
 
 def small_background(ink: np.ndarray) -> np.ndarray:
     """The background of `ink` (ink bright) in a picture short of a full grid of blocks (under 121 px).
-    There blocks are 8 px or more and 3x3 of them span a third of the picture: a digit cut tight puts
-    strokes in every block, and the opened grid, continued past the edges, swallowed whole strokes
-    (a clean digit cut tight at 40 px was "no digit found"). One level, the median of the paper's side
+    There blocks are 8 px or more and 3x3 of them span a fifth of the picture or more: a digit cut
+    tight puts strokes in every block, and the opened grid, continued past the edges, swallowed whole
+    strokes (a clean digit cut tight at 40 px was "no digit found"). One level, the median of the paper's side
     of Otsu's split, where half of that side is one exact level (a drawing, a scan, MNIST itself: its
     anti-aliased edges spread the rest) or the picture is under 20 px (strokes as wide as a quarter
     of it). Else (a photo shrunk: light falling across it, grain, a shadow, all of which one level
