@@ -602,12 +602,12 @@ def small_background(ink: np.ndarray) -> np.ndarray:
     """The background of `ink` (ink bright) in a picture short of a full grid of blocks (under 121 px).
     There blocks are 8 px or more and 3x3 of them span a fifth of the picture or more: a digit cut
     tight puts strokes in every block, and the opened grid, continued past the edges, swallowed whole
-    strokes (a clean digit cut tight at 40 px was "no digit found"). One level, the median of the paper's side
-    of Otsu's split, where half of that side is one exact level (a drawing, a scan, MNIST itself: its
-    anti-aliased edges spread the rest) or the picture is under 20 px (strokes as wide as a quarter
-    of it). Else (a photo shrunk: light falling across it, grain, a shadow, all of which one level
-    took for ink or left faint strokes under) the picture opened over squares a quarter of its size,
-    wider than its strokes, the picture going on past its edges."""
+    strokes (a clean digit cut tight at 40 px was "no digit found"). One level, the median of the
+    paper's side of Otsu's split, where half of that side is one exact level (a drawing, a scan, MNIST
+    itself: its anti-aliased edges spread the rest) or the picture is under 20 px (strokes as wide as
+    a quarter of it). Else (a photo shrunk: light falling across it, grain, a shadow, all of which one
+    level took for ink or left faint strokes under) the picture opened over squares a quarter of its
+    size, wider than its strokes, the picture going on past its edges."""
     sample = ink - ink.min()
     paper = sample[sample <= otsu(sample)]
     if max(ink.shape) < 20 or exact_level(paper)[1] >= 0.5 * paper.size:
