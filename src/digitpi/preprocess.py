@@ -474,12 +474,22 @@ def block_medians(values: np.ndarray, blocks: int) -> np.ndarray:
     return cell_medians(block_cells(values, blocks))
 
 
+def block_grid(shape: tuple[int, int], blocks: int) -> tuple[int, int]:
+    """Rows and columns of the background's grid for a picture of `shape`: `blocks` blocks of 8 px or
+    more along the longer side, covering the picture edge to edge."""
+    size = max(8, max(shape) // blocks)
+    return -(-shape[0] // size), -(-shape[1] // size)
+
+
+def few_blocks(shape: tuple[int, int], blocks: int) -> bool:
+    """Whether a picture of `shape` is short of a full grid of `blocks` blocks (under 121 px at 16):
+    its background is `small_background`'s."""
+    return max(block_grid(shape, blocks)) < blocks
+
+
 def block_cells(values: np.ndarray, blocks: int) -> np.ndarray:
-    """`values` box-averaged to exactly 4x4 cells per block of a grid with `blocks` blocks (of 8 px or
-    more) along the longer side: the grid covers the image edge to edge."""
-    h, w = values.shape
-    size = max(8, max(h, w) // blocks)
-    gh, gw = -(-h // size), -(-w // size)
+    """`values` box-averaged to exactly 4x4 cells per block of the background's grid (`block_grid`)."""
+    gh, gw = block_grid(values.shape, blocks)
     return np.asarray(Image.fromarray(np.asarray(values, dtype=np.float32), "F").resize((4 * gw, 4 * gh), Image.BOX))
 
 
@@ -548,11 +558,11 @@ def block_background(ink: np.ndarray, blocks: int, shadow: tuple[float, float, f
     """Smooth estimate of the background of `ink` (ink bright): block medians, opened so blocks
     covered by strokes take their neighbours' level, then bilinearly stretched back to full size.
     With `shadow` (width, step, ceiling), the edges of shadows are kept sharp (`under_shadows`)."""
+    if few_blocks(ink.shape, blocks):  # 3x3 blocks would span a fifth of the picture or more
+        return small_background(ink)
     h, w = ink.shape
     cells = block_cells(ink, blocks)
     gh, gw = cells.shape[0] // 4, cells.shape[1] // 4
-    if max(gh, gw) < blocks:  # under 121 px: 3x3 blocks span a fifth of the picture or more
-        return small_background(ink)
     level = digital_paper(ink)
     if level is not None:  # one level: the blocks' medians are not needed
         return np.full_like(ink, level)
