@@ -1396,11 +1396,14 @@ def one_digit(gray: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
     as MNIST frames its digits. Cut tight, blocks of the background inside strokes wider than two of
     them kept the strokes' level (read hollow), and a stroke along the edge passed for light falling
     across the page, which the background continues past the edge. Three edges would take in a tight
-    photo whose shadow's edge runs across it, and box the shadow. Where the margin leaves nothing,
-    the first reading stands."""
+    photo whose shadow's edge runs across it, and box the shadow. A picture short of the background's
+    blocks (`few_blocks`) needs three: its background, opened over squares a quarter of it and going
+    on past its edges, takes a stroke along an edge for a shadow and loses it. Where the margin leaves
+    nothing, the first reading stands."""
     ink = digit_ink(ink_map(gray, s), s)
     strong = ink >= s.strong_ink
-    if not all(edge.any() for edge in (strong[0], strong[-1], strong[:, 0], strong[:, -1])):
+    reached = sum(bool(edge.any()) for edge in (strong[0], strong[-1], strong[:, 0], strong[:, -1]))
+    if reached < (3 if few_blocks(gray.shape, s.blocks) else 4):
         return ink
     try:
         return digit_ink(ink_map(with_margin(gray, s), s), s)
