@@ -505,9 +505,9 @@ def departures(gray: np.ndarray, side: int, s: Settings) -> np.ndarray | None:
     (`Settings.shadow_width`), which strokes leave and a shadow's edge follows: blocks straddling
     that edge take a level between light and shadow, and both sides of it departed as far as strokes."""
     small = reduced(gray, side)
-    grid = block_medians(small, s.blocks)
-    if max(grid.shape) <= 4:  # a small picture: its blocks are too few to have a level of their own
+    if max(block_grid(small.shape, s.blocks)) <= 4:  # a small picture: its blocks are too few to have a level
         return None
+    grid = block_medians(small, s.blocks)
     opened = over_squares(small, s.shadow_width, np.minimum, np.maximum, grow=0)
     closed = over_squares(small, s.shadow_width, np.maximum, np.minimum, grow=0)
     return small - np.clip(stretch(grid, small.shape), opened, closed)
