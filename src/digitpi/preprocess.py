@@ -581,20 +581,19 @@ def block_background(ink: np.ndarray, blocks: int, shadow: tuple[float, float, f
 
 def digital_paper(ink: np.ndarray, full: float = 0.9) -> float | None:
     """The paper's level of a digital drawing (a canvas, a screenshot, a scan enlarged), None for a photo.
-    Its paper is one exact level over half the picture and over 70 % of its paper's side of Otsu's
-    split, and what stands above it is mostly full ink (its median `full` of the way from the paper to
-    the darkest) and strokes (mean depth under 4 px at 64 px; half of a two-tone page is not): a
-    brush's strokes, however bold. There the blocks' level is wrong: a block inside a stroke wider than
-    three blocks kept the stroke's level, and the stroke was read hollow. A photo's paper has grain (a
-    JPEG squeezed hard flattens it into blocks of nearby levels: 61-63 % at one); a shadow laid over
-    a canvas makes the marks above the paper mostly shadow."""
+    Its paper is one exact level over 70 % of its paper's side of Otsu's split, and what stands above
+    it is mostly full ink (its median `full` of the way from the paper to the darkest) and strokes
+    (mean depth under 4 px at 64 px; half of a two-tone page is not): a brush's strokes, however bold.
+    There the blocks' level is wrong: a block inside a stroke wider than three blocks kept the stroke's
+    level, and the stroke was read hollow. However little paper a bold digit cut tight leaves, it is
+    that level. A photo's paper has grain (a JPEG squeezed hard flattens it into blocks of nearby
+    levels: 61-63 % at one); a shadow laid over a canvas makes the marks above the paper mostly shadow."""
     sample = thin(ink, 16384)
     low, darkest = float(sample.min()), float(sample.max())
     threshold = otsu(sample, low)
-    marks = sample[sample > threshold]
-    paper, count = exact_level(sample)
-    if (count < max(0.5 * sample.size, 0.7 * (sample.size - marks.size)) or paper > threshold
-            or not marks.size or np.median(marks) - paper < full * (darkest - paper)):
+    marks, paper_side = sample[sample > threshold], sample[sample <= threshold]
+    paper, count = exact_level(paper_side)
+    if count < 0.7 * paper_side.size or not marks.size or np.median(marks) - paper < full * (darkest - paper):
         return None
     strokes = reduced((ink > threshold).astype(np.float32), 64) >= 0.5
     return paper if mean_depth(strokes, limit=4) < 4 else None
