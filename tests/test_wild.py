@@ -88,9 +88,13 @@ def cropped_tight(gray: np.ndarray) -> Image.Image:
 def cut_tight_small(gray: np.ndarray) -> Image.Image:
     """The drawing cut to its ink and shrunk to 40 px on its longer side: a digit cut out of a scanned
     form or a small screenshot."""
-    digit = cropped_tight(gray)
-    scale = 40 / max(digit.size)
-    return digit.resize((max(1, round(digit.width * scale)), max(1, round(digit.height * scale))), Image.LANCZOS)
+    return long_side(cropped_tight(gray), 40, Image.LANCZOS)
+
+
+def long_side(digit: Image.Image, side: int, resample: Image.Resampling) -> Image.Image:
+    """`digit` resized to `side` px on its longer side, its shape kept."""
+    scale = side / max(digit.size)
+    return digit.resize((max(1, round(digit.width * scale)), max(1, round(digit.height * scale))), resample)
 
 
 def white_on_transparent(gray: np.ndarray) -> Image.Image:
@@ -135,9 +139,7 @@ def bold_and_cut_tight(gray: np.ndarray, brush: int = 9) -> Image.Image:
     """The drawing cut to its ink, drawn 200 px long, its strokes widened by `brush` px (a wide brush or a
     marker: a fifth of the digit's height on the median, the drawings' own a seventh) and cut to its ink
     again, as a drawing app that crops to the strokes saves it."""
-    digit = cropped_tight(gray)
-    scale = 200 / max(digit.size)
-    digit = digit.resize((max(1, round(digit.width * scale)), max(1, round(digit.height * scale))), Image.BICUBIC)
+    digit = long_side(cropped_tight(gray), 200, Image.BICUBIC)
     return cropped_tight(np.asarray(digit.filter(ImageFilter.MinFilter(brush))))
 
 
