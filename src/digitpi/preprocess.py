@@ -560,12 +560,12 @@ def block_background(ink: np.ndarray, blocks: int, shadow: tuple[float, float, f
     With `shadow` (width, step, ceiling), the edges of shadows are kept sharp (`under_shadows`)."""
     if few_blocks(ink.shape, blocks):  # 3x3 blocks would span a fifth of the picture or more
         return small_background(ink)
-    h, w = ink.shape
-    cells = block_cells(ink, blocks)
-    gh, gw = cells.shape[0] // 4, cells.shape[1] // 4
     level = digital_paper(ink)
-    if level is not None:  # one level: the blocks' medians are not needed
+    if level is not None:  # one level: the blocks are not needed
         return np.full_like(ink, level)
+    h, w = ink.shape
+    gh, gw = block_grid(ink.shape, blocks)
+    cells = block_cells(ink, blocks)
     grid = cell_medians(cells)
     # grey-level opening over 3x3 blocks, on the grid extended by two blocks that continue its slope:
     # at the edge of a page whose light falls across it, the opening would otherwise cut a step
