@@ -554,10 +554,13 @@ def thin_dark(gray: np.ndarray, s: Settings) -> bool:
     return thinner_side(flat < otsu(flat, flat.min()), limit=4) is True  # strokes: a few px wide
 
 
-def block_background(ink: np.ndarray, blocks: int, shadow: tuple[float, float, float] | None = None) -> np.ndarray:
+def block_background(ink: np.ndarray, blocks: int, width: float, ceiling: float, step: float | None = None
+                     ) -> np.ndarray:
     """Smooth estimate of the background of `ink` (ink bright): block medians, opened so blocks
     covered by strokes take their neighbours' level, then bilinearly stretched back to full size.
-    With `shadow` (width, step, ceiling), the edges of shadows are kept sharp (`under_shadows`)."""
+    Blocks inside strokes too bold for the opening, as bright as the ink (`ceiling`), take the paper's
+    level around them (`without_strokes`). With `step`, the edges of shadows (wider than `width` of the
+    picture) are kept sharp (`under_shadows`)."""
     if few_blocks(ink.shape, blocks):  # 3x3 blocks would span a fifth of the picture or more
         return small_background(ink)
     level = digital_paper(ink)
@@ -573,10 +576,49 @@ def block_background(ink: np.ndarray, blocks: int, shadow: tuple[float, float, f
     opened = spread(spread(extended, 3, np.minimum), 3, np.maximum)
     grid = opened[2:-2] if gh >= 3 else opened
     grid = grid[:, 2:-2] if gw >= 3 else grid
+    grid = without_strokes(grid, cells, width, ceiling)
     background = stretch(grid, (h, w))
-    if shadow is None:
+    if step is None:
         return background
-    return under_shadows(ink, background, cells, stretch(grid, cells.shape), *shadow)
+    return under_shadows(ink, background, cells, stretch(grid, cells.shape), width, step, ceiling)
+
+
+def without_strokes(grid: np.ndarray, cells: np.ndarray, width: float, ceiling: float) -> np.ndarray:
+    """`grid` (opened block levels, ink bright) with the blocks inside bold strokes given the paper's level
+    around them. Where strokes are wider than the opening's 3x3 blocks (a marker, a junction of bold
+    strokes), their blocks kept the strokes' level and the strokes were read hollow. A group of blocks
+    at the ink's level (`ceiling` or more) is inside the writing when it does not reach the grid's edge
+    (a shadow, a desk or a dark corner comes in from the edge) and holds nothing at that level wider
+    than `width` of the picture (a shadow's width: a black note written on in white is no stroke).
+    Filled from the blocks around, ring by ring, so light falling across the page goes on under it."""
+    inked = grid >= ceiling
+    if not inked.any():
+        return grid
+    blobs = find_blobs(inked)
+    top, left, bottom, right = blobs.boxes.T
+    inside = (top > 0) & (left > 0) & (bottom < grid.shape[0]) & (right < grid.shape[1])
+    if inside.any():
+        wide = paper_level(cells, width) >= ceiling
+        gh, gw = grid.shape
+        inside &= blobs.count(wide.reshape(gh, 4, gw, 4).any(axis=(1, 3))) == 0
+    if not inside.any():
+        return grid
+    known = ~blobs.mask(np.flatnonzero(inside), grid.shape)
+    grid = np.where(known, grid, 0.0)
+    while not known.all():
+        total = spread_sum(grid)
+        count = spread_sum(known.astype(np.float32))
+        ring = ~known & (count > 0)
+        grid = np.where(ring, total / np.maximum(count, 1), grid)
+        known |= ring
+    return grid
+
+
+def spread_sum(values: np.ndarray) -> np.ndarray:
+    """The sum over the 3x3 square around each cell, cells past the edge counting 0."""
+    v = np.pad(values, 1)
+    v = v[:-2] + v[1:-1] + v[2:]
+    return v[:, :-2] + v[:, 1:-1] + v[:, 2:]
 
 
 def digital_paper(ink: np.ndarray, full: float = 0.9) -> float | None:
@@ -965,11 +1007,11 @@ def paper_ink(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS,
     """`ink_map` of a picture that is all paper and ink, its darkest and lightest levels `low`, `high`,
     its pixel noise `noise` grey levels (`grain`): a floor under the noise measured on the paper, which
     Otsu's cut narrows, so that smoothed grain on blank paper is not taken for strokes."""
+    step = max(s.min_contrast, s.shadow_step * (high - low))  # a step in the paper's level, or in the ink's
     if dark_ink(gray, low, high, s):  # dark ink on light paper: ink is the fraction of light absorbed
         ink = 255.0 - gray
-        step = max(s.min_contrast, s.shadow_step * (high - low))
-        shadow = s.shadow_width, step, 255.0 - low - 2 * step  # a shadow is lighter than the darkest ink
-        background = block_background(ink, s.blocks, shadow)
+        ceiling = 255.0 - low - 2 * step  # a shadow is lighter than the darkest ink
+        background = block_background(ink, s.blocks, s.shadow_width, ceiling, step)
         ink -= background
         gain = 255.0 / np.maximum(255.0 - background, s.min_contrast)  # as dark in a shadow as in the light
         ink *= gain
@@ -977,7 +1019,7 @@ def paper_ink(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS,
             noise *= float(np.median(thin(gain)))
     else:  # light ink (chalk, a canvas, MNIST itself): the background is dark, so only subtract it
         ink = gray.astype(np.float32, copy=True)
-        ink -= block_background(ink, s.blocks)
+        ink -= block_background(ink, s.blocks, s.shadow_width, high - 2 * step)
     clear_ruling(ink, s)
     threshold = otsu(thin(ink, 16384))
     residual = thin(ink)
