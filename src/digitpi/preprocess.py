@@ -964,8 +964,9 @@ def ink_map(gray: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
     """
     low, high = extremes(gray)
     measured = noise = grain(gray)
+    contrast = high - low  # as it came: smoothing fades a thin line, which must not ask for more smoothing
     for passes in range(1, 4):  # a photo taken in dim light, its ink barely out of the grain
-        if noise <= s.max_grain * (high - low):
+        if noise <= s.max_grain * contrast:
             break
         gray = smoothed(gray)
         noise = measured * math.comb(4 * passes, 2 * passes) / 16**passes  # what the passes leave of white noise
