@@ -434,6 +434,8 @@ def blank_under_a_shadow(where: str) -> np.ndarray:
     lambda: np.full((300, 400), 17, np.uint8),  # black page
     lambda: np.clip(np.random.default_rng(0).normal(200, 2, (300, 400)), 0, 255).astype(np.uint8),  # grain
     lambda: np.clip(np.random.default_rng(2).normal(200, 6, (300, 400)), 0, 255).astype(np.uint8),  # once a digit
+    # once a digit as an array (not as a file): a uint8 array was stretched to its own range, grain and all
+    lambda: np.clip(np.random.default_rng(8).normal(200, 6, (480, 640)), 0, 255).astype(np.uint8),
     lambda: np.pad(np.full((1, 1), 120, np.uint8), ((150, 149), (200, 199)), constant_values=230),  # one speck
     lambda: np.tile(np.linspace(120, 240, 400, dtype=np.float32).astype(np.uint8), (300, 1)),  # light gradient
     # once a 1 along the shadow's edge: the edge departed from the blocks straddling it (the ink's side
@@ -443,11 +445,14 @@ def blank_under_a_shadow(where: str) -> np.ndarray:
     lambda: blank_under_a_shadow("diagonal"),
 ])
 def test_blank_pages_have_no_digit(make) -> None:
+    """As a PNG file and as the array itself (the Python API, a grey camera frame)."""
+    page = make()
     buffer = io.BytesIO()
-    Image.fromarray(make()).save(buffer, format="PNG")
+    Image.fromarray(page).save(buffer, format="PNG")
     for read in (preprocess.to_mnist, layout.split_digits):
-        with pytest.raises(preprocess.NoDigitError, match="no digit found"):
-            read(buffer.getvalue())
+        for source in (buffer.getvalue(), page):
+            with pytest.raises(preprocess.NoDigitError, match="no digit found"):
+                read(source)
 
 
 # ---------------------------------------------------------------- anything at all

@@ -259,10 +259,14 @@ def reduced(values: np.ndarray, side: int) -> np.ndarray:
 
 
 def array_image(array: np.ndarray) -> Image.Image:
-    """An (H, W), (H, W, 3) or (H, W, 4) array as a grey image; floats are taken as they are."""
+    """An (H, W), (H, W, 3) or (H, W, 4) array as a grey image. uint8 is grey levels as a picture file
+    holds them ("L"): stretched to its own range, as other types are (`gray_array`), blank paper's
+    grain would pass for ink. Floats are taken as they are."""
     array = np.asarray(array)
     if array.ndim == 3 and array.shape[2] in (3, 4) and array.dtype == np.uint8 and array.size:
         return gray_image(Image.fromarray(array, "RGB" if array.shape[2] == 3 else "RGBA"))
+    if array.ndim == 2 and array.dtype == np.uint8 and array.size:
+        return Image.fromarray(array, "L")
     if array.ndim != 2 or array.size == 0 or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
         raise ImageError(f"array of shape {array.shape} and dtype {array.dtype} is not an image")
     with np.errstate(over="ignore"):  # float64 beyond float32's range: infinite, then 0 as below
