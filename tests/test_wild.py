@@ -155,13 +155,19 @@ def test_bold_drawings_cut_tight_are_read_solid(classifier, wild_dir) -> None:
     assert len(rows) == 63 and read >= 50, read
 
 
+def photographed(gray: np.ndarray, paper: float, depth: float, brush: int = 1) -> np.ndarray:
+    """The drawing as a photo of it: 300 px, its strokes widened by `brush` px, its ink `depth` grey levels below
+    paper of `paper`, with the camera's grain (4 levels)."""
+    drawn = Image.fromarray(gray).resize((300, 300), Image.BICUBIC).filter(ImageFilter.MinFilter(brush))
+    photo = paper - (255 - np.asarray(drawn, dtype=np.float32)) * (depth / 255)
+    return np.clip(photo + np.random.default_rng(0).normal(0, 4, photo.shape), 0, 255).astype(np.uint8)
+
+
 def in_marker(gray: np.ndarray, light_on_dark: bool = False) -> Image.Image:
-    """The drawing as a photo of it drawn in marker: 300 px, its strokes widened by 9 px (a fifth of the digit's
-    height on the median), grey ink 120 levels below grey paper, with the camera's grain (4 levels); or
-    light on dark, as chalk on a slate."""
-    drawn = np.asarray(Image.fromarray(gray).resize((300, 300), Image.BICUBIC).filter(ImageFilter.MinFilter(9)))
-    photo = 215 - (255 - drawn) * (120 / 255) + np.random.default_rng(0).normal(0, 4, drawn.shape)
-    return Image.fromarray(np.clip(255 - photo if light_on_dark else photo, 0, 255).astype(np.uint8))
+    """A photo of the drawing in marker: strokes widened by 9 px (a fifth of the digit's height on the median),
+    grey ink 120 levels below grey paper; or light on dark, as chalk on a slate."""
+    photo = photographed(gray, paper=215, depth=120, brush=9)
+    return Image.fromarray(255 - photo if light_on_dark else photo)
 
 
 @pytest.mark.parametrize("light_on_dark", [False, True], ids=["dark_on_light", "light_on_dark"])
@@ -179,11 +185,8 @@ def test_marker_strokes_in_a_photo_are_read_solid(light_on_dark: bool, classifie
 
 
 def in_faint_pencil(gray: np.ndarray) -> Image.Image:
-    """The drawing as a photo of it drawn in faint pencil: 300 px, a thin grey line 25 levels below grey paper,
-    with the camera's grain (4 levels)."""
-    drawn = np.asarray(Image.fromarray(gray).resize((300, 300), Image.BICUBIC), dtype=np.float32)
-    photo = 210 - (255 - drawn) * (25 / 255) + np.random.default_rng(0).normal(0, 4, drawn.shape)
-    return Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8))
+    """A photo of the drawing in faint pencil: a thin grey line 25 levels below grey paper."""
+    return Image.fromarray(photographed(gray, paper=210, depth=25))
 
 
 def test_faint_pencil_is_not_smoothed_away(classifier, wild_dir) -> None:

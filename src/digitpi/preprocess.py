@@ -259,9 +259,9 @@ def reduced(values: np.ndarray, side: int) -> np.ndarray:
 
 
 def array_image(array: np.ndarray) -> Image.Image:
-    """An (H, W), (H, W, 3) or (H, W, 4) array as a grey image. uint8 is grey levels as a picture file
-    holds them ("L"): stretched to its own range, as other types are (`gray_array`), blank paper's
-    grain would pass for ink. Floats are taken as they are."""
+    """An (H, W), (H, W, 3) or (H, W, 4) array as a grey image. uint8 is grey levels, as a picture file
+    holds them ("L"); other types are taken as they are and stretched to their own range (`gray_array`),
+    which would make the grain of blank paper in uint8 pass for ink."""
     array = np.asarray(array)
     if array.ndim == 3 and array.shape[2] in (3, 4) and array.dtype == np.uint8 and array.size:
         return gray_image(Image.fromarray(array, "RGB" if array.shape[2] == 3 else "RGBA"))
