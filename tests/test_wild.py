@@ -143,16 +143,23 @@ def bold_and_cut_tight(gray: np.ndarray, brush: int = 9) -> Image.Image:
     return cropped_tight(np.asarray(digit.filter(ImageFilter.MinFilter(brush))))
 
 
+def canvas_read_right(classifier, wild_dir: Path, change) -> tuple[int, int]:
+    """How many of every 4th canvas drawing read right once `change`d (grey levels in, a picture out), and of how
+    many."""
+    rows = singles(wild_dir, "canvas")[::4]
+    read = sum(reads_right(classifier, change(np.asarray(Image.open(wild_dir / row["file"]).convert("L"))),
+                           row["label"]) for row in rows)
+    return read, len(rows)
+
+
 def test_bold_drawings_cut_tight_are_read_solid(classifier, wild_dir) -> None:
     """Bold strokes cut tight leave less paper than ink. A digital picture's background is its paper's one
     exact level (`preprocess.digital_paper`), but that asked for the level over half the picture; these
     fell to the background's blocks, which kept the level of strokes wider than three of them, and read
     hollow. Every 4th canvas drawing (63), default model, 2026-12-07: 42 read right before, 53 now (60
     cut tight as drawn)."""
-    rows = singles(wild_dir, "canvas")[::4]
-    read = sum(reads_right(classifier, bold_and_cut_tight(np.asarray(Image.open(wild_dir / row["file"]).convert("L"))),
-                           row["label"]) for row in rows)
-    assert len(rows) == 63 and read >= 50, read
+    read, drawings = canvas_read_right(classifier, wild_dir, bold_and_cut_tight)
+    assert drawings == 63 and read >= 50, read
 
 
 def photographed(gray: np.ndarray, paper: float, depth: float, brush: int = 1) -> np.ndarray:
@@ -178,10 +185,8 @@ def test_marker_strokes_in_a_photo_are_read_solid(light_on_dark: bool, classifie
     the picture's edge and is no wider than a shadow takes the paper's level around it
     (`preprocess.without_strokes`). Every 4th canvas drawing (63), default model, 2026-12-07: before, 47 dark on
     light and 43 light on dark; now 59 and 57 (60 as drawn)."""
-    rows = singles(wild_dir, "canvas")[::4]
-    read = sum(reads_right(classifier, in_marker(np.asarray(Image.open(wild_dir / row["file"]).convert("L")),
-                                                 light_on_dark), row["label"]) for row in rows)
-    assert len(rows) == 63 and read >= 53, read
+    read, drawings = canvas_read_right(classifier, wild_dir, lambda gray: in_marker(gray, light_on_dark))
+    assert drawings == 63 and read >= 53, read
 
 
 def in_faint_pencil(gray: np.ndarray) -> Image.Image:
@@ -194,10 +199,8 @@ def test_faint_pencil_is_not_smoothed_away(classifier, wild_dir) -> None:
     and the contrast was measured again after each pass, so a faint pencil asked for more passes until the line
     sank under the noise floor ("no digit found"). Now the contrast is the picture's as it came. Every 4th
     canvas drawing (63), default model, 2026-12-07: before, 55 read right; now 60 (60 as drawn)."""
-    rows = singles(wild_dir, "canvas")[::4]
-    read = sum(reads_right(classifier, in_faint_pencil(np.asarray(Image.open(wild_dir / row["file"]).convert("L"))),
-                           row["label"]) for row in rows)
-    assert len(rows) == 63 and read >= 58, read
+    read, drawings = canvas_read_right(classifier, wild_dir, in_faint_pencil)
+    assert drawings == 63 and read >= 58, read
 
 
 def test_scans_enlarged_are_read_as_the_scans(classifier, wild_dir) -> None:

@@ -1013,9 +1013,10 @@ def paper_ink(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS,
     its pixel noise `noise` grey levels (`grain`): a floor under the noise measured on the paper, which
     Otsu's cut narrows, so that smoothed grain on blank paper is not taken for strokes."""
     step = max(s.min_contrast, s.shadow_step * (high - low))  # a step in the paper's level, or in the ink's
-    if dark_ink(gray, low, high, s):  # dark ink on light paper: ink is the fraction of light absorbed
+    dark = dark_ink(gray, low, high, s)
+    ceiling = (255.0 - low if dark else high) - 2 * step  # the strongest ink less two steps: no shadow is as strong
+    if dark:  # dark ink on light paper: ink is the fraction of light absorbed
         ink = 255.0 - gray
-        ceiling = 255.0 - low - 2 * step  # a shadow is lighter than the darkest ink
         background = block_background(ink, s.blocks, s.shadow_width, ceiling, step)
         ink -= background
         gain = 255.0 / np.maximum(255.0 - background, s.min_contrast)  # as dark in a shadow as in the light
@@ -1024,7 +1025,7 @@ def paper_ink(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS,
             noise *= float(np.median(thin(gain)))
     else:  # light ink (chalk, a canvas, MNIST itself): the background is dark, so only subtract it
         ink = gray.astype(np.float32, copy=True)
-        ink -= block_background(ink, s.blocks, s.shadow_width, high - 2 * step)
+        ink -= block_background(ink, s.blocks, s.shadow_width, ceiling)
     clear_ruling(ink, s)
     threshold = otsu(thin(ink, 16384))
     residual = thin(ink)
