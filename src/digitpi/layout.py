@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from digitpi.preprocess import (
+    MAX_TILT,
     SETTINGS,
     Blobs,
     NoDigitError,
@@ -56,7 +57,7 @@ class Layout:
     cuts_tried: float = 5.0  # among this many columns per line height (the profile's least-ink minima),
     most_cuts: int = 40  # and never more: the judge's work stays bounded on a line of touching digits
     digit_width: float = 0.75  # without a model, cut evenly into parts about this many line heights wide
-    most_turn: float = 0.5  # written lines are looked for up to this slope, rise over run (27 degrees askew),
+    most_turn: float = MAX_TILT  # written lines are looked for up to this slope (27 degrees), as rulings are,
     turn_from: float = 0.05  # and a page whose lines slope more (3 degrees) is turned level: its digits upright;
     pair_turn_from: float = 0.1  # 6 degrees where only two digits stand side by side: their slope is less sure
 

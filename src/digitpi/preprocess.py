@@ -787,7 +787,7 @@ def otsu(values: np.ndarray, low: float = 0.0, bins: int = 128) -> float:
 
 # ---------------------------------------------------------------- ruled and squared paper
 
-MAX_TILT = 0.2  # the steepest ruling looked for, rise over run: a sheet about 11 degrees askew
+MAX_TILT = 0.5  # the steepest ruling or line of writing looked for, rise over run: a sheet 27 degrees askew
 UNDERLINE_TILT = 0.1  # the steepest line under the digits cleared (`clear_underline`): a 2's base may slope more
 
 
@@ -866,7 +866,9 @@ def ruled_lines(mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, bool]]:
     lies paper in most columns; reaches whether it reaches both ends of `mask` (within a twentieth), as a
     stroke does not, nor a ruling printed short of them (a sheet's margin). Thin: a 48th of the height
     at most (3 px or more). The slope is searched on a copy 256 px long (max-pooled: a 1-px line stays
-    one; larger where a fine grid fills it), then at full size within two of its steps."""
+    one; larger where a fine grid fills it), every 4th step first (a line then runs 2 rows off at most, still
+    gathered more tightly than at any other slope) and then around the best, then at full size within two
+    of its steps."""
     if not (may_reach_across(mask) or may_hold_lines(mask)):  # most pictures end here
         return []
     h, w = mask.shape
@@ -877,7 +879,8 @@ def ruled_lines(mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, bool]]:
             break
         k //= 2  # a fine grid fills the copy: look closer
     sw = small.shape[1]
-    slope = best_slope(small, np.arange(-int(MAX_TILT * sw), int(MAX_TILT * sw) + 1) / sw)
+    slope = best_slope(small, np.arange(-int(MAX_TILT * sw), int(MAX_TILT * sw) + 1, 4) / sw)
+    slope = best_slope(small, slope + np.arange(-3, 4) / sw)
     counts, length, _ = line_cover(small, np.round(slope * np.arange(sw)).astype(np.intp))
     if not ((counts >= 0.6 * length) & (length >= sw / 2)).any():
         return []
