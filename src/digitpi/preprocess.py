@@ -860,15 +860,16 @@ def may_hold_lines(mask: np.ndarray) -> bool:
 
 
 def ruled_lines(mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, bool]]:
-    """The long thin straight lines that run near-horizontally across `mask` (a ruling, a grid's rows),
-    each as (core, band, reaches), its rows in every column (k, width): core the lines that have 60 % of
-    their length in `mask`, band the core and a row on each side (its anti-aliased edges), beyond which
-    lies paper in most columns; reaches whether it reaches both ends of `mask` (within a twentieth), as a
-    stroke does not, nor a ruling printed short of them (a sheet's margin). Thin: a 48th of the height
-    at most (3 px or more). The slope is searched on a copy 256 px long (max-pooled: a 1-px line stays
-    one; larger where a fine grid fills it), every 4th step first (a line then runs 2 rows off at most, still
-    gathered more tightly than at any other slope) and then around the best, then at full size within two
-    of its steps."""
+    """The long thin straight lines that run near-horizontally across `mask` (a ruling, a grid's rows), each
+    as (core, band, reaches), its rows in every column (k, width): core the lines that have 60 % of their
+    length in `mask`, band the core and a row on each side (its anti-aliased edges), beyond which lies paper
+    in most columns; reaches whether it reaches both ends of `mask` (within a twentieth), as a stroke does
+    not, nor a ruling printed short of them (a sheet's margin). Thin: a 24th of the height at most (3 px or
+    more), as a soft photo blurs a ruling (`clear_ruling` takes lines thicker than a 48th only where they are
+    light and run edge to edge: a bold stroke is as dark as the writing). The slope is searched on a copy 256
+    px long (max-pooled: a 1-px line stays one; larger where a fine grid fills it), every 4th step first (a
+    line then runs 2 rows off at most, still gathered more tightly than at any other slope) and then around
+    the best, then at full size within two of its steps."""
     if not (may_reach_across(mask) or may_hold_lines(mask)):  # most pictures end here
         return []
     h, w = mask.shape
@@ -890,7 +891,7 @@ def ruled_lines(mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, bool]]:
     covered = np.flatnonzero((counts >= 0.6 * length) & (length >= w / 2))
     lines = []
     for run in np.split(covered, np.flatnonzero(np.diff(covered) > 1) + 1):
-        if len(run) == 0 or len(run) > max(3, h // 48):
+        if len(run) == 0 or len(run) > max(3, h // 24):
             continue
         core, band = run[:, None] - reach + shift, np.arange(run[0] - 1, run[-1] + 2)[:, None] - reach + shift
         if (beside(mask, band[0] - 1) | beside(mask, band[-1] + 1)).mean() > 0.5:  # a thick or curved stroke
@@ -922,12 +923,14 @@ def clear_ruling(ink: np.ndarray, s: Settings = SETTINGS) -> None:
     edges goes when it is lighter than the writing (60 % of its level or less: printed rulings are light)
     or one of three such parallel lines or more (a grid as dark as the pen); a single line as dark as the
     writing is a stroke or an underline, and stays. A line that stops short of the edges (a ruling
-    printed short of them, a long stroke) goes only when it is lighter and three lines or more are
-    found, a grid's rows and columns counted together: a stroke is not, nor the frames of a form's
-    boxes. On a light line, pixels more than halfway to the writing's level stay (a stroke over it), and
-    in any line the columns where ink lies on both sides of it (a stroke that goes on through). Lines
-    are found among pixels 3 noise deviations above the paper, not 6: a line has many pixels, so a faint
-    ruling on grainy paper is found and noise is not."""
+    printed short of them, a long stroke) goes only when it is lighter and three lines or more are found,
+    a grid's rows and columns counted together: a stroke is not, nor the frames of a form's boxes. A line
+    thicker than a 48th of the height (a ruling blurred by a soft photo) goes only where it reaches both
+    edges and is lighter: a bold stroke is as dark as the writing. On a light line, pixels more than
+    halfway to the writing's level stay (a stroke over it), and in any line the columns where ink lies on
+    both sides of it (a stroke that goes on through). Lines are found among pixels 3 noise deviations
+    above the paper, not 6: a line has many pixels, so a faint ruling on grainy paper is found and noise
+    is not."""
     h, w = ink.shape
     if min(h, w) < 48:  # a canvas or a scan of one digit: too few pixels for a ruling, and its bars span it
         return
@@ -945,13 +948,18 @@ def clear_ruling(ink: np.ndarray, s: Settings = SETTINGS) -> None:
             on[along(band, view.shape[0])] = True
     writing = ink[marked & ~on_line]
     writing = float(np.percentile(writing, 90)) if writing.size else 0.0
-    levels = [[float(np.median(view[along(core, view.shape[0])])) for core, _, _ in lines]  # before any is cleared
-              for (view, _), lines in zip(views, found)]
-    printed = sum(len(lines) for lines in found) >= 3  # a ruling, or a grid's rows and columns
-    for (view, _), lines, line_levels in zip(views, found, levels):
-        reaching = sum(reaches for _, _, reaches in lines)
-        for (_, band, reaches), level in zip(lines, line_levels):
+    rulings = []  # per view: (band, reaches, level before any is cleared, lighter)
+    for (view, _), lines in zip(views, found):
+        rulings.append([])
+        for core, band, reaches in lines:
+            level = float(np.median(view[along(core, view.shape[0])]))
             lighter = level <= 0.6 * writing
+            if len(core) <= max(3, view.shape[0] // 48) or reaches and lighter:  # else a bold stroke
+                rulings[-1].append((band, reaches, level, lighter))
+    printed = sum(len(lines) for lines in rulings) >= 3  # a ruling, or a grid's rows and columns
+    for (view, _), lines in zip(views, rulings):
+        reaching = sum(reaches for _, reaches, _, _ in lines)
+        for band, reaches, level, lighter in lines:
             if not ((lighter or reaching >= 3) if reaches else (lighter and printed)):
                 continue
             stroke = (level + writing) / 2 if lighter else faint
