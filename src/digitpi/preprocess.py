@@ -1218,7 +1218,24 @@ def ink_blobs(ink: np.ndarray, s: Settings = SETTINGS) -> tuple[Blobs, np.ndarra
     cleared = [clear_underline(ink, blobs, i) for i in keep[lines_may_end(blobs)[keep]]]
     if any(cleared):
         blobs, keep = pieces_of(ink, s)
-    return blobs, without_boxes(ink, blobs, keep, s)
+    return blobs, without_printed_lines(ink.shape, blobs.boxes, without_boxes(ink, blobs, keep, s))
+
+
+def without_printed_lines(shape: tuple[int, int], boxes: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """`keep` without a line printed down or across the page beside the writing (a notebook's margin line,
+    as dark as a pen where a ruling is light): a blob that runs from edge to edge of the picture (within a
+    fiftieth), thin the other way (a tenth of its length), and longer by a quarter than any other blob is
+    that way. A 1 cut tight to its box runs edge to edge too: alone, or beside digits as tall, it stays."""
+    if len(keep) < 2:
+        return keep
+    top, left, bottom, right = boxes[keep].T
+    tall, wide = bottom - top, right - left
+    h, w = shape
+    down = (top <= h // 50) & (bottom >= h - h // 50) & (10 * wide <= tall)  # few blobs: most pictures none
+    across = (left <= w // 50) & (right >= w - w // 50) & (10 * tall <= wide)
+    lines = [j for j in np.flatnonzero(down) if np.delete(tall, j).max() <= 0.8 * tall[j]]
+    lines += [j for j in np.flatnonzero(across) if np.delete(wide, j).max() <= 0.8 * wide[j]]
+    return np.delete(keep, lines) if lines else keep
 
 
 def pieces_of(ink: np.ndarray, s: Settings = SETTINGS) -> tuple[Blobs, np.ndarray]:
