@@ -466,10 +466,12 @@ def dilated(mask: np.ndarray, px: int) -> np.ndarray:
     return spread(mask, 2 * px + 1, np.maximum)
 
 
-def edges_reached(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def edges_reached(boxes: np.ndarray, shape: tuple[int, int], parts: int = 0) -> np.ndarray:
     """(n, 4) bool: whether each box (top, left, bottom, right) reaches the picture's top, left, bottom
-    and right edge."""
-    return np.stack([boxes[:, 0] == 0, boxes[:, 1] == 0, boxes[:, 2] == shape[0], boxes[:, 3] == shape[1]], 1)
+    and right edge; with `parts`, within that fraction of the picture's height or width (a 50th: 50)."""
+    h, w = shape
+    dy, dx = (h // parts, w // parts) if parts else (0, 0)
+    return np.stack([boxes[:, 0] <= dy, boxes[:, 1] <= dx, boxes[:, 2] >= h - dy, boxes[:, 3] >= w - dx], 1)
 
 
 def block_medians(values: np.ndarray, blocks: int) -> np.ndarray:
@@ -788,15 +790,22 @@ def otsu(values: np.ndarray, low: float = 0.0, bins: int = 128) -> float:
 # ---------------------------------------------------------------- ruled and squared paper
 
 MAX_TILT = 0.5  # the steepest ruling or line of writing looked for, rise over run: a sheet 27 degrees askew
+THIN_RULING = 48  # a printed ruling is 1/48 of the height thick at most (3 px or more)
+BLURRED_RULING = 24  # one blurred by a soft photo 1/24 (`clear_ruling` asks more of it: light, edge to edge)
 UNDERLINE_TILT = 0.1  # the steepest line under the digits cleared (`clear_underline`): a 2's base may slope more
 
 
 def best_slope(mask: np.ndarray, slopes: np.ndarray, points: int = 8192) -> float:
     """Of `slopes`, the one whose straight lines gather about `points` pixels of `mask` most tightly (the
     largest sum of squared counts per line: a ruling piles its pixels onto one line, a blob onto many)."""
+    return slope_of(*sampled(mask, points), mask.shape, slopes)
+
+
+def sampled(mask: np.ndarray, points: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """The rows and columns of about `points` of `mask`'s pixels, taken evenly in reading order."""
     ys, xs = np.nonzero(mask)
     step = max(1, len(ys) // points)
-    return slope_of(ys[::step], xs[::step], mask.shape, slopes)
+    return ys[::step], xs[::step]
 
 
 def slope_of(ys: np.ndarray, xs: np.ndarray, shape: tuple[int, int], slopes: np.ndarray) -> float:
@@ -880,8 +889,9 @@ def ruled_lines(mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, bool]]:
             break
         k //= 2  # a fine grid fills the copy: look closer
     sw = small.shape[1]
-    slope = best_slope(small, np.arange(-int(MAX_TILT * sw), int(MAX_TILT * sw) + 1, 4) / sw)
-    slope = best_slope(small, slope + np.arange(-3, 4) / sw)
+    ys, xs = sampled(small)
+    slope = slope_of(ys, xs, small.shape, np.arange(-int(MAX_TILT * sw), int(MAX_TILT * sw) + 1, 4) / sw)
+    slope = slope_of(ys, xs, small.shape, slope + np.arange(-3, 4) / sw)
     counts, length, _ = line_cover(small, np.round(slope * np.arange(sw)).astype(np.intp))
     if not ((counts >= 0.6 * length) & (length >= sw / 2)).any():
         return []
@@ -891,7 +901,7 @@ def ruled_lines(mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, bool]]:
     covered = np.flatnonzero((counts >= 0.6 * length) & (length >= w / 2))
     lines = []
     for run in np.split(covered, np.flatnonzero(np.diff(covered) > 1) + 1):
-        if len(run) == 0 or len(run) > max(3, h // 24):
+        if len(run) == 0 or len(run) > max(3, h // BLURRED_RULING):
             continue
         core, band = run[:, None] - reach + shift, np.arange(run[0] - 1, run[-1] + 2)[:, None] - reach + shift
         if (beside(mask, band[0] - 1) | beside(mask, band[-1] + 1)).mean() > 0.5:  # a thick or curved stroke
@@ -954,7 +964,7 @@ def clear_ruling(ink: np.ndarray, s: Settings = SETTINGS) -> None:
         for core, band, reaches in lines:
             level = float(np.median(view[along(core, view.shape[0])]))
             lighter = level <= 0.6 * writing
-            if len(core) <= max(3, view.shape[0] // 48) or reaches and lighter:  # else a bold stroke
+            if len(core) <= max(3, view.shape[0] // THIN_RULING) or reaches and lighter:  # else a bold stroke
                 rulings[-1].append((band, reaches, level, lighter))
     printed = sum(len(lines) for lines in rulings) >= 3  # a ruling, or a grid's rows and columns
     for (view, _), lines in zip(views, rulings):
@@ -1230,9 +1240,9 @@ def without_printed_lines(shape: tuple[int, int], boxes: np.ndarray, keep: np.nd
         return keep
     top, left, bottom, right = boxes[keep].T
     tall, wide = bottom - top, right - left
-    h, w = shape
-    down = (top <= h // 50) & (bottom >= h - h // 50) & (10 * wide <= tall)  # few blobs: most pictures none
-    across = (left <= w // 50) & (right >= w - w // 50) & (10 * tall <= wide)
+    reached = edges_reached(boxes[keep], shape, parts=50)
+    down = reached[:, 0] & reached[:, 2] & (10 * wide <= tall)  # few blobs: most pictures none
+    across = reached[:, 1] & reached[:, 3] & (10 * tall <= wide)
     lines = [j for j in np.flatnonzero(down) if np.delete(tall, j).max() <= 0.8 * tall[j]]
     lines += [j for j in np.flatnonzero(across) if np.delete(wide, j).max() <= 0.8 * wide[j]]
     return np.delete(keep, lines) if lines else keep
