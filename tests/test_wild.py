@@ -224,13 +224,18 @@ def test_scans_enlarged_are_read_as_the_scans(classifier, wild_dir) -> None:
 DESK = (55, 45, 38)  # dark-brown wood
 
 
-def on_a_dark_desk(photo: Image.Image) -> Image.Image:
-    """The sheet photographed from further away, on a dark desk: turned 3 degrees, the desk a quarter
-    of the sheet's size on each side."""
+def on_a_dark_desk(photo: Image.Image, scale: float = 1.5) -> Image.Image:
+    """The sheet photographed from further away, on a dark desk: turned 3 degrees, the picture `scale`
+    times the sheet's size (1.5: the desk a quarter of the sheet's size on each side)."""
     sheet = photo.convert("RGB").rotate(3, Image.BICUBIC, expand=True, fillcolor=DESK)
-    desk = Image.new("RGB", (round(1.5 * sheet.width), round(1.5 * sheet.height)), DESK)
+    desk = Image.new("RGB", (round(scale * sheet.width), round(scale * sheet.height)), DESK)
     desk.paste(sheet, ((desk.width - sheet.width) // 2, (desk.height - sheet.height) // 2))
     return desk
+
+
+def far_on_a_dark_desk(photo: Image.Image) -> Image.Image:
+    """A card or small sheet lying whole on a dark desk, a third of the picture's width and height."""
+    return on_a_dark_desk(photo, 3.0)
 
 
 def by_a_desk(left: float, bottom: float = 0.0, turn: float = 3.0):
@@ -401,8 +406,9 @@ def printed_short(change):
     return printed_short_of_the_edges
 
 
-@pytest.mark.parametrize("change, least", [(on_a_dark_desk, 0.9), (by_a_desk(0.25), 0.9), (by_a_desk(0.25, 0.2), 0.9),
-                                           (in_a_box, 0.9), (under_a_shadow, 0.85), (under_a_hard_shadow(0.4), 0.9),
+@pytest.mark.parametrize("change, least", [(on_a_dark_desk, 0.9), (far_on_a_dark_desk, 0.9), (by_a_desk(0.25), 0.9),
+                                           (by_a_desk(0.25, 0.2), 0.9), (in_a_box, 0.9), (under_a_shadow, 0.85),
+                                           (under_a_hard_shadow(0.4), 0.9),
                                            (under_a_hard_shadow(0.5, top=0.45, light=0.2), 0.85),
                                            (on_squared_paper, 0.9), (on_ruled_paper, 0.95), (underlined, 0.95),
                                            (underlined_touching, 0.95), (printed_short(on_squared_paper), 0.95),
@@ -410,8 +416,8 @@ def printed_short(change):
                                            (blurred(on_squared_paper), 0.95), (turned(-10), 0.95),
                                            (turned(10), 0.95), (in_green_ink, 0.95), (in_dim_light, 0.97),
                                            (shrunk_as_the_course_does, 0.95)],
-                         ids=["desk", "desk_at_one_side", "desk_at_two_sides", "box", "shadow", "hard_shadow",
-                              "shadow_as_dark_as_ink",
+                         ids=["desk", "far_on_a_desk", "desk_at_one_side", "desk_at_two_sides", "box", "shadow",
+                              "hard_shadow", "shadow_as_dark_as_ink",
                               "squared", "ruled", "underlined", "underlined_touching", "squared_short", "ruled_short",
                               "squared_askew", "squared_blurred",
                               "turned_-10", "turned_+10", "green_ink", "dim_light", "shrunk_to_28x28"])
@@ -420,7 +426,9 @@ def test_photos_are_read_as_users_also_take_them(change, least: float, classifie
     (`least` of the photos read right as taken; measured 65, 67, 65, 64, 67, 65, 68, 68, 67, 67, 67, 66, 66, 68 and
     67 of 68; under a hard shadow 65 of 67, under one as dark as the ink 61 of 67, shrunk to 28x28 67 of 67).
     Before, 10 of 70 read right on a desk (the desk was taken for paper and the sheet for a 0-shaped digit) and in
-    a box (framed with the digit); 45 and 47 by a desk at one or two sides,
+    a box (framed with the digit); a third of the picture on the desk, 52 of 67 (2026-12-07: pencil that the
+    reduced copy averaged away left the sheet without marks, a 0's hole was counted as one; 63 now, and on a desk
+    61 -> 65); 45 and 47 by a desk at one or two sides,
     the sheet running past the picture's other edges (a sheet was looked for only inside the picture; measured
     2026-12-06 with the default of seed 0 before blocky scans, 35 and 43 with them, then 65 and 65); under the
     shadow 20 (the shadowed border ring turned the polarity), then 49 where grainy or small blurred photos left the

@@ -397,19 +397,22 @@ def dark_ink(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS) 
     return (paper - low) > (high - paper) or thin_dark(gray, s)
 
 
-def desk(gray: np.ndarray, low: float, high: float, side: int = 128) -> np.ndarray | None:
+def desk(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS, side: int = 128) -> np.ndarray | None:
     """Where a photo shows what the sheet of paper lies on (a dark desk around it), as a boolean image;
     None when it does not. The border ring would take that desk for the paper, the sheet for ink.
 
     Found on a copy `side` px long. The largest light piece is a sheet when, with the marks inside it
     filled in, it covers 85 % of its box (a sheet turned a few degrees does; a digit drawn light on
-    dark does not); it holds marks, at most 30 % of it (a light bar of a 1 holds none); it leaves one
-    edge of the picture at least (a sheet photographed from near runs past the others); what lies
-    outside it covers a fifth of the border ring (a strip of desk along one side does); it is wide
-    where its marks are strokes, its pixels half as deep again inside it as theirs inside them (a
-    bold 8 is as thick as its holes). Where it runs past two edges or more, what lies outside it must
-    be a desk (`a_desk`): light falling off across a sheet, a shadow over it, or a bold stroke along
-    the picture's edge, makes a lighter part that runs past them too."""
+    dark does not); it holds dark marks, at most 30 % of it (a light bar of a 1 holds none; the hole
+    of a digit written on it is paper); it leaves one edge of the picture at least (a sheet
+    photographed from near runs past the others); what lies outside it covers a fifth of the border
+    ring (a strip of desk along one side does); it is wide where its marks are strokes, its pixels
+    half as deep again inside it as theirs inside them (a bold 8 is as thick as its holes). Where it
+    runs past two edges or more, what lies outside it must be a desk (`a_desk`): light falling off
+    across a sheet, a shadow over it, or a bold stroke along the picture's edge, makes a lighter part
+    that runs past them too. So must it where the piece lies whole inside the picture and holds marks
+    only at full size (`faint_writing`): the lighter part of a sheet that light falls off across has
+    the writing run out of it."""
     small = reduced(gray, side)
     if min(small.shape) < 8:
         return None
@@ -427,16 +430,40 @@ def desk(gray: np.ndarray, low: float, high: float, side: int = 128) -> np.ndarr
     runs_past, reached = edges_reached(light.boxes[[sheet]], small.shape)[0], edges_reached(dark.boxes, small.shape)
     around = dark.mask(np.flatnonzero((reached & ~runs_past).any(1) | (reached.sum(1) >= 2)), small.shape)
     inside = int(np.count_nonzero(~around))
-    marks = inside - int(light.area[sheet])
+    written = ~around & ~lit  # the dark marks on the sheet: a 0's or an 8's hole is paper, if apart from the sheet
+    marks = int(np.count_nonzero(written))
     top, left, bottom, right = light.boxes[sheet]
-    if (inside < 0.85 * (bottom - top) * (right - left) or not 0 < marks <= 0.3 * inside or runs_past.all()
+    if (inside < 0.85 * (bottom - top) * (right - left) or marks > 0.3 * inside or runs_past.all()
             or ring(around.astype(np.float32)).mean() < 0.2):
         return None
-    strokes, grown = mean_depth(~around & ~paper, 8), dilated(around, 1)  # the desk and the sheet's rim
+    # A card or small sheet lying whole on the desk may hold pencil that this size averaged away.
+    faint = marks == 0 and not runs_past.any() and faint_writing(gray, small, light.boxes[sheet], around, s)
+    if marks == 0 and not faint:
+        return None
+    strokes, grown = mean_depth(written, 8), dilated(around, 1)  # the desk and the sheet's rim
     if (mean_depth(paper, 8) < 1.5 * strokes
-            or runs_past.sum() >= 2 and not a_desk(small, paper, around, grown, strokes)):
+            or (runs_past.sum() >= 2 or faint) and not a_desk(small, paper, around, grown, strokes)):
         return None
     return np.asarray(Image.fromarray(grown).resize((gray.shape[1], gray.shape[0]), Image.NEAREST)) > 0
+
+
+def faint_writing(gray: np.ndarray, small: np.ndarray, box: np.ndarray, around: np.ndarray, s: Settings) -> bool:
+    """Whether a light piece lying whole inside the picture, `box` in `small` (`gray` reduced), holds
+    writing that the reduction averaged into the paper: at full size, in its middle (a sixth of it
+    in from each side, and 2 px of `small`: the rim, the desk past a turned corner, a stroke's soft
+    edge stay out), at least 0.2 % of the pixels darker than the piece's level by a fifth of its
+    step above the desk. A sheet is no narrower than a third of its length: a light bar of a 1 is."""
+    top, left, bottom, right = (int(v) for v in box)
+    if 3 * min(bottom - top, right - left) < max(bottom - top, right - left):
+        return False
+    fy, fx = gray.shape[0] / small.shape[0], gray.shape[1] / small.shape[1]
+    dy, dx = max(2, (bottom - top) // 6), max(2, (right - left) // 6)
+    middle = gray[round((top + dy) * fy):round((bottom - dy) * fy), round((left + dx) * fx):round((right - dx) * fx)]
+    if middle.size == 0:
+        return False
+    level = float(np.median(thin(middle)))
+    step = level - float(np.median(small[around]))
+    return np.count_nonzero(middle < level - max(s.min_contrast, 0.2 * step)) >= 0.002 * middle.size
 
 
 def a_desk(small: np.ndarray, sheet: np.ndarray, around: np.ndarray, grown: np.ndarray, strokes: float) -> bool:
@@ -998,7 +1025,7 @@ def ink_map(gray: np.ndarray, s: Settings = SETTINGS) -> np.ndarray:
         low, high = extremes(gray)
     if high - low < s.min_contrast:
         raise NoDigitError("no digit found (the image is blank)")
-    around = desk(gray, low, high)
+    around = desk(gray, low, high, s)
     if around is None:
         return paper_ink(gray, low, high, s, noise)
     # A desk around the sheet: the sheet alone is read, cut to its box, what the box holds of the desk
