@@ -224,18 +224,23 @@ def test_scans_enlarged_are_read_as_the_scans(classifier, wild_dir) -> None:
 DESK = (55, 45, 38)  # dark-brown wood
 
 
-def on_a_dark_desk(photo: Image.Image, scale: float = 1.5) -> Image.Image:
-    """The sheet photographed from further away, on a dark desk: turned 3 degrees, the picture `scale`
-    times the sheet's size (1.5: the desk a quarter of the sheet's size on each side)."""
-    sheet = photo.convert("RGB").rotate(3, Image.BICUBIC, expand=True, fillcolor=DESK)
-    desk = Image.new("RGB", (round(scale * sheet.width), round(scale * sheet.height)), DESK)
+def on_a_desk(photo: Image.Image, scale: float = 1.5, colour: tuple[int, int, int] = DESK) -> Image.Image:
+    """The sheet photographed from further away, on a desk (dark unless `colour` says): turned 3 degrees,
+    the picture `scale` times the sheet's size (1.5: the desk a quarter of the sheet's size on each side)."""
+    sheet = photo.convert("RGB").rotate(3, Image.BICUBIC, expand=True, fillcolor=colour)
+    desk = Image.new("RGB", (round(scale * sheet.width), round(scale * sheet.height)), colour)
     desk.paste(sheet, ((desk.width - sheet.width) // 2, (desk.height - sheet.height) // 2))
     return desk
 
 
-def far_on_a_dark_desk(photo: Image.Image) -> Image.Image:
+def far_on_a_desk(photo: Image.Image) -> Image.Image:
     """A card or small sheet lying whole on a dark desk, a third of the picture's width and height."""
-    return on_a_dark_desk(photo, 3.0)
+    return on_a_desk(photo, 3.0)
+
+
+def on_a_grey_desk(photo: Image.Image) -> Image.Image:
+    """The sheet on a mid-grey desk, a quarter of the sheet's size around it."""
+    return on_a_desk(photo, colour=(110, 110, 110))
 
 
 def by_a_desk(left: float, bottom: float = 0.0, turn: float = 3.0):
@@ -406,7 +411,7 @@ def printed_short(change):
     return printed_short_of_the_edges
 
 
-@pytest.mark.parametrize("change, least", [(on_a_dark_desk, 0.9), (far_on_a_dark_desk, 0.9), (by_a_desk(0.25), 0.9),
+@pytest.mark.parametrize("change, least", [(on_a_desk, 0.9), (far_on_a_desk, 0.9), (by_a_desk(0.25), 0.9),
                                            (by_a_desk(0.25, 0.2), 0.9), (in_a_box, 0.9), (under_a_shadow, 0.85),
                                            (under_a_hard_shadow(0.4), 0.9),
                                            (under_a_hard_shadow(0.5, top=0.45, light=0.2), 0.85),
@@ -518,6 +523,16 @@ def test_pages_by_a_desk_are_read(classifier, wild_dir) -> None:
     writing, not desk."""
     read = pages_read_exactly(classifier, wild_dir, [by_a_desk(0.25, turn=0.0), by_a_desk(0.25, 0.2, turn=0.0)])
     assert len(read) == 10 and all(read), read
+
+
+def test_pages_on_a_desk_are_read(classifier, wild_dir) -> None:
+    """wild-dev's pages (5) on a mid-grey desk, a quarter of their size around them: all 5 read exactly;
+    a third of the picture on a dark desk: 4. Before (2026-12-07, evening), 4 and 0: digits written up to
+    the sheet's edge (a canvas page cut tight: its 4 and 9) joined the desk and were painted out with it,
+    and a page that small held no marks on the 128-px copy the desk is found on. Still misread: a strip
+    of canvas whose bold "2026" fills it, as a bold light digit's holes fill its outline."""
+    read = pages_read_exactly(classifier, wild_dir, [on_a_grey_desk, far_on_a_desk])
+    assert len(read) == 10 and all(read[0::2]) and sum(read[1::2]) >= 4, read
 
 
 def test_a_hard_shadow_is_not_taken_for_a_desk(classifier, wild_dir) -> None:

@@ -444,6 +444,12 @@ def desk(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS, side
     if (mean_depth(paper, 8) < 1.5 * strokes
             or (runs_past.sum() >= 2 or faint) and not a_desk(small, paper, around, grown, strokes)):
         return None
+    # Strokes written up to the sheet's edge join the desk: what of it reaches into the sheet's box thinner
+    # than 5 px (opened away) is writing. Outside the box a desk may be as thin (a screenshot's margin).
+    thin_parts = around & ~spread(spread(around, 5, np.minimum), 5, np.maximum)
+    writing = np.zeros_like(around)
+    writing[top:bottom, left:right] = thin_parts[top:bottom, left:right]
+    grown = dilated(around & ~writing, 1)
     return np.asarray(Image.fromarray(grown).resize((gray.shape[1], gray.shape[0]), Image.NEAREST)) > 0
 
 
