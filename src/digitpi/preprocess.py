@@ -412,7 +412,7 @@ def desk(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS, side
     across a sheet, a shadow over it, or a bold stroke along the picture's edge, makes a lighter part
     that runs past them too. So must it where the piece lies whole inside the picture and holds marks
     only at full size (`faint_writing`): the lighter part of a sheet that light falls off across has
-    the writing run out of it."""
+    the writing run out of it. Strokes written up to the sheet's edge are left to the sheet."""
     small = reduced(gray, side)
     if min(small.shape) < 8:
         return None
@@ -446,11 +446,11 @@ def desk(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS, side
         return None
     # Strokes written up to the sheet's edge join the desk: what of it reaches into the sheet's box thinner
     # than 5 px (opened away) is writing. Outside the box a desk may be as thin (a screenshot's margin).
-    thin_parts = around & ~spread(spread(around, 5, np.minimum), 5, np.maximum)
+    opened = spread(spread(around, 5, np.minimum), 5, np.maximum)
     writing = np.zeros_like(around)
-    writing[top:bottom, left:right] = thin_parts[top:bottom, left:right]
-    grown = dilated(around & ~writing, 1)
-    return np.asarray(Image.fromarray(grown).resize((gray.shape[1], gray.shape[0]), Image.NEAREST)) > 0
+    writing[top:bottom, left:right] = (around & ~opened)[top:bottom, left:right]
+    found = dilated(around & ~writing, 1)  # the desk and the sheet's rim
+    return np.asarray(Image.fromarray(found).resize((gray.shape[1], gray.shape[0]), Image.NEAREST)) > 0
 
 
 def faint_writing(gray: np.ndarray, small: np.ndarray, box: np.ndarray, around: np.ndarray, s: Settings) -> bool:
