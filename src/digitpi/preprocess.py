@@ -436,9 +436,8 @@ def desk(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS, side
     if (inside < 0.85 * (bottom - top) * (right - left) or marks > 0.3 * inside or runs_past.all()
             or ring(around.astype(np.float32)).mean() < 0.2):
         return None
-    # A card or small sheet lying whole on the desk may hold pencil that this size averaged away.
-    faint = marks == 0 and not runs_past.any() and faint_writing(gray, small, light.boxes[sheet], around, s)
-    if marks == 0 and not faint:
+    faint = marks == 0  # a card or small sheet lying whole on the desk may hold pencil this size averaged away
+    if faint and (runs_past.any() or not faint_writing(gray, small, light.boxes[sheet], around, s)):
         return None
     strokes, grown = mean_depth(written, 8), dilated(around, 1)  # the desk and the sheet's rim
     if (mean_depth(paper, 8) < 1.5 * strokes
@@ -446,9 +445,8 @@ def desk(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS, side
         return None
     # Strokes written up to the sheet's edge join the desk: what of it reaches into the sheet's box thinner
     # than 5 px (opened away) is writing. Outside the box a desk may be as thin (a screenshot's margin).
-    opened = spread(spread(around, 5, np.minimum), 5, np.maximum)
     writing = np.zeros_like(around)
-    writing[top:bottom, left:right] = (around & ~opened)[top:bottom, left:right]
+    writing[top:bottom, left:right] = (around & ~opened(around, 5))[top:bottom, left:right]
     found = dilated(around & ~writing, 1)  # the desk and the sheet's rim
     return np.asarray(Image.fromarray(found).resize((gray.shape[1], gray.shape[0]), Image.NEAREST)) > 0
 
@@ -497,6 +495,12 @@ def a_desk(small: np.ndarray, sheet: np.ndarray, around: np.ndarray, grown: np.n
 def dilated(mask: np.ndarray, px: int) -> np.ndarray:
     """`mask` grown by `px` pixels each way (a square neighbourhood)."""
     return spread(mask, 2 * px + 1, np.maximum)
+
+
+def opened(values: np.ndarray, k: int) -> np.ndarray:
+    """`values` opened over k x k squares (k odd): the minimum, then the maximum. What is narrower than k
+    (a stroke, a speck) goes; what is wider keeps its shape."""
+    return spread(spread(values, k, np.minimum), k, np.maximum)
 
 
 def edges_reached(boxes: np.ndarray, shape: tuple[int, int], parts: int = 0) -> np.ndarray:
@@ -612,8 +616,8 @@ def block_background(ink: np.ndarray, blocks: int, width: float, ceiling: float,
     # grey-level opening over 3x3 blocks, on the grid extended by two blocks that continue its slope:
     # at the edge of a page whose light falls across it, the opening would otherwise cut a step
     extended = np.pad(grid, [(2, 2) if n >= 3 else (0, 0) for n in grid.shape], mode="reflect", reflect_type="odd")
-    opened = spread(spread(extended, 3, np.minimum), 3, np.maximum)
-    grid = opened[2:-2] if gh >= 3 else opened
+    grid = opened(extended, 3)
+    grid = grid[2:-2] if gh >= 3 else grid
     grid = grid[:, 2:-2] if gw >= 3 else grid
     grid = without_strokes(grid, cells, width, ceiling)
     background = stretch(grid, (h, w))
