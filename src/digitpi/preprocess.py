@@ -398,46 +398,71 @@ def dark_ink(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS) 
 
 
 def desk(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS, side: int = 128) -> np.ndarray | None:
-    """Where a photo shows what the sheet of paper lies on (a dark desk around it), as a boolean image;
-    None when it does not. The border ring would take that desk for the paper, the sheet for ink.
-
-    Found on a copy `side` px long. The largest light piece is a sheet when, with the marks inside it
-    filled in, it covers 85 % of its box (a sheet turned a few degrees does; a digit drawn light on
-    dark does not); it holds dark marks, at most 30 % of it (a light bar of a 1 holds none; the hole
-    of a digit written on it is paper); it leaves one edge of the picture at least (a sheet
-    photographed from near runs past the others); what lies outside it covers a fifth of the border
-    ring (a strip of desk along one side does); it is wide where its marks are strokes, its pixels
-    half as deep again inside it as theirs inside them (a bold 8 is as thick as its holes). Where it
-    runs past two edges or more, what lies outside it must be a desk (`a_desk`): light falling off
-    across a sheet, a shadow over it, or a bold stroke along the picture's edge, makes a lighter part
-    that runs past them too. So must it where the piece lies whole inside the picture and holds marks
-    only at full size (`faint_writing`): the lighter part of a sheet that light falls off across has
-    the writing run out of it. Strokes written up to the sheet's edge are left to the sheet."""
+    """Where a photo shows what the sheet of paper lies on, as a boolean image; None when it does not.
+    The border ring would take a dark desk for the paper and the sheet for ink; a desk lighter than the
+    sheet (a grey card, a coloured note or brown paper on a white table) leaves the sheet's edges beside
+    the digit as strokes. Found on a copy `side` px long, split at Otsu's level: where the border ring
+    is dark, the sheet is the largest light piece (`lighter_sheet`), else the largest dark one
+    (`darker_sheet`)."""
     small = reduced(gray, side)
     if min(small.shape) < 8:
         return None
     lit = small > otsu(thin(small), low)
-    if (~ring(lit)).mean() < 0.2:  # the border ring is mostly light: no desk (most pictures end here)
+    # A light border ring shows no desk (most pictures), or one lighter than the sheet.
+    found = lighter_sheet(gray, small, lit, s) if (~ring(lit)).mean() >= 0.2 else darker_sheet(gray, small, lit, low, s)
+    if found is None:
         return None
-    light = find_blobs(lit)
-    if light.n == 0:
+    return np.asarray(Image.fromarray(found).resize((gray.shape[1], gray.shape[0]), Image.NEAREST)) > 0
+
+
+def sheet_on(pieces: np.ndarray, solid: bool = False
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """The largest piece of the boolean image `pieces` taken for a sheet: its mask, its box, the edges of
+    the picture it runs past, and what lies around it, the desk: what reaches an edge the sheet does not
+    reach, or a corner (where a turned sheet's edge crosses the frame); a mark reaching only an edge the
+    sheet runs past is writing the frame cuts. None where the sheet is not one: it covers less than 85 %
+    of its box, with what it holds filled in (a sheet turned a few degrees does not; a digit does not),
+    or `solid`, without (a sheet darker than its desk holds its writing as part of it: what it holds
+    lighter makes it an outline, a box or a frame drawn round a digit), it runs past every edge, or the
+    desk covers less than a fifth of the border ring."""
+    found = find_blobs(pieces)
+    if found.n == 0:
         return None
-    sheet = int(np.argmax(light.area))
-    paper = light.mask([sheet], small.shape)
-    dark = find_blobs(~paper)
-    # The desk: what reaches an edge the sheet does not reach, or a corner (where a turned sheet's edge
-    # crosses the frame); a mark reaching only an edge the sheet runs past is writing the frame cuts.
-    runs_past, reached = edges_reached(light.boxes[[sheet]], small.shape)[0], edges_reached(dark.boxes, small.shape)
-    around = dark.mask(np.flatnonzero((reached & ~runs_past).any(1) | (reached.sum(1) >= 2)), small.shape)
-    inside = int(np.count_nonzero(~around))
+    sheet = int(np.argmax(found.area))
+    top, left, bottom, right = box = found.boxes[sheet]
+    least = 0.85 * (bottom - top) * (right - left)
+    if solid and found.area[sheet] < least:
+        return None
+    paper = found.mask([sheet], pieces.shape)
+    rest = find_blobs(~paper)
+    runs_past, reached = edges_reached(found.boxes[[sheet]], pieces.shape)[0], edges_reached(rest.boxes, pieces.shape)
+    around = rest.mask(np.flatnonzero((reached & ~runs_past).any(1) | (reached.sum(1) >= 2)), pieces.shape)
+    if np.count_nonzero(~around) < least or runs_past.all() or ring(around.astype(np.float32)).mean() < 0.2:
+        return None
+    return paper, box, runs_past, around
+
+
+def lighter_sheet(gray: np.ndarray, small: np.ndarray, lit: np.ndarray, s: Settings) -> np.ndarray | None:
+    """`desk` where the border ring is dark: the desk around a sheet lighter than it, in `small` (`gray`
+    reduced; `lit`: its light side), or None. The largest light piece (`sheet_on`) is a sheet when it
+    holds dark marks, at most 30 % of it (a light bar of a 1 holds none; the hole of a digit written on
+    it is paper); it is wide where its marks are strokes, its pixels half as deep again inside it as
+    theirs inside them (a bold 8 is as thick as its holes). Where it runs past two edges or more, what
+    lies outside it must be a desk (`a_desk`): light falling off across a sheet, a shadow over it, or a
+    bold stroke along the picture's edge, makes a lighter part that runs past them too. So must it where
+    the piece lies whole inside the picture and holds marks only at full size (`faint_writing`): the
+    lighter part of a sheet that light falls off across has the writing run out of it. Strokes written
+    up to the sheet's edge are left to the sheet."""
+    found = sheet_on(lit)
+    if found is None:
+        return None
+    paper, box, runs_past, around = found
     written = ~around & ~lit  # the dark marks on the sheet: a 0's or an 8's hole is paper, if apart from the sheet
     marks = int(np.count_nonzero(written))
-    top, left, bottom, right = light.boxes[sheet]
-    if (inside < 0.85 * (bottom - top) * (right - left) or marks > 0.3 * inside or runs_past.all()
-            or ring(around.astype(np.float32)).mean() < 0.2):
+    if marks > 0.3 * np.count_nonzero(~around):
         return None
     faint = marks == 0  # a card or small sheet lying whole on the desk may hold pencil this size averaged away
-    if faint and (runs_past.any() or not faint_writing(gray, small, light.boxes[sheet], around, s)):
+    if faint and (runs_past.any() or not faint_writing(gray, small, box, around, s)):
         return None
     strokes, grown = mean_depth(written, 8), dilated(around, 1)  # the desk and the sheet's rim
     if (mean_depth(paper, 8) < 1.5 * strokes
@@ -445,18 +470,49 @@ def desk(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS, side
         return None
     # Strokes written up to the sheet's edge join the desk: what of it reaches into the sheet's box thinner
     # than 5 px (opened away) is writing. Outside the box a desk may be as thin (a screenshot's margin).
+    top, left, bottom, right = box
     writing = np.zeros_like(around)
     writing[top:bottom, left:right] = (around & ~opened(around, 5))[top:bottom, left:right]
-    found = dilated(around & ~writing, 1)  # the desk and the sheet's rim
-    return np.asarray(Image.fromarray(found).resize((gray.shape[1], gray.shape[0]), Image.NEAREST)) > 0
+    return dilated(around & ~writing, 1)  # the desk and the sheet's rim
+
+
+def darker_sheet(gray: np.ndarray, small: np.ndarray, lit: np.ndarray, low: float, s: Settings
+                 ) -> np.ndarray | None:
+    """`desk` where the border ring is light: the desk around a sheet darker than it, in `small` (`gray`
+    reduced; `lit`: its light side), or None. The largest dark piece (`sheet_on`) is a sheet when it
+    covers a 16th of the picture or more, is dark all over (`solid`), and what is written on it is
+    darker than it by half its step under the desk (a shadow across it is not as deep; the ink that
+    Otsu's split put with the sheet is), at most 30 % of it, or, where none is at 128 px, at full size
+    (`faint_writing`) on a sheet lying whole inside the picture; it is wide where its marks are strokes,
+    as in `lighter_sheet`, and what lies around it is a desk (`a_desk`)."""
+    if np.count_nonzero(~lit) < lit.size / 16:  # too little is dark for such a sheet (most pictures end here)
+        return None
+    found = sheet_on(~lit, solid=True)
+    if found is None:
+        return None
+    paper, box, runs_past, around = found
+    sheet_level, desk_level = float(np.median(small[paper])), float(np.median(small[around]))
+    below = sheet_level - max(s.min_contrast, 0.5 * (desk_level - sheet_level))
+    if np.count_nonzero(paper) < lit.size / 16 or below <= low:  # below low: no room for ink, the piece is ink
+        return None
+    written = paper & (small < below)
+    marks = int(np.count_nonzero(written))
+    if marks > 0.3 * np.count_nonzero(~around):
+        return None
+    if marks == 0 and (runs_past.any() or not faint_writing(gray, small, box, around, s)):
+        return None
+    strokes, grown = mean_depth(written, 8), dilated(around, 1)
+    if mean_depth(paper & ~written, 8) < 1.5 * strokes or not a_desk(small, paper, around, grown, strokes):
+        return None
+    return grown
 
 
 def faint_writing(gray: np.ndarray, small: np.ndarray, box: np.ndarray, around: np.ndarray, s: Settings) -> bool:
-    """Whether a light piece lying whole inside the picture, `box` in `small` (`gray` reduced), holds
-    writing that the reduction averaged into the paper: at full size, in its middle (a sixth of it
-    in from each side, and 2 px of `small`: the rim, the desk past a turned corner, a stroke's soft
-    edge stay out), at least 0.2 % of the pixels darker than the piece's level by a fifth of its
-    step above the desk. A sheet is no narrower than a third of its length: a light bar of a 1 is."""
+    """Whether a piece lying whole inside the picture, `box` in `small` (`gray` reduced), holds writing
+    that the reduction averaged into the paper: at full size, in its middle (a sixth of it in from each
+    side, and 2 px of `small`: the rim, the desk past a turned corner, a stroke's soft edge stay out),
+    at least 0.2 % of the pixels darker than the piece's level by a fifth of its step from the desk's
+    (`around`). A sheet is no narrower than a third of its length: a light bar of a 1 is."""
     top, left, bottom, right = (int(v) for v in box)
     if 3 * min(bottom - top, right - left) < max(bottom - top, right - left):
         return False
@@ -466,28 +522,29 @@ def faint_writing(gray: np.ndarray, small: np.ndarray, box: np.ndarray, around: 
     if middle.size == 0:
         return False
     level = float(np.median(thin(middle)))
-    step = level - float(np.median(small[around]))
+    step = abs(level - float(np.median(small[around])))
     return np.count_nonzero(middle < level - max(s.min_contrast, 0.2 * step)) >= 0.002 * middle.size
 
 
 def a_desk(small: np.ndarray, sheet: np.ndarray, around: np.ndarray, grown: np.ndarray, strokes: float) -> bool:
-    """Whether what lies `around` the `sheet` is a desk, not the sheet's own shadowed or unlit part
-    nor a stroke of the digit. The sheet's edge is sharp: within 3 px of the desk, at most 1.5 pixels
-    for each pixel of the sheet's rim lie in the middle half of the step between the desk's level and
-    the sheet's (where light falls off across a sheet, or a phone's shadow ends, the step spreads over
-    many pixels). Nothing is written on a desk: at most 0.5 % of it is darker than its level by a
-    fifth of that step (where a hard shadow cuts across a sheet, what is written in the shadow is; a
-    pen lying on the desk is refused too). And a desk is wide: its pixels three times as deep inside it
-    as the marks' pixels are inside theirs, `strokes` (mean depth). `grown`: `around` and the sheet's
-    rim, one pixel wide. The frame cuts a desk, which
-    doubles its depth: a bold 1 cut tight along the picture's edge is twice as deep as the other
-    strokes of its digit."""
+    """Whether what lies `around` the `sheet` is a desk, not the sheet's own shadowed or unlit part nor a
+    stroke of the digit. The sheet's edge is sharp: within 3 px of the desk, at most 1.5 pixels for each
+    pixel of the sheet's rim lie in the middle half of the step between the desk's level and the sheet's
+    (where light falls off across a sheet, or a phone's shadow ends, the step spreads over many pixels).
+    Nothing is written on a desk: at most 0.5 % of it is darker than its level by a fifth of that step
+    (where a hard shadow cuts across a sheet, what is written in the shadow is; a pen lying on the desk
+    is refused too), 3 px or more from a sheet darker than the desk (its rim is dark too). And a desk is
+    wide: its pixels three times as deep inside it as the marks' pixels are inside theirs, `strokes`
+    (mean depth). `grown`: `around` and the sheet's rim, one pixel wide. The frame cuts a desk, which
+    doubles its depth: a bold 1 cut tight along the picture's edge is twice as deep as the other strokes
+    of its digit."""
     sheet_level, desk_level = float(np.median(small[sheet])), float(np.median(small[around]))
-    step = sheet_level - desk_level
-    middle = np.abs(small - (sheet_level + desk_level) / 2) < 0.25 * abs(step)
+    step = abs(sheet_level - desk_level)
+    middle = np.abs(small - (sheet_level + desk_level) / 2) < 0.25 * step
     rim = np.count_nonzero(grown & ~around)
     spread = np.count_nonzero(middle & dilated(around, 3) & (sheet | around))
-    written = np.count_nonzero(around & (small < desk_level - 0.2 * step))
+    away = around & ~dilated(sheet, 2) if sheet_level < desk_level else around  # a darker sheet's rim is dark too
+    written = np.count_nonzero(away & (small < desk_level - 0.2 * step))
     return (spread <= 1.5 * rim and written <= 0.005 * np.count_nonzero(around)
             and mean_depth(around, 16) >= 3 * strokes)
 
