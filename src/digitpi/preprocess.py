@@ -401,18 +401,53 @@ def desk(gray: np.ndarray, low: float, high: float, s: Settings = SETTINGS, side
     """Where a photo shows what the sheet of paper lies on, as a boolean image; None when it does not.
     The border ring would take a dark desk for the paper and the sheet for ink; a desk lighter than the
     sheet (a grey card, a coloured note or brown paper on a white table) leaves the sheet's edges beside
-    the digit as strokes. Found on a copy `side` px long, split at Otsu's level: where the border ring
-    is dark, the sheet is the largest light piece (`lighter_sheet`), else the largest dark one
-    (`darker_sheet`)."""
+    the digit as strokes.
+
+    Found on a copy `side` px long, split at Otsu's level. Where the border ring is dark, the sheet is
+    the largest light piece (`sheet_on`), its marks what is dark inside it (a light bar of a 1 holds
+    none; the hole of a digit written on it is paper). Where the ring is light, it is the largest dark
+    piece, a 16th of the picture or more and dark all over (`solid`), its marks what is darker than it
+    by half its step under the desk (`darker_marks`). The marks are at most 30 % of the sheet; where
+    there are none at this size, the sheet must lie whole inside the picture and hold writing at full
+    size (`faint_writing`). The sheet is wide where its marks are strokes, its pixels half as deep again
+    inside it as theirs inside them (a bold 8 is as thick as its holes). What lies around it must be a
+    desk (`a_desk`) where the sheet is the darker, where its writing is faint (the lighter part of a
+    sheet that light falls off across has the writing run out of it), and where it runs past two edges
+    or more (light falling off across a sheet, a shadow over it, or a bold stroke along the picture's
+    edge, makes a lighter part that runs past them too). Strokes written up to a lighter sheet's edge
+    are left to the sheet."""
     small = reduced(gray, side)
     if min(small.shape) < 8:
         return None
     lit = small > otsu(thin(small), low)
-    # A light border ring shows no desk (most pictures), or one lighter than the sheet.
-    found = lighter_sheet(gray, small, lit, s) if (~ring(lit)).mean() >= 0.2 else darker_sheet(gray, small, lit, low, s)
+    lighter = (~ring(lit)).mean() >= 0.2  # a light border ring shows no desk (most pictures), or a lighter one
+    if not lighter and np.count_nonzero(~lit) < lit.size / 16:  # too little is dark for a darker sheet
+        return None
+    found = sheet_on(lit if lighter else ~lit, solid=not lighter)
     if found is None:
         return None
-    return np.asarray(Image.fromarray(found).resize((gray.shape[1], gray.shape[0]), Image.NEAREST)) > 0
+    paper, box, runs_past, around = found
+    written = ~around & ~lit if lighter else darker_marks(small, paper, around, low, s)
+    if written is None:
+        return None
+    marks = int(np.count_nonzero(written))
+    if marks > 0.3 * np.count_nonzero(~around):
+        return None
+    faint = marks == 0  # a card or small sheet lying whole on the desk may hold pencil this size averaged away
+    if faint and (runs_past.any() or not faint_writing(gray, small, box, around, s)):
+        return None
+    strokes, grown = mean_depth(written, 8), dilated(around, 1)  # the desk and the sheet's rim
+    if (mean_depth(paper & ~written, 8) < 1.5 * strokes
+            or (not lighter or faint or runs_past.sum() >= 2) and not a_desk(small, paper, around, grown, strokes)):
+        return None
+    if lighter:
+        # Strokes written up to the sheet's edge join the desk: what of it reaches into the sheet's box thinner
+        # than 5 px (opened away) is writing. Outside the box a desk may be as thin (a screenshot's margin).
+        top, left, bottom, right = box
+        writing = np.zeros_like(around)
+        writing[top:bottom, left:right] = (around & ~opened(around, 5))[top:bottom, left:right]
+        grown = dilated(around & ~writing, 1)
+    return np.asarray(Image.fromarray(grown).resize((gray.shape[1], gray.shape[0]), Image.NEAREST)) > 0
 
 
 def sheet_on(pieces: np.ndarray, solid: bool = False
@@ -442,69 +477,17 @@ def sheet_on(pieces: np.ndarray, solid: bool = False
     return paper, box, runs_past, around
 
 
-def lighter_sheet(gray: np.ndarray, small: np.ndarray, lit: np.ndarray, s: Settings) -> np.ndarray | None:
-    """`desk` where the border ring is dark: the desk around a sheet lighter than it, in `small` (`gray`
-    reduced; `lit`: its light side), or None. The largest light piece (`sheet_on`) is a sheet when it
-    holds dark marks, at most 30 % of it (a light bar of a 1 holds none; the hole of a digit written on
-    it is paper); it is wide where its marks are strokes, its pixels half as deep again inside it as
-    theirs inside them (a bold 8 is as thick as its holes). Where it runs past two edges or more, what
-    lies outside it must be a desk (`a_desk`): light falling off across a sheet, a shadow over it, or a
-    bold stroke along the picture's edge, makes a lighter part that runs past them too. So must it where
-    the piece lies whole inside the picture and holds marks only at full size (`faint_writing`): the
-    lighter part of a sheet that light falls off across has the writing run out of it. Strokes written
-    up to the sheet's edge are left to the sheet."""
-    found = sheet_on(lit)
-    if found is None:
-        return None
-    paper, box, runs_past, around = found
-    written = ~around & ~lit  # the dark marks on the sheet: a 0's or an 8's hole is paper, if apart from the sheet
-    marks = int(np.count_nonzero(written))
-    if marks > 0.3 * np.count_nonzero(~around):
-        return None
-    faint = marks == 0  # a card or small sheet lying whole on the desk may hold pencil this size averaged away
-    if faint and (runs_past.any() or not faint_writing(gray, small, box, around, s)):
-        return None
-    strokes, grown = mean_depth(written, 8), dilated(around, 1)  # the desk and the sheet's rim
-    if (mean_depth(paper, 8) < 1.5 * strokes
-            or (runs_past.sum() >= 2 or faint) and not a_desk(small, paper, around, grown, strokes)):
-        return None
-    # Strokes written up to the sheet's edge join the desk: what of it reaches into the sheet's box thinner
-    # than 5 px (opened away) is writing. Outside the box a desk may be as thin (a screenshot's margin).
-    top, left, bottom, right = box
-    writing = np.zeros_like(around)
-    writing[top:bottom, left:right] = (around & ~opened(around, 5))[top:bottom, left:right]
-    return dilated(around & ~writing, 1)  # the desk and the sheet's rim
-
-
-def darker_sheet(gray: np.ndarray, small: np.ndarray, lit: np.ndarray, low: float, s: Settings
+def darker_marks(small: np.ndarray, paper: np.ndarray, around: np.ndarray, low: float, s: Settings
                  ) -> np.ndarray | None:
-    """`desk` where the border ring is light: the desk around a sheet darker than it, in `small` (`gray`
-    reduced; `lit`: its light side), or None. The largest dark piece (`sheet_on`) is a sheet when it
-    covers a 16th of the picture or more, is dark all over (`solid`), and what is written on it is
-    darker than it by half its step under the desk (a shadow across it is not as deep; the ink that
-    Otsu's split put with the sheet is), at most 30 % of it, or, where none is at 128 px, at full size
-    (`faint_writing`) on a sheet lying whole inside the picture; it is wide where its marks are strokes,
-    as in `lighter_sheet`, and what lies around it is a desk (`a_desk`)."""
-    if np.count_nonzero(~lit) < lit.size / 16:  # too little is dark for such a sheet (most pictures end here)
-        return None
-    found = sheet_on(~lit, solid=True)
-    if found is None:
-        return None
-    paper, box, runs_past, around = found
+    """The marks on a sheet darker than its desk (`paper` in `small`, the desk `around`): what is darker
+    than the sheet by half its step under the desk (a shadow across it is not as deep; the ink that
+    Otsu's split put with the sheet is). None where the sheet is under a 16th of the picture, or where
+    there is no room for ink darker than it: the piece is ink."""
     sheet_level, desk_level = float(np.median(small[paper])), float(np.median(small[around]))
     below = sheet_level - max(s.min_contrast, 0.5 * (desk_level - sheet_level))
-    if np.count_nonzero(paper) < lit.size / 16 or below <= low:  # below low: no room for ink, the piece is ink
+    if np.count_nonzero(paper) < paper.size / 16 or below <= low:
         return None
-    written = paper & (small < below)
-    marks = int(np.count_nonzero(written))
-    if marks > 0.3 * np.count_nonzero(~around):
-        return None
-    if marks == 0 and (runs_past.any() or not faint_writing(gray, small, box, around, s)):
-        return None
-    strokes, grown = mean_depth(written, 8), dilated(around, 1)
-    if mean_depth(paper & ~written, 8) < 1.5 * strokes or not a_desk(small, paper, around, grown, strokes):
-        return None
-    return grown
+    return paper & (small < below)
 
 
 def faint_writing(gray: np.ndarray, small: np.ndarray, box: np.ndarray, around: np.ndarray, s: Settings) -> bool:
